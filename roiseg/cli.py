@@ -1,0 +1,71 @@
+"""The ``roiseg`` command line: a thin layer that parses, calls library functions and prints.
+
+Each subcommand lives in ``roiseg/commands/<name>.py`` and defines ``add_parser(subparsers)``
+(which sets ``func``). Errors the user can fix are printed on one line; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from roiseg import __version__
+from roiseg.errors import RoisegError
+from roiseg.utils.progress import setup_logging
+
+# Subcommand modules under roiseg.commands, in the order --help lists them.
+COMMANDS: tuple[str, ...] = (
+    "prepare_coco",
+    "analyze",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roiseg",
+        description="Train a ROI mask head on frozen detector ONNX features and fuse both into one ONNX model.",
+    )
+    parser.add_argument("--version", action="version", version=f"roiseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"roiseg.commands.{name}").add_parser(sub)
+    return parser
+
+
+def _wants_debug(argv: Sequence[str]) -> bool:
+    return "--debug" in argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, also after the subcommand.
+    debug = _wants_debug(argv)
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        code = args.func(args)
+    except RoisegError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 3
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

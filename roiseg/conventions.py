@@ -1,0 +1,253 @@
+"""The one place that holds roiseg's conventions.
+
+Everything that two modules must agree on lives here and nowhere else: class ids and names,
+the ROI format, the image preprocessing, the default feature tensor, default paths and the
+file-name patterns of what roiseg writes.
+
+Units used throughout the project:
+
+* **ROIs** are canonical as *normalised* ``x1, y1, x2, y2`` in ``[0, 1]`` relative to the image
+  (so the same ROI is valid for the original image and for the resized model input).
+  ``cx, cy, w, h`` (normalised) is accepted at the edges and converted with :func:`cxcywh_to_xyxy`.
+* **Pixel boxes** (COCO ``bbox`` is pixel ``x, y, w, h``) are converted with
+  :func:`coco_bbox_to_roi`.
+* A pixel ``(row, col)`` is **inside** a ROI when its centre ``(col + 0.5, row + 0.5)`` lies in
+  the half-open box ``[x1, x2) x [y1, y2)`` measured in pixels of the grid at hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Classes
+# --------------------------------------------------------------------------------------------
+BACKGROUND: int = 0
+"""Class id of everything that is neither the ROI's own person nor another person inside it."""
+TARGET: int = 1
+"""Class id of the ROI's own person."""
+NON_TARGET: int = 2
+"""Class id of other persons' pixels inside the ROI."""
+CLASS_NAMES: tuple[str, str, str] = ("background", "target", "non_target")
+NUM_CLASSES: int = len(CLASS_NAMES)
+
+COCO_PERSON_CATEGORY_ID: int = 1
+
+# COCO size buckets (annotation area in original pixels), as in pycocotools' COCOeval.
+COCO_SMALL_MAX_AREA: float = 32.0**2
+COCO_MEDIUM_MAX_AREA: float = 96.0**2
+SIZE_BUCKETS: tuple[str, str, str] = ("small", "medium", "large")
+
+# --------------------------------------------------------------------------------------------
+# Detector / feature defaults
+# --------------------------------------------------------------------------------------------
+DEFAULT_FEATURE_TENSOR: str = "/model.34/Concat_output_0"
+DEFAULT_EXTRACTOR: str = "ext_extractor/yolov9_e_wholebody25_0100_1x3x640x640_featext.onnx"
+DEFAULT_IMAGE_INPUT: str = "images"
+"""Name of the image input of the detector and of the fused model."""
+FUSED_ROIS_INPUT: str = "rois"
+FUSED_MASKS_OUTPUT: str = "masks"
+HEAD_FEATURES_INPUT: str = "features"
+MIN_HEAD_OPSET: int = 16
+"""RoiAlign with ``coordinate_transformation_mode`` exists from opset 16 on."""
+DEFAULT_HEAD_OPSET: int = 17
+
+# --------------------------------------------------------------------------------------------
+# Default paths (the seed data layout)
+# --------------------------------------------------------------------------------------------
+DEFAULT_DATA_ROOT: str = "data"
+PERSON_ONLY_SUFFIX: str = "_person_only_no_crowd"
+DEFAULT_TRAIN_ANN: str = "data/annotations/instances_train2017_person_only_no_crowd.json"
+DEFAULT_VAL_ANN: str = "data/annotations/instances_val2017_person_only_no_crowd.json"
+DEFAULT_TRAIN_IMAGES: str = "data/images/train2017"
+DEFAULT_VAL_IMAGES: str = "data/images/val2017"
+DEFAULT_ANALYZE_JSON: str = "data_analyze.json"
+DEFAULT_CHECKPOINT_DIR: str = "checkpoints"
+DEFAULT_FUSED_MODEL: str = "models/roiseg_fused.onnx"
+DEFAULT_VALIDATION_IMAGES: tuple[str, ...] = (
+    "000000020992.jpg",
+    "000000413552.jpg",
+    "000000109118.jpg",
+    "000000162732.jpg",
+)
+
+# --------------------------------------------------------------------------------------------
+# File-name patterns
+# --------------------------------------------------------------------------------------------
+CHECKPOINT_PATTERN: str = "checkpoint_epoch_{epoch:04d}_{height}x{width}_{miou:04d}.pth"
+CHECKPOINT_GLOB: str = "checkpoint_epoch_*.pth"
+BEST_CHECKPOINT: str = "best.pth"
+VALIDATION_PICTURE_PATTERN: str = "validation_all_images_epoch_{epoch:04d}.png"
+METRICS_FILE: str = "metrics.jsonl"
+CURVES_FILE: str = "curves.png"
+
+
+def person_only_name(stem: str, subset: int | None = None) -> str:
+    """File name of a prepared annotation file.
+
+    ``person_only_name("instances_train2017")`` -> ``instances_train2017_person_only_no_crowd.json``;
+    with ``subset=500`` -> ``instances_train2017_person_only_no_crowd_500.json``.
+    """
+    tail = f"_{subset}" if subset is not None else ""
+    return f"{stem}{PERSON_ONLY_SUFFIX}{tail}.json"
+
+
+def checkpoint_name(epoch: int, input_hw: tuple[int, int], miou: float) -> str:
+    """Checkpoint file name; ``miou`` in [0, 1] is written as ``floor(miou * 10000)`` (0.7532 -> 7532)."""
+    m = int(np.floor(float(miou) * 10000.0 + 1e-9))
+    return CHECKPOINT_PATTERN.format(epoch=epoch, height=input_hw[0], width=input_hw[1], miou=m)
+
+
+def validation_picture_name(epoch: int) -> str:
+    return VALIDATION_PICTURE_PATTERN.format(epoch=epoch)
+
+
+def size_bucket(area: float) -> str:
+    """COCO size bucket of an annotation area in original pixels."""
+    if area < COCO_SMALL_MAX_AREA:
+        return "small"
+    if area < COCO_MEDIUM_MAX_AREA:
+        return "medium"
+    return "large"
+
+
+# --------------------------------------------------------------------------------------------
+# ROI geometry (pure functions)
+# --------------------------------------------------------------------------------------------
+RoiFormat = Literal["xyxy", "cxcywh"]
+
+
+def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """[..., 4] normalised ``cx, cy, w, h`` -> normalised ``x1, y1, x2, y2``."""
+    b = np.asarray(boxes, dtype=np.float32)
+    half = b[..., 2:4] / 2.0
+    return np.concatenate([b[..., 0:2] - half, b[..., 0:2] + half], axis=-1)
+
+
+def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
+    """[..., 4] normalised ``x1, y1, x2, y2`` -> normalised ``cx, cy, w, h``."""
+    b = np.asarray(boxes, dtype=np.float32)
+    return np.concatenate([(b[..., 0:2] + b[..., 2:4]) / 2.0, b[..., 2:4] - b[..., 0:2]], axis=-1)
+
+
+def to_canonical_rois(boxes: np.ndarray, fmt: RoiFormat = "xyxy") -> np.ndarray:
+    """Any accepted ROI format -> canonical [N, 4] float32 normalised ``x1, y1, x2, y2``."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if fmt == "cxcywh":
+        return cxcywh_to_xyxy(b)
+    if fmt == "xyxy":
+        return b
+    raise ValueError(f"unknown ROI format {fmt!r}; expected 'xyxy' or 'cxcywh'")
+
+
+def coco_bbox_to_roi(bbox: Sequence[float], image_hw: tuple[int, int]) -> np.ndarray:
+    """COCO pixel ``[x, y, w, h]`` on an image of ``(H, W)`` pixels -> normalised ``x1, y1, x2, y2``."""
+    x, y, w, h = (float(v) for v in bbox)
+    height, width = image_hw
+    return np.array([x / width, y / height, (x + w) / width, (y + h) / height], dtype=np.float32)
+
+
+def pixel_rois_to_normalised(boxes_px: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """[N, 4] pixel ``x1, y1, x2, y2`` on an image of ``(H, W)`` -> normalised ``x1, y1, x2, y2``."""
+    h, w = image_hw
+    scale = np.array([w, h, w, h], dtype=np.float32)
+    return np.asarray(boxes_px, dtype=np.float32).reshape(-1, 4) / scale
+
+
+def normalised_rois_to_pixels(rois: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """[N, 4] normalised ``x1, y1, x2, y2`` -> pixel ``x1, y1, x2, y2`` on a grid of ``(H, W)``."""
+    h, w = image_hw
+    scale = np.array([w, h, w, h], dtype=np.float32)
+    return np.asarray(rois, dtype=np.float32).reshape(-1, 4) * scale
+
+
+def roi_pixel_span(roi_px: Sequence[float], size: int, axis: int) -> tuple[int, int]:
+    """Index range ``[lo, hi)`` of pixels whose centre lies in ``[roi[axis], roi[axis + 2])``.
+
+    ``axis`` 0 is x (columns), 1 is y (rows); ``size`` is the grid length along that axis.
+    Pixel ``i`` is inside when ``lo_edge <= i + 0.5 < hi_edge``.
+    """
+    lo_edge, hi_edge = float(roi_px[axis]), float(roi_px[axis + 2])
+    lo = int(np.ceil(lo_edge - 0.5))
+    hi = int(np.ceil(hi_edge - 0.5))
+    return max(lo, 0), min(max(hi, 0), size)
+
+
+def roi_inside_mask(roi: Sequence[float], grid_hw: tuple[int, int]) -> np.ndarray:
+    """[H, W] bool: pixels of a ``(H, W)`` grid whose centre lies in the normalised ROI."""
+    h, w = grid_hw
+    roi_px = normalised_rois_to_pixels(np.asarray(roi), grid_hw)[0]
+    x0, x1 = roi_pixel_span(roi_px, w, 0)
+    y0, y1 = roi_pixel_span(roi_px, h, 1)
+    mask = np.zeros((h, w), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Image preprocessing
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the detector's input tensor.
+
+    Default: BGR (OpenCV) -> RGB, direct resize (no letterbox) to the detector's input size with
+    bilinear interpolation, float32 scaled to ``[0, 1]``, NCHW. Stored in checkpoints and in the
+    fused model's metadata as JSON (:meth:`to_json`).
+    """
+
+    color: Literal["rgb", "bgr"] = "rgb"
+    resize: Literal["direct"] = "direct"
+    interpolation: Literal["linear"] = "linear"
+    scale: float = 1.0 / 255.0
+    layout: Literal["nchw"] = "nchw"
+    dtype: Literal["float32"] = "float32"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocessing":
+        return cls(**json.loads(text))
+
+    def key(self) -> str:
+        """Short stable hash of the settings (used in feature-cache keys)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+DEFAULT_PREPROCESSING = Preprocessing()
+
+
+def preprocess(
+    image_bgr: np.ndarray, input_hw: tuple[int, int], pre: Preprocessing = DEFAULT_PREPROCESSING
+) -> np.ndarray:
+    """[H0, W0, 3] uint8 BGR (as read by ``cv2.imread``) -> [1, 3, H, W] float32 model input.
+
+    ``input_hw`` is the detector's ``(H, W)``. Used by training, validation, parity and predict.
+    """
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        raise ValueError(f"expected an [H, W, 3] BGR image, got shape {image_bgr.shape}")
+    img = image_bgr[:, :, ::-1] if pre.color == "rgb" else image_bgr
+    h, w = input_hw
+    if img.shape[:2] != (h, w):
+        img = cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * np.float32(pre.scale)
+    return chw[None]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as [H, W, 3] uint8 BGR; raises ``FileNotFoundError`` naming the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"not a readable image: {p}")
+    return img

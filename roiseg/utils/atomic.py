@@ -1,0 +1,62 @@
+"""Write files under a temporary name and rename, so a crash never leaves a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from roiseg.errors import InputError
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that files can be written in it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {p}: {exc.strerror or exc}") from exc
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError(f"output folder is not writable: {p}")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; on success rename it to ``final`` (fsynced).
+
+    On any exception the temporary file is removed and ``final`` is left untouched.
+    """
+    final = Path(final)
+    ensure_writable_dir(final.parent if str(final.parent) else Path("."))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write(final: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """Call ``writer(tmp_path)`` and atomically move the result to ``final``."""
+    with atomic_path(final) as tmp:
+        writer(tmp)
+    return Path(final)
+
+
+def write_json(final: str | Path, obj: Any, indent: int = 2) -> Path:
+    """Atomically write ``obj`` as JSON."""
+    return atomic_write(final, lambda p: p.write_text(json.dumps(obj, indent=indent) + "\n"))
+
+
+def write_bytes(final: str | Path, data: bytes) -> Path:
+    return atomic_write(final, lambda p: p.write_bytes(data))

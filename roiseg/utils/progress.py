@@ -1,0 +1,45 @@
+"""Logging set-up and progress bars (tqdm: rate and ETA) used by every long-running command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+LOG = logging.getLogger("roiseg")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log ``roiseg.*`` messages to stderr as ``[roiseg] message``."""
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger("roiseg")
+    root.setLevel(level)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Logger under the ``roiseg`` namespace (``get_logger(__name__)``)."""
+    return logging.getLogger(name if name.startswith("roiseg") else f"roiseg.{name}")
+
+
+def progress(
+    iterable: Iterable[T],
+    desc: str,
+    total: int | None = None,
+    unit: str = "it",
+    disable: bool = False,
+    **kwargs,
+) -> Iterator[T]:
+    """A tqdm bar on stderr showing count, rate and ETA."""
+    return tqdm(
+        iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True,
+        mininterval=0.5, file=sys.stderr, **kwargs,
+    )
