@@ -1,0 +1,1 @@
+"""Training: loss, metrics, checkpoints, the train loop, validation pictures."""
