@@ -1,0 +1,256 @@
+"""COCO person datasets: one item per image (all its ROIs together) and one item per ROI.
+
+Features are computed per image, so training iterates :class:`CocoPersonImages` and batches with
+:func:`collate_images`; :class:`CocoPersonRois` is the per-ROI view of the same data.
+
+Per image: the image is read with OpenCV and turned into the model input by
+:func:`roiseg.conventions.preprocess`; each person mask is rasterised once at original
+resolution by pycocotools and resized to the input ``(H, W)`` with nearest neighbour; ROIs are the
+persons' COCO boxes normalised to ``[0, 1]`` (``x1, y1, x2, y2``), optionally jittered; targets are
+built by :func:`roiseg.data.targets.roi_targets` on the input grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from roiseg.conventions import DEFAULT_PREPROCESSING, Preprocessing, coco_bbox_to_roi, preprocess, read_image
+from roiseg.data.coco import decode_mask, load_coco_json
+from roiseg.data.prepare import select_persons
+from roiseg.data.targets import jitter_rois, roi_targets
+from roiseg.errors import InputError
+from roiseg.utils.progress import get_logger
+
+LOG = get_logger(__name__)
+
+
+@dataclass
+class ImageItem:
+    """All ROIs of one image. ``H, W`` is the model input size."""
+
+    index: int  # position in the dataset
+    image_id: int
+    path: str  # image file path
+    orig_hw: tuple[int, int]  # original (H, W) pixels
+    image: torch.Tensor  # [3, H, W] float32, conventions.preprocess output
+    rois: torch.Tensor  # [K, 4] float32 normalised x1y1x2y2 (jittered when jitter > 0), K >= 1
+    targets: torch.Tensor  # [K, H, W] uint8 class ids (0/1/2) for the (possibly jittered) rois
+    areas: torch.Tensor  # [K] float32 COCO annotation area (original pixels)
+    ann_ids: torch.Tensor  # [K] int64
+
+
+@dataclass
+class ImageBatch:
+    """A batch of images with their ROIs concatenated; ``batch_idx`` maps each ROI to its image."""
+
+    images: torch.Tensor  # [B, 3, H, W] float32
+    rois: torch.Tensor  # [K_total, 4] float32 normalised x1y1x2y2
+    batch_idx: torch.Tensor  # [K_total] int64 image index in the batch of each ROI
+    targets: torch.Tensor  # [K_total, H, W] uint8
+    areas: torch.Tensor  # [K_total] float32
+    ann_ids: torch.Tensor  # [K_total] int64
+    paths: list[str]
+    image_ids: list[int]
+    orig_hw: list[tuple[int, int]]
+    indices: list[int]
+
+    def _map(self, fn) -> "ImageBatch":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ImageBatch(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+    def to(self, device: torch.device | str) -> "ImageBatch":
+        """Copy of the batch with every tensor on ``device`` (non-blocking from pinned memory)."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "ImageBatch":
+        """Used by ``DataLoader(pin_memory=True)`` for fast host-to-GPU copies."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def collate_images(items: list[ImageItem]) -> ImageBatch:
+    """Stack images and concatenate their ROIs, targets, areas and ids (``DataLoader`` collate_fn)."""
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    counts = torch.tensor([len(it.rois) for it in items], dtype=torch.int64)
+    return ImageBatch(
+        images=torch.stack([it.image for it in items]),
+        rois=torch.cat([it.rois for it in items]),
+        batch_idx=torch.repeat_interleave(torch.arange(len(items), dtype=torch.int64), counts),
+        targets=torch.cat([it.targets for it in items]),
+        areas=torch.cat([it.areas for it in items]),
+        ann_ids=torch.cat([it.ann_ids for it in items]),
+        paths=[it.path for it in items],
+        image_ids=[it.image_id for it in items],
+        orig_hw=[it.orig_hw for it in items],
+        indices=[it.index for it in items],
+    )
+
+
+class CocoPersonImages(Dataset):
+    """One item per image with >= 1 usable person ROI (:class:`ImageItem`).
+
+    ``annotations``: person-only COCO JSON (an original instances JSON works too: the rules of
+    :func:`roiseg.data.prepare.select_persons` are applied; skipped annotations are counted in
+    ``self.skipped``). ``images_dir``: folder of the image files. ``input_hw``: model input
+    ``(H, W)``. ``jitter``: ROI jitter amplitude (0 = off, for validation). ``max_images``: keep
+    the first N images of the file.
+
+    Every kept image must exist on disk: the constructor raises :class:`InputError` naming the
+    file and the image id otherwise (run ``prepare-coco --images-dir`` to drop absent images).
+    The jitter of item ``i`` is drawn from ``(seed, epoch, i)``: call :meth:`set_epoch` once per
+    epoch (before creating the ``DataLoader`` iterator, so worker processes see it).
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path,
+        images_dir: str | Path,
+        input_hw: tuple[int, int],
+        preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
+        jitter: float = 0.0,
+        seed: int = 0,
+        max_images: int | None = None,
+    ) -> None:
+        self.annotations = Path(annotations)
+        self.images_dir = Path(images_dir)
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.preprocessing = preprocessing
+        self.jitter = float(jitter)
+        self.seed = int(seed)
+        self.epoch = 0
+        if self.jitter < 0:
+            raise ValueError(f"jitter must be >= 0, got {jitter}")
+        if not self.images_dir.is_dir():
+            raise InputError(f"images folder not found: {self.images_dir}")
+        data = load_coco_json(self.annotations)
+        selection = select_persons(data, self.annotations)
+        self.skipped = selection.skipped
+        images = selection.images if max_images is None else selection.images[: max(0, max_images)]
+        if not images:
+            raise InputError(f"{self.annotations}: no image with a usable person annotation")
+        by_image = selection.by_image()
+        self._images = images
+        self._anns = [by_image[img["id"]] for img in images]
+        self._by_name = {img["file_name"]: i for i, img in enumerate(images)}
+        missing = [img for img in images if not (self.images_dir / img["file_name"]).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(
+                f"{self.images_dir / missing[0]['file_name']}: image id {missing[0]['id']} is listed in "
+                f"{self.annotations} but not on disk{more}"
+            )
+        LOG.debug("%s: %d images, %d ROIs", self.annotations, len(images), self.num_rois)
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def num_rois(self) -> int:
+        return sum(len(a) for a in self._anns)
+
+    def roi_counts(self) -> list[int]:
+        """Number of ROIs of each image, in dataset order."""
+        return [len(a) for a in self._anns]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the jitter stream of ``epoch`` (deterministic, so training can resume)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def record(self, i: int) -> dict:
+        """``{"id", "file_name", "path", "height", "width"}`` of image ``i`` (no decoding)."""
+        img = self._images[i]
+        return {"id": img["id"], "file_name": img["file_name"], "path": str(self.images_dir / img["file_name"]),
+                "height": img["height"], "width": img["width"]}
+
+    def find(self, file_name: str) -> int | None:
+        """Index of the image with this ``file_name`` (base name), or ``None``."""
+        return self._by_name.get(Path(file_name).name, self._by_name.get(file_name))
+
+    def rois(self, i: int) -> np.ndarray:
+        """[K, 4] float32 normalised x1y1x2y2 boxes of image ``i`` (unjittered), clipped to [0, 1]."""
+        img = self._images[i]
+        hw = (img["height"], img["width"])
+        boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in self._anns[i]])
+        return np.clip(boxes, 0.0, 1.0)
+
+    def instance_masks(self, i: int, out_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """([K, H0, W0] bool masks at original resolution — or at ``out_hw`` by nearest neighbour —,
+        [K, 4] normalised unjittered ROIs) of image ``i``."""
+        img = self._images[i]
+        hw = (img["height"], img["width"])
+        try:
+            masks = np.stack([decode_mask(a["segmentation"], hw, out_hw, a["id"]) for a in self._anns[i]])
+        except ValueError as exc:
+            raise InputError(f"{self.annotations}: {exc}") from exc
+        return masks, self.rois(i)
+
+    def _read(self, i: int) -> np.ndarray:
+        rec = self.record(i)
+        try:
+            image = read_image(rec["path"])
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(f"{exc} (image id {rec['id']})") from exc
+        if image.shape[:2] != (rec["height"], rec["width"]):
+            raise InputError(
+                f"{rec['path']}: image id {rec['id']} is {image.shape[0]}x{image.shape[1]} on disk but "
+                f"{rec['height']}x{rec['width']} in {self.annotations}"
+            )
+        return image
+
+    def __getitem__(self, i: int) -> ImageItem:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        rec = self.record(i)
+        image = preprocess(self._read(i), self.input_hw, self.preprocessing)[0]
+        masks, rois = self.instance_masks(i, self.input_hw)
+        if self.jitter > 0:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            rois = jitter_rois(rois, self.jitter, rng, self.input_hw)
+        targets = roi_targets(masks, rois)
+        anns = self._anns[i]
+        return ImageItem(
+            index=i,
+            image_id=rec["id"],
+            path=rec["path"],
+            orig_hw=(rec["height"], rec["width"]),
+            image=torch.from_numpy(image),
+            rois=torch.from_numpy(np.ascontiguousarray(rois, dtype=np.float32)),
+            targets=torch.from_numpy(targets),
+            areas=torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32),
+            ann_ids=torch.tensor([int(a["id"]) for a in anns], dtype=torch.int64),
+        )
+
+
+class CocoPersonRois(Dataset):
+    """One item per ROI over a :class:`CocoPersonImages`: ``(image [3, H, W], roi [4], target [H, W])``.
+
+    Items of one image are consecutive; the last image item is cached, so in-order access decodes
+    each image once.
+    """
+
+    def __init__(self, images: CocoPersonImages) -> None:
+        self.images = images
+        self._index = [(i, k) for i, n in enumerate(images.roi_counts()) for k in range(n)]
+        self._cached: ImageItem | None = None
+        self._cached_epoch = -1
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def locate(self, j: int) -> tuple[int, int]:
+        """``(image index, ROI index within the image)`` of item ``j``."""
+        return self._index[j]
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i, k = self._index[j]
+        if self._cached is None or self._cached.index != i or self._cached_epoch != self.images.epoch:
+            self._cached = self.images[i]
+            self._cached_epoch = self.images.epoch
+        item = self._cached
+        return item.image, item.rois[k], item.targets[k]
