@@ -1,0 +1,6 @@
+"""Frozen detector features: extraction from the detector ONNX (onnxruntime) and the per-image cache."""
+
+from roiseg.features.cache import FeatureCache
+from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor, describe_extractor
+
+__all__ = ["ExtractorInfo", "FeatureCache", "OnnxFeatureExtractor", "describe_extractor"]
