@@ -11,7 +11,7 @@ import torch
 
 from roiseg.errors import InputError
 from roiseg.features.cache import FeatureCache
-from roiseg.features.extractor import OnnxFeatureExtractor
+from roiseg.features.extractor import OnnxFeatureExtractor, describe_extractor
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,26 @@ def test_missing_image_is_an_input_error(tmp_path, extractor):
     cache = FeatureCache(extractor, tmp_path / "cache")
     with pytest.raises(InputError, match="nothere.jpg"):
         cache.features([str(tmp_path / "nothere.jpg")])
+
+
+class _LargeFeatures:
+    """Duck-typed extractor whose features exceed the fp16 range (max 65504)."""
+
+    def __init__(self, info):
+        self.info, self.device, self.calls = info, torch.device("cpu"), 0
+        self.out_shape = (info.channels, *info.feature_hw)
+        self.preprocessing = None
+
+    def __call__(self, images):
+        self.calls += 1
+        return torch.full((len(images), *self.out_shape), 1.0e5)
+
+
+def test_values_beyond_fp16_are_stored_as_float32(tmp_path, stand_in_featext, images):
+    paths, x = images
+    ext = _LargeFeatures(describe_extractor(stand_in_featext))
+    cache = FeatureCache(ext, tmp_path / "cache")
+    first = cache.features(paths[:1], x[:1])
+    assert np.load(cache.file_for(paths[0])).dtype == np.float32
+    second = cache.features(paths[:1], x[:1])
+    assert ext.calls == 1 and float(second.max()) == 1.0e5 and torch.equal(first, second)

@@ -28,8 +28,6 @@ from roiseg.utils.progress import get_logger
 LOG = get_logger(__name__)
 
 CACHE_SUFFIX = ".npy"
-CACHE_DTYPE = np.float16
-_FP16_MAX = float(np.finfo(np.float16).max)
 
 
 class FeatureCache:
@@ -129,11 +127,13 @@ class FeatureCache:
 
         Returns the stored array, so a miss yields exactly what later hits will read.
         """
-        arr = feats.detach().to("cpu", torch.float32).numpy()
-        if np.abs(arr).max(initial=0.0) <= _FP16_MAX:
-            arr = arr.astype(CACHE_DTYPE)
+        t = feats.detach()
+        half = t.to(torch.float16)  # cast where the features are (GPU: half the bytes to copy)
+        if bool(torch.isfinite(half).all()) or not bool(torch.isfinite(t).all()):
+            arr = half.cpu().numpy()
         else:
             LOG.warning("features exceed the fp16 range; caching %s as float32", file.name)
+            arr = t.to("cpu", torch.float32).numpy()
         with atomic_path(file) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
