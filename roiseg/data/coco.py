@@ -113,6 +113,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _all_numbers(values: list) -> bool:
+    """True when ``values`` is a flat list of finite numbers (checked in C by numpy)."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return arr.ndim == 1 and bool(np.isfinite(arr).all())
+
+
 def index_by_image(annotations: Sequence[Mapping]) -> dict[int, list[Mapping]]:
     """``image_id -> [annotation, ...]`` keeping the file order of annotations."""
     index: dict[int, list[Mapping]] = defaultdict(list)
@@ -145,7 +154,7 @@ def validate_segmentation(segmentation: Any, image_hw: tuple[int, int], ann_id: 
     what = f"annotation id {ann_id}" if ann_id is not None else "segmentation"
     if isinstance(segmentation, list):
         for poly in segmentation:
-            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            if not isinstance(poly, list) or not _all_numbers(poly):
                 raise ValueError(f"{what}: polygon must be a flat list of numbers")
             if len(poly) % 2:
                 raise ValueError(f"{what}: polygon has an odd number of coordinates ({len(poly)})")
@@ -218,10 +227,11 @@ def box_rle(x_span: tuple[int, int], y_span: tuple[int, int], image_hw: tuple[in
     (x0, x1), (y0, y1) = x_span, y_span
     rows = y1 - y0
     if x1 <= x0 or rows <= 0:
-        counts = [h * w]
-    else:
-        counts = [x0 * h + y0]
-        for _ in range(x0, x1 - 1):
-            counts += [rows, h - rows]
-        counts += [rows, h - y1 + (w - x1) * h]
+        counts = np.array([h * w], dtype=np.uint32)
+    else:  # zeros up to (x0, y0); per column `rows` ones, `h - rows` zeros; zeros to the end
+        counts = np.empty(2 * (x1 - x0) + 1, dtype=np.uint32)
+        counts[0] = x0 * h + y0
+        counts[1::2] = rows
+        counts[2::2] = h - rows
+        counts[-1] = h - y1 + (w - x1) * h
     return mask_utils.frPyObjects({"counts": counts, "size": [h, w]}, h, w)

@@ -1,0 +1,166 @@
+"""Per-image and per-ROI datasets on generated data: targets checked against an independent build."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from roiseg.conventions import preprocess
+from roiseg.data.dataset import CocoPersonImages, CocoPersonRois, collate_images
+from roiseg.data.prepare import prepare_coco
+from roiseg.errors import InputError
+from roiseg.synthetic.coco import write_synthetic_coco
+
+INPUT_HW = (40, 56)  # not the original size (60 x 80) and not its aspect ratio
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn_dataset")
+    r = write_synthetic_coco(root, 5, 0, image_hw=(60, 80), seed=11, persons=(2, 4))
+    prepare_coco(r["annotations"]["train2017"], root / "annotations")
+    return {"root": root, "original": root / "annotations" / "instances_train2017.json",
+            "ann": root / "annotations" / "instances_train2017_person_only_no_crowd.json",
+            "images": root / "images" / "train2017"}
+
+
+def independent_item(ann_path, images_dir, index, input_hw):
+    """Image tensor, ROIs and targets built directly from pycocotools + explicit pixel centres."""
+    coco = COCO(str(ann_path))
+    info = coco.dataset["images"][index]
+    h0, w0 = info["height"], info["width"]
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
+    h, w = input_hw
+    masks = [cv2.resize(coco.annToMask(a), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool) for a in anns]
+    rois = np.array([[a["bbox"][0] / w0, a["bbox"][1] / h0, (a["bbox"][0] + a["bbox"][2]) / w0,
+                      (a["bbox"][1] + a["bbox"][3]) / h0] for a in anns])
+    cy, cx = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
+    targets = []
+    for k, roi in enumerate(rois):
+        inside = (cx >= roi[0]) & (cx < roi[2]) & (cy >= roi[1]) & (cy < roi[3])
+        others = np.any([m for j, m in enumerate(masks) if j != k], axis=0) if len(masks) > 1 else np.zeros((h, w), bool)
+        t = np.zeros((h, w), np.uint8)
+        t[others & inside] = 2
+        t[masks[k] & inside] = 1
+        targets.append(t)
+    image = cv2.imread(str(images_dir / info["file_name"]))
+    return image, rois, np.stack(targets), anns
+
+
+def test_image_item_matches_independent_build(data):
+    ds = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
+    assert len(ds) == 4  # 5 generated images, one with a crowd person dropped by prepare
+    for i in range(len(ds)):
+        item = ds[i]
+        bgr, rois, targets, anns = independent_item(data["ann"], data["images"], i, INPUT_HW)
+        assert item.index == i and item.orig_hw == (60, 80)
+        assert item.image.shape == (3, *INPUT_HW) and item.image.dtype == torch.float32
+        np.testing.assert_array_equal(item.image.numpy(), preprocess(bgr, INPUT_HW)[0])
+        np.testing.assert_allclose(item.rois.numpy(), rois, atol=1e-6)
+        assert item.targets.dtype == torch.uint8 and item.targets.shape == (len(anns), *INPUT_HW)
+        np.testing.assert_array_equal(item.targets.numpy(), targets)
+        assert item.ann_ids.tolist() == [a["id"] for a in anns]
+        np.testing.assert_allclose(item.areas.numpy(), [a["area"] for a in anns])
+    assert any((ds[i].targets == 2).any() for i in range(len(ds)))  # overlapping persons exist
+
+
+def test_original_json_gives_the_same_items(data):
+    prepared = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
+    original = CocoPersonImages(data["original"], data["images"], INPUT_HW)  # crowd image dropped on the fly
+    assert [original.record(i) for i in range(len(original))] == [prepared.record(i) for i in range(len(prepared))]
+    assert torch.equal(original[1].targets, prepared[1].targets)
+
+
+def test_jitter_is_deterministic_per_epoch(data):
+    ds = CocoPersonImages(data["ann"], data["images"], INPUT_HW, jitter=0.2, seed=7)
+    plain = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
+    a = ds[0]
+    assert torch.equal(ds[0].rois, a.rois)
+    assert not torch.allclose(a.rois, plain[0].rois)
+    ds.set_epoch(1)
+    b = ds[0]
+    assert not torch.equal(a.rois, b.rois)
+    ds.set_epoch(0)
+    assert torch.equal(ds[0].rois, a.rois)  # resumable: epoch 0 again gives the same boxes
+    other_seed = CocoPersonImages(data["ann"], data["images"], INPUT_HW, jitter=0.2, seed=8)
+    assert not torch.equal(other_seed[0].rois, a.rois)
+    # targets follow the jittered boxes: nothing outside them
+    h, w = INPUT_HW
+    cy, cx = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
+    for roi, t in zip(b.rois.numpy(), b.targets.numpy()):
+        inside = (cx >= roi[0]) & (cx < roi[2]) & (cy >= roi[1]) & (cy < roi[3])
+        assert inside.any() and not t[~inside].any()
+
+
+def test_collate_and_batch_to(data):
+    ds = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
+    items = [ds[0], ds[2]]
+    batch = collate_images(items)
+    k0, k2 = len(items[0].rois), len(items[1].rois)
+    assert batch.images.shape == (2, 3, *INPUT_HW)
+    assert batch.rois.shape == (k0 + k2, 4) and batch.targets.shape == (k0 + k2, *INPUT_HW)
+    assert batch.batch_idx.tolist() == [0] * k0 + [1] * k2
+    assert batch.indices == [0, 2] and batch.image_ids == [items[0].image_id, items[1].image_id]
+    assert torch.equal(batch.targets[k0:], items[1].targets)
+    moved = batch.to("cpu")
+    assert torch.equal(moved.rois, batch.rois) and moved.paths == batch.paths
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate_images)
+    assert sum(len(b.indices) for b in loader) == len(ds)
+    with pytest.raises(ValueError):
+        collate_images([])
+
+
+def test_per_roi_view(data):
+    images = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
+    rois = CocoPersonRois(images)
+    assert len(rois) == images.num_rois == sum(images.roi_counts())
+    for j in range(len(rois)):
+        i, k = rois.locate(j)
+        image, roi, target = rois[j]
+        item = images[i]
+        assert torch.equal(image, item.image) and torch.equal(roi, item.rois[k]) and torch.equal(target, item.targets[k])
+
+
+def test_record_find_instance_masks_max_images(data):
+    ds = CocoPersonImages(data["ann"], data["images"], INPUT_HW, max_images=2)
+    assert len(ds) == 2
+    rec = ds.record(1)
+    assert set(rec) == {"id", "file_name", "path", "height", "width"}
+    assert ds.find(rec["file_name"]) == 1 and ds.find("nope.jpg") is None
+    masks, rois = ds.instance_masks(1)
+    coco = COCO(str(data["ann"]))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=rec["id"]))
+    assert masks.shape == (len(anns), 60, 80) and masks.dtype == bool
+    np.testing.assert_array_equal(masks, np.stack([coco.annToMask(a).astype(bool) for a in anns]))
+    assert rois.shape == (len(anns), 4)
+
+
+def test_missing_image_on_disk_names_file_and_id(data, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
+    listed = json.loads(data["ann"].read_text())["images"]
+    (images / listed[2]["file_name"]).unlink()
+    with pytest.raises(InputError) as exc:
+        CocoPersonImages(data["ann"], images, INPUT_HW)
+    assert listed[2]["file_name"] in str(exc.value) and str(listed[2]["id"]) in str(exc.value)
+    with pytest.raises(InputError, match="images folder not found"):
+        CocoPersonImages(data["ann"], tmp_path / "absent", INPUT_HW)
+
+
+def test_image_of_the_wrong_size_or_unreadable(data, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
+    listed = json.loads(data["ann"].read_text())["images"]
+    cv2.imwrite(str(images / listed[0]["file_name"]), np.zeros((10, 10, 3), np.uint8))
+    (images / listed[1]["file_name"]).write_bytes(b"not a jpeg")
+    ds = CocoPersonImages(data["ann"], images, INPUT_HW)
+    with pytest.raises(InputError, match=f"image id {listed[0]['id']} is 10x10"):
+        ds[0]
+    with pytest.raises(InputError, match=f"image id {listed[1]['id']}"):
+        ds[1]
+    with pytest.raises(IndexError):
+        ds[len(ds)]
