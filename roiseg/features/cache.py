@@ -28,6 +28,7 @@ from roiseg.utils.progress import get_logger
 LOG = get_logger(__name__)
 
 CACHE_SUFFIX = ".npy"
+_FP16_MAX = float(np.finfo(np.float16).max)
 
 
 class FeatureCache:
@@ -128,11 +129,12 @@ class FeatureCache:
         Returns the stored array, so a miss yields exactly what later hits will read.
         """
         t = feats.detach()
-        half = t.to(torch.float16)  # cast where the features are (GPU: half the bytes to copy)
-        if bool(torch.isfinite(half).all()) or not bool(torch.isfinite(t).all()):
-            arr = half.cpu().numpy()
+        lo, hi = torch.aminmax(t)
+        if float(hi) <= _FP16_MAX and float(lo) >= -_FP16_MAX:  # False for NaN too
+            arr = t.to(torch.float16).cpu().numpy()  # cast where the features are (GPU: half the bytes to copy)
         else:
-            LOG.warning("features exceed the fp16 range; caching %s as float32", file.name)
+            LOG.warning("features not representable in fp16 (range %.3g..%.3g); caching %s as float32",
+                        float(lo), float(hi), file.name)
             arr = t.to("cpu", torch.float32).numpy()
         with atomic_path(file) as tmp:
             with open(tmp, "wb") as fh:
