@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from roiseg.errors import InputError
-from roiseg.features.cache import FeatureCache
+from roiseg.features.cache import FeatureCache, parse_cache_dir
 from roiseg.features.extractor import OnnxFeatureExtractor, describe_extractor
 
 
@@ -143,3 +144,8 @@ def test_values_beyond_fp16_are_stored_as_float32(tmp_path, stand_in_featext, im
     assert np.load(cache.file_for(paths[0])).dtype == np.float32
     second = cache.features(paths[:1], x[:1])
     assert ext.calls == 1 and float(second.max()) == 1.0e5 and torch.equal(first, second)
+
+
+def test_parse_cache_dir():
+    assert parse_cache_dir("none") is None and parse_cache_dir("None") is None and parse_cache_dir(None) is None
+    assert parse_cache_dir("runs/feature_cache") == Path("runs/feature_cache")

@@ -31,6 +31,17 @@ CACHE_SUFFIX = ".npy"
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
+CACHE_DISABLED = "none"
+"""``--cache none``: extract on the fly, store nothing."""
+
+
+def parse_cache_dir(value: str | Path | None) -> Path | None:
+    """``--cache DIR|none`` -> the cache folder, or ``None`` for on-the-fly extraction."""
+    if value is None or str(value).strip().lower() == CACHE_DISABLED:
+        return None
+    return Path(value)
+
+
 class FeatureCache:
     """Features of images by path: read from ``root`` when cached, else extracted and stored.
 
