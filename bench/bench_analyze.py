@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,12 @@ def replicate(source: Path, min_instances: int) -> dict:
     return person_only_dataset(data, images, annotations)
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=50_000, help="minimum number of person instances")
@@ -59,13 +66,16 @@ def main() -> None:
         path = Path(tmp) / "bench_person_only.json"
         path.write_text(json.dumps(big))
         workers = args.workers or default_workers()
+        cpu_start = _cpu_seconds()
         start = time.perf_counter()
         result = analyze(path, workers=workers)
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu_start
     n = result["num_instances"]
     print(f"source: {source}")
     print(f"{n} instances, {result['num_images']} images, {workers} worker(s): {seconds:.2f} s, "
           f"{n / seconds:.0f} instances/s (including loading the JSON)")
+    print(f"CPU time (this process + workers): {cpu:.2f} s, {n / cpu:.0f} instances per CPU-second")
 
 
 if __name__ == "__main__":
