@@ -100,6 +100,17 @@ def test_batched_extraction_of_static_batch_model(stand_in_featext):
         np.testing.assert_allclose(got.numpy(), singles, rtol=1e-4, atol=1e-5)
 
 
+def test_io_binding_path_matches_plain_run(stand_in_featext):
+    # The IOBinding code used on CUDA, exercised with CPU memory: same binding calls, same results.
+    bound = OnnxFeatureExtractor(stand_in_featext, device="cpu", io_binding=True)
+    plain = OnnxFeatureExtractor(stand_in_featext, device="cpu")
+    assert bound.io_binding and not plain.io_binding
+    x = _rand_images(2, SMALL_INPUT_HW, seed=5)
+    got = bound(torch.from_numpy(x))
+    assert got.dtype == torch.float32 and bound.batched is True
+    np.testing.assert_allclose(got.numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_wrong_tensor_lists_nearest_candidates(stand_in_full):
     wrong = "/model.34/Concat_output_1"
     for make in (lambda: describe_extractor(stand_in_full, wrong), lambda: OnnxFeatureExtractor(stand_in_full, wrong, "cpu")):

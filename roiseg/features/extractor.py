@@ -182,6 +182,8 @@ class OnnxFeatureExtractor:
     ``device`` is ``"auto"`` (TensorRT > CUDA > CPU by availability), ``"cpu"``, ``"cuda"`` or
     ``"cuda:N"``; see :func:`roiseg.features.providers.choose_providers`. :attr:`calls` counts
     onnxruntime runs (a batch on a dynamic-batch graph is one run; a looped batch is B runs).
+    ``io_binding`` (default: on exactly when the features live on CUDA) binds input and output to
+    torch memory instead of copying through numpy.
     """
 
     def __init__(
@@ -194,6 +196,7 @@ class OnnxFeatureExtractor:
         trt_fp16: bool = False,
         trt_cache_dir: str | Path | None = None,
         dynamic_batch: bool = True,
+        io_binding: bool | None = None,
     ) -> None:
         path = Path(path)
         model = load_model(path)
@@ -220,6 +223,8 @@ class OnnxFeatureExtractor:
         self.device: torch.device = session_device(self.session, choice)
         self.providers: list[str] = self.session.get_providers()
         self.calls: int = 0
+        # IOBinding: always on CUDA (no host round trip); on CPU only when asked (same results).
+        self.io_binding: bool = self.device.type == "cuda" if io_binding is None else bool(io_binding)
         LOG.info(
             "feature extractor %s: %s %s -> %s [%d, %d, %d] (stride %d), providers %s",
             path.name, self.info.input_name, list(self.info.input_hw), tensor, self.info.channels,
@@ -263,7 +268,7 @@ class OnnxFeatureExtractor:
                 f"expected images [B, {expected[0]}, {expected[1]}, {expected[2]}] for {self.info.path}, "
                 f"got {list(images.shape)}"
             )
-        if self.device.type == "cuda":
+        if self.io_binding:
             t = torch.as_tensor(images)
             return t.to(device=self.device, dtype=_torch_dtype(self._in_dtype)).contiguous()
         if isinstance(images, torch.Tensor):
@@ -271,7 +276,7 @@ class OnnxFeatureExtractor:
         return np.ascontiguousarray(images, dtype=self._in_dtype)
 
     def _run(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        out = self._run_cuda(x) if self.device.type == "cuda" else self._run_cpu(x)
+        out = self._run_bound(x) if self.io_binding else self._run_cpu(x)
         self.calls += 1
         return out.float()
 
@@ -279,15 +284,15 @@ class OnnxFeatureExtractor:
         out = self.session.run([self.info.tensor], {self.info.input_name: x})[0]
         return torch.from_numpy(out)
 
-    def _run_cuda(self, x: torch.Tensor) -> torch.Tensor:
-        """IOBinding run: input read from, output written into torch CUDA memory (no host copy)."""
-        index = self.device.index or 0
+    def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
+        """IOBinding run: input read from, output written into torch memory on :attr:`device` (no host copy on CUDA)."""
+        kind, index = self.device.type, self.device.index or 0
         out = torch.empty((int(x.shape[0]), *self.out_shape), dtype=_torch_dtype(self._out_dtype), device=self.device)
         binding = self.session.io_binding()
-        binding.bind_input(self.info.input_name, "cuda", index, self._in_dtype, tuple(x.shape), x.data_ptr())
-        binding.bind_output(self.info.tensor, "cuda", index, self._out_dtype, tuple(out.shape), out.data_ptr())
-        # onnxruntime computes on its own stream: make sure torch finished writing the input.
-        torch.cuda.current_stream(self.device).synchronize()
+        binding.bind_input(self.info.input_name, kind, index, self._in_dtype, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.info.tensor, kind, index, self._out_dtype, tuple(out.shape), out.data_ptr())
+        if kind == "cuda":  # onnxruntime computes on its own stream: torch must have finished writing the input
+            torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
         return out
 
