@@ -19,6 +19,9 @@ from roiseg.utils.progress import setup_logging
 COMMANDS: tuple[str, ...] = (
     "prepare_coco",
     "analyze",
+    "fuse",
+    "parity_check",
+    "predict",
 )
 
 

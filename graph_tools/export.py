@@ -1,0 +1,190 @@
+"""Export the ROI mask head to ONNX, in the style of segment-anything's ``utils/onnx.py``.
+
+:class:`HeadOnnxWrapper` wraps a trained :class:`roiseg.modeling.RoiMaskHead` (which stays the
+training model) into the deployment signature::
+
+    features [1, C, h, w] float32   detector features at stride cfg.stride
+    rois     [N, 4]       float32   normalised x1, y1, x2, y2 in [0, 1]
+    images   [1, 3, H, W] float32   preprocessed input (only for the "detail" variant)
+    ->
+    masks    [N, 3, H, W] float32   per-class probabilities at input resolution,
+                                    background (class 0) with p = 1 outside each ROI
+
+``torchvision.ops.roi_align(aligned=True)`` exports (legacy TorchScript exporter, opset >= 16) to a
+native ``RoiAlign`` with ``coordinate_transformation_mode="half_pixel"`` and
+``spatial_scale = 1 / stride``; :func:`export_head` checks that on the written graph. It traces with
+several ROIs and declares the ROI axis dynamic (``num_rois``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import helper
+from torch import nn
+
+from roiseg.conventions import (
+    DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
+    MIN_HEAD_OPSET,
+)
+from roiseg.errors import InputError
+from roiseg.modeling import HeadConfig, RoiMaskHead
+from roiseg.utils.atomic import atomic_path
+
+ROI_AXIS: str = "num_rois"
+"""Name of the dynamic ROI dimension of ``rois`` and ``masks``."""
+HEAD_CONFIG_KEY: str = "roiseg.head_config"
+"""metadata_props key of an exported head: :meth:`HeadConfig.to_dict` as JSON."""
+HEAD_EXTRACTOR_KEY: str = "roiseg.extractor"
+"""metadata_props key of an exported head: the checkpoint's extractor info as JSON (when known)."""
+TORCHSCRIPT_MAX_OPSET: int = 20
+"""Highest opset the legacy TorchScript exporter writes (torch.onnx._constants)."""
+TRACE_ROIS: tuple[tuple[float, float, float, float], ...] = (
+    (0.10, 0.15, 0.55, 0.95),
+    (0.40, 0.05, 0.90, 0.60),
+    (0.00, 0.00, 1.00, 1.00),
+)
+"""Normalised boxes used to trace the export (more than one, so the ROI axis stays symbolic)."""
+
+
+class HeadOnnxWrapper(nn.Module):
+    """Deployment signature of the head: one image, N ROIs -> [N, 3, H, W] probabilities."""
+
+    def __init__(self, head: RoiMaskHead) -> None:
+        super().__init__()
+        self.head = head
+        self.cfg: HeadConfig = head.cfg
+
+    @property
+    def needs_images(self) -> bool:
+        """True for the ``detail`` variant, which RoI-aligns the input image too."""
+        return self.cfg.variant == "detail"
+
+    @property
+    def input_names(self) -> list[str]:
+        names = [HEAD_FEATURES_INPUT, FUSED_ROIS_INPUT]
+        return names + [DEFAULT_IMAGE_INPUT] if self.needs_images else names
+
+    @torch.no_grad()
+    def forward(self, features: torch.Tensor, rois: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """features [1, C, h, w], rois [N, 4] normalised xyxy, images [1, 3, H, W] -> masks [N, 3, H, W]."""
+        batch_idx = torch.zeros_like(rois[:, 0], dtype=torch.int64)
+        return self.head.predict_masks(features, rois, batch_idx, images if self.needs_images else None)
+
+    def dummy_inputs(self, num_rois: int = len(TRACE_ROIS)) -> tuple[torch.Tensor, ...]:
+        """Trace inputs: random features/image and ``num_rois`` (>= 2) real-looking boxes."""
+        cfg = self.cfg
+        h, w = cfg.input_hw
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(1, cfg.in_channels, h // cfg.stride, w // cfg.stride, generator=gen)
+        boxes = [TRACE_ROIS[i % len(TRACE_ROIS)] for i in range(max(num_rois, 2))]
+        rois = torch.tensor(boxes, dtype=torch.float32)
+        if not self.needs_images:
+            return feats, rois
+        return feats, rois, torch.rand(1, 3, h, w, generator=gen)
+
+
+def roi_align_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """All ``RoiAlign`` nodes of the main graph."""
+    return [n for n in model.graph.node if n.op_type == "RoiAlign"]
+
+
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values (bytes decoded)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def check_roi_align(model: onnx.ModelProto, cfg: HeadConfig) -> None:
+    """Assert every ``RoiAlign`` says ``half_pixel`` explicitly; the feature one has ``1 / stride``.
+
+    Raises ``ValueError`` describing the offending node (an exporter regression, not user input).
+    """
+    nodes = roi_align_nodes(model)
+    if not nodes:
+        raise ValueError("exported head has no RoiAlign node")
+    scales = []
+    for node in nodes:
+        attrs = node_attributes(node)
+        if attrs.get("coordinate_transformation_mode") != "half_pixel":
+            raise ValueError(f"RoiAlign {node.name!r} lacks coordinate_transformation_mode='half_pixel': {attrs}")
+        scales.append(float(attrs.get("spatial_scale", 1.0)))
+    if not any(abs(s - 1.0 / cfg.stride) < 1e-9 for s in scales):
+        raise ValueError(f"no RoiAlign with spatial_scale 1/{cfg.stride}; found {scales}")
+
+
+def export_head(
+    head: RoiMaskHead,
+    path: str | Path | None = None,
+    opset: int = DEFAULT_HEAD_OPSET,
+    extractor: dict | None = None,
+) -> onnx.ModelProto:
+    """Export ``head`` (eval mode) to ONNX and return the model; also write it to ``path`` if given.
+
+    Inputs ``features``, ``rois`` (and ``images`` for the detail variant), output ``masks``; the ROI
+    axis is dynamic. ``opset`` must be >= 16 (:class:`InputError` otherwise); above what the
+    TorchScript exporter writes, the graph is exported at its maximum and converted. The head config
+    (and ``extractor``, the checkpoint's extractor info, when given) go into ``metadata_props``.
+    """
+    if opset < MIN_HEAD_OPSET:
+        raise InputError(f"--opset {opset}: the head needs opset >= {MIN_HEAD_OPSET} (RoiAlign half_pixel)")
+    wrapper = HeadOnnxWrapper(head.eval()).eval()
+    names = wrapper.input_names
+    dynamic = {FUSED_ROIS_INPUT: {0: ROI_AXIS}, FUSED_MASKS_OUTPUT: {0: ROI_AXIS}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, wrapper.dummy_inputs(), buf, opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
+            input_names=names, output_names=[FUSED_MASKS_OUTPUT], dynamic_axes=dynamic,
+            do_constant_folding=True, dynamo=False,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    if opset > TORCHSCRIPT_MAX_OPSET:
+        from graph_tools.opset import convert_opset
+
+        model = convert_opset(model, opset, "head")
+    check_roi_align(model, wrapper.cfg)
+    _set_meta(model, HEAD_CONFIG_KEY, json.dumps(wrapper.cfg.to_dict(), sort_keys=True))
+    if extractor is not None:
+        _set_meta(model, HEAD_EXTRACTOR_KEY, json.dumps(extractor, sort_keys=True))
+    onnx.checker.check_model(model)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            onnx.save_model(model, str(tmp))
+    return model
+
+
+def head_config_of(model: onnx.ModelProto, source: str | Path = "head ONNX") -> HeadConfig:
+    """The :class:`HeadConfig` stored in an exported head's metadata (InputError when absent)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if HEAD_CONFIG_KEY not in meta:
+        raise InputError(
+            f"{source} has no {HEAD_CONFIG_KEY} metadata; pass a roiseg checkpoint or a head exported by roiseg"
+        )
+    try:
+        return HeadConfig.from_dict(json.loads(meta[HEAD_CONFIG_KEY]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"{source}: malformed {HEAD_CONFIG_KEY} metadata: {exc}") from exc
+
+
+def head_extractor_of(model: onnx.ModelProto) -> dict | None:
+    """The extractor info stored in an exported head's metadata, or ``None``."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    return json.loads(meta[HEAD_EXTRACTOR_KEY]) if HEAD_EXTRACTOR_KEY in meta else None
+
+
+def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)

@@ -1,0 +1,42 @@
+"""``roiseg fuse``: detector ONNX + trained head -> one ONNX model (``images`` + ``rois`` -> ``masks``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from roiseg.conventions import DEFAULT_FUSED_MODEL
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "fuse",
+        help="trim the detector at the feature tensor and splice the head into one ONNX model",
+        description=(
+            "Cut the detector ONNX at the feature tensor, export the head (native RoiAlign, half_pixel), "
+            "reconcile opset/IR versions, splice both into one model with inputs images + rois and output "
+            "masks [N,3,H,W], check it with onnx.checker, simplify it with onnxsim (kept only when it "
+            "matches the unsimplified model on real boxes) and write it."
+        ),
+    )
+    p.add_argument("--yolo", type=Path, required=True, help="detector ONNX (full detector or featext model)")
+    p.add_argument("--head", type=Path, required=True, help="roiseg checkpoint (.pth) or head ONNX exported by roiseg")
+    p.add_argument("--cut", default=None, help="feature tensor to cut at (default: the tensor recorded with the head)")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_FUSED_MODEL), help=f"output ONNX (default {DEFAULT_FUSED_MODEL})")
+    p.add_argument("--opset", type=int, default=None,
+                   help="opset of the fused model (>= 16; default: the higher of the detector's and the head's)")
+    p.add_argument("--no-simplify", action="store_true", help="do not run onnxsim")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a head trained on another detector file (sha256 mismatch) instead of warning")
+    p.add_argument("--check-image", type=Path, action="append", default=None, metavar="IMG",
+                   help="image to verify the simplified model on (repeatable; default: a synthetic image)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from graph_tools.fuse import fuse
+
+    report = fuse(args.yolo, args.head, cut=args.cut, out=args.out, opset=args.opset,
+                  simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image)
+    print(report.summary())
+    return 0

@@ -1,0 +1,202 @@
+"""Run a fused model on one image with pixel ROIs; masks back at the original size; an overlay.
+
+ROIs are given in pixels of the original image (``x1, y1, x2, y2``). They are clipped to the image
+(with a warning) and normalised to the model's ``rois`` format; a ROI that is empty after clipping
+is refused. The image is preprocessed as the model's metadata says (``roiseg.preprocessing``).
+The model returns per-class probabilities [N, 3, H, W] at its input size; each ROI's three maps are
+resized to the original ``(H0, W0)`` bilinearly (``cv2.resize``) and the class is their argmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from graph_tools.metadata import FusedMetadata, read_metadata
+from roiseg.conventions import (
+    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, pixel_rois_to_normalised, preprocess, read_image,
+)
+from roiseg.errors import InputError
+from roiseg.features.providers import choose_providers
+from roiseg.utils.atomic import ensure_writable_dir, write_bytes
+from roiseg.utils.progress import get_logger
+
+LOG = get_logger(__name__)
+
+PALETTE_BGR: tuple[tuple[int, int, int], ...] = (
+    (60, 200, 60), (230, 160, 30), (40, 200, 230), (200, 80, 200), (30, 120, 250), (220, 220, 60),
+)
+"""Colour of each ROI's target mask and box (cycled)."""
+NON_TARGET_BGR: tuple[int, int, int] = (40, 40, 220)
+TARGET_ALPHA: float = 0.55
+NON_TARGET_ALPHA: float = 0.35
+
+
+# --------------------------------------------------------------------------------------------
+# ROIs
+# --------------------------------------------------------------------------------------------
+def parse_roi(text: str) -> tuple[float, float, float, float]:
+    """``"x1,y1,x2,y2"`` (pixels) -> 4 floats; InputError naming the text otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InputError(f"--roi {text!r}: expected four numbers x1,y1,x2,y2 in pixels")
+    return values  # type: ignore[return-value]
+
+
+def clip_rois(rois_px: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """Clip [N, 4] pixel ``x1, y1, x2, y2`` boxes to an image of ``(H, W)``.
+
+    Returns the clipped boxes and one warning per box that was changed. InputError for a box that
+    is empty (``x2 <= x1`` or ``y2 <= y1``) before or after clipping.
+    """
+    h, w = image_hw
+    rois = np.asarray(rois_px, dtype=np.float32).reshape(-1, 4)
+    if len(rois) == 0:
+        raise InputError("no ROI given: pass --roi x1,y1,x2,y2 (pixels) at least once")
+    clipped = rois.copy()
+    clipped[:, [0, 2]] = np.clip(rois[:, [0, 2]], 0.0, float(w))
+    clipped[:, [1, 3]] = np.clip(rois[:, [1, 3]], 0.0, float(h))
+    notes = []
+    for i, (orig, new) in enumerate(zip(rois, clipped)):
+        text = ",".join(f"{v:g}" for v in orig)
+        if orig[2] <= orig[0] or orig[3] <= orig[1]:
+            raise InputError(f"ROI #{i} ({text}) is empty: needs x2 > x1 and y2 > y1")
+        if new[2] <= new[0] or new[3] <= new[1]:
+            raise InputError(f"ROI #{i} ({text}) lies outside the {w}x{h} image")
+        if not np.array_equal(orig, new):
+            notes.append(f"ROI #{i} ({text}) extends outside the {w}x{h} image; clipped to "
+                         + ",".join(f"{v:g}" for v in new))
+    return clipped, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Masks at the original size
+# --------------------------------------------------------------------------------------------
+def masks_to_original(probs: np.ndarray, orig_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """[N, K, H, W] probabilities -> ([N, K, H0, W0] bilinear-resized probabilities, [N, H0, W0] uint8 argmax)."""
+    h0, w0 = orig_hw
+    n, k = probs.shape[:2]
+    out = np.empty((n, k, h0, w0), dtype=np.float32)
+    for i in range(n):
+        hwk = np.ascontiguousarray(probs[i].transpose(1, 2, 0))
+        resized = cv2.resize(hwk, (w0, h0), interpolation=cv2.INTER_LINEAR)
+        out[i] = resized.reshape(h0, w0, k).transpose(2, 0, 1)
+    return out, out.argmax(axis=1).astype(np.uint8)
+
+
+@dataclass
+class Prediction:
+    """Result for one image. ``rois_px``: [N, 4] clipped pixel boxes; ``probs``: [N, 3, H0, W0];
+    ``labels``: [N, H0, W0] uint8 class ids at the original size; ``warnings``: clipping notes."""
+
+    rois_px: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+class FusedPredictor:
+    """A fused model in onnxruntime: ``predict(image_bgr, rois_px)`` -> :class:`Prediction`."""
+
+    def __init__(self, model: str | Path, device: str = "auto") -> None:
+        self.path = Path(model)
+        self.meta: FusedMetadata = read_metadata(self.path)
+        choice = choose_providers(device)
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=choice.providers)
+        except Exception as exc:  # onnxruntime's own error types
+            raise InputError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from exc
+        names = {i.name for i in self.session.get_inputs()}
+        if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
+            raise InputError(f"{self.path} has inputs {sorted(names)}; expected images and rois")
+
+    def predict(self, image_bgr: np.ndarray, rois_px: np.ndarray) -> Prediction:
+        """[H0, W0, 3] uint8 BGR image + [N, 4] pixel boxes on it -> masks at ``(H0, W0)``."""
+        orig_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+        clipped, notes = clip_rois(rois_px, orig_hw)
+        for note in notes:
+            LOG.warning(note)
+        feeds = {
+            DEFAULT_IMAGE_INPUT: preprocess(image_bgr, self.meta.input_hw, self.meta.preprocessing),
+            FUSED_ROIS_INPUT: pixel_rois_to_normalised(clipped, orig_hw),
+        }
+        probs = self.session.run(None, feeds)[0]
+        full, labels = masks_to_original(probs, orig_hw)
+        return Prediction(clipped, full, labels, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+def _blend(img: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:
+    if mask.any():
+        img[mask] = ((1.0 - alpha) * img[mask] + alpha * np.asarray(colour, np.float32)).astype(np.uint8)
+
+
+def draw_overlay(image_bgr: np.ndarray, pred: Prediction) -> np.ndarray:
+    """Copy of the image with each ROI's box, its target mask (ROI colour) and non-target pixels (red)."""
+    out = image_bgr.copy()
+    for i, labels in enumerate(pred.labels):
+        _blend(out, labels == NON_TARGET, NON_TARGET_BGR, NON_TARGET_ALPHA)
+        _blend(out, labels == TARGET, PALETTE_BGR[i % len(PALETTE_BGR)], TARGET_ALPHA)
+    thickness = max(1, round(max(out.shape[:2]) / 400))
+    for i, box in enumerate(pred.rois_px):
+        colour = PALETTE_BGR[i % len(PALETTE_BGR)]
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x1, y1), (max(x2 - 1, x1), max(y2 - 1, y1)), colour, thickness)
+        cv2.putText(out, f"#{i}", (x1 + 2, max(y1 + 14, 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+    return out
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Encode ``image`` in the format of the path's suffix (PNG when none) and write it atomically."""
+    suffix = Path(path).suffix.lower() or ".png"
+    try:
+        ok, buf = cv2.imencode(suffix, image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise InputError(f"cannot write an image as {suffix!r}: {path} (use .png or .jpg)")
+    return write_bytes(path, buf.tobytes())
+
+
+def save_masks(pred: Prediction, folder: str | Path, stem: str) -> list[Path]:
+    """Per ROI ``<stem>_roi<i>_classes.png`` (class ids 0/1/2) and ``<stem>_roi<i>_target.png`` (0/255)."""
+    folder = ensure_writable_dir(folder)
+    written = []
+    for i, labels in enumerate(pred.labels):
+        written.append(write_image(folder / f"{stem}_roi{i}_classes.png", labels))
+        written.append(write_image(folder / f"{stem}_roi{i}_target.png", np.where(labels == TARGET, 255, 0).astype(np.uint8)))
+    return written
+
+
+def predict_image(
+    model: str | Path,
+    image: str | Path,
+    rois_px: Sequence[Sequence[float]],
+    out: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    device: str = "auto",
+) -> tuple[Prediction, list[Path]]:
+    """Library function behind ``roiseg predict``: returns the prediction and the files written."""
+    try:
+        bgr = read_image(image)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
+    clip_rois(np.asarray(rois_px, dtype=np.float32), bgr.shape[:2])  # refuse bad ROIs before loading the model
+    pred = FusedPredictor(model, device).predict(bgr, np.asarray(rois_px, dtype=np.float32))
+    written: list[Path] = []
+    if out is not None:
+        written.append(write_image(out, draw_overlay(bgr, pred)))
+    if masks_dir is not None:
+        written += save_masks(pred, masks_dir, Path(image).stem)
+    return pred, written
