@@ -16,6 +16,7 @@ All three are turned into one compressed RLE by :func:`segmentation_to_rle` and 
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,6 +26,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from roiseg.errors import InputError
+from roiseg.utils.progress import get_logger
+
+LOG = get_logger(__name__)
 
 Rle = dict[str, Any]
 """Compressed pycocotools RLE: ``{"size": [H, W], "counts": bytes}``."""
@@ -32,6 +36,8 @@ Rle = dict[str, Any]
 IMAGE_FIELDS: tuple[str, ...] = ("id", "file_name", "height", "width")
 ANNOTATION_FIELDS: tuple[str, ...] = ("id", "image_id", "category_id", "bbox")
 MIN_POLYGON_POINTS: int = 3
+LARGE_JSON_MB: float = 20.0
+"""Reading a JSON at least this large is logged (it takes seconds)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,6 +54,8 @@ def load_coco_json(path: str | Path) -> dict:
         raise InputError(f"{p} is a folder; expected a COCO instances JSON file")
     if not p.is_file():
         raise InputError(f"annotation file not found: {p}")
+    size_mb = p.stat().st_size / 2**20
+    LOG.log(logging.INFO if size_mb >= LARGE_JSON_MB else logging.DEBUG, "reading %s (%.0f MB)", p, size_mb)
     try:
         with open(p, "rb") as fh:
             data = json.load(fh)

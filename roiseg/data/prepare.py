@@ -164,8 +164,8 @@ def prepare_coco(
         if n <= 0:
             raise InputError(f"--subset must be a positive number of images, got {n}")
     data = load_coco_json(instances)
-    out_dir = ensure_writable_dir(out_dir)
     selection = select_persons(data, instances, images_dir)
+    out_dir = ensure_writable_dir(out_dir)
     full = person_only_dataset(data, selection.images, selection.annotations)
     outputs: list[tuple[Path, dict]] = [(out_dir / person_only_name(instances.stem), full)]
     for n in subsets:
