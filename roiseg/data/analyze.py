@@ -150,6 +150,7 @@ def default_workers() -> int:
 def _run_jobs(jobs: Sequence[ImageJob], n_instances: int, workers: int) -> list[dict]:
     chunks = list(_chunks(jobs, IMAGES_PER_TASK))
     workers = max(1, min(workers, len(chunks)))
+    LOG.info("%d task(s) of up to %d images on %d process(es)", len(chunks), IMAGES_PER_TASK, workers)
     bar = progress(None, desc="analyze", total=n_instances, unit="ROI")  # manual bar, updated per chunk
     parts = []
     try:
@@ -204,7 +205,7 @@ def analyze(annotations: str | Path, workers: int | None = None) -> dict:
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    LOG.info("analyzing %d ROIs of %d images in %s (%d worker(s))", n_instances, len(jobs), annotations, workers)
+    LOG.info("analyzing %d ROIs of %d images in %s", n_instances, len(jobs), annotations)
     parts = _run_jobs(jobs, n_instances, workers)
 
     totals = sum((p["totals"] for p in parts), np.zeros(NUM_CLASSES, dtype=np.int64))
