@@ -46,3 +46,24 @@ def test_preprocess_rgb_resize_scale():
     assert np.allclose(x[0, 2], 1.0) and np.allclose(x[0, 0], 0.0)  # blue ends in channel 2 (RGB)
     with pytest.raises(ValueError):
         C.preprocess(np.zeros((4, 4), dtype=np.uint8), (8, 8))
+
+
+def test_atomic_write_leaves_no_file_on_failure_and_normal_permissions(tmp_path):
+    import os
+
+    from roiseg.utils.atomic import atomic_write
+
+    target = tmp_path / "out.json"
+
+    def boom(p):
+        p.write_text("half")
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    atomic_write(target, lambda p: p.write_text("ok"))
+    assert target.read_text() == "ok"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)

@@ -12,6 +12,12 @@ from typing import Any, Callable, Iterator
 from roiseg.errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and check that files can be written in it."""
     p = Path(path)
@@ -39,6 +45,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
