@@ -14,7 +14,6 @@ Steps (each in its own module):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ from graph_tools.export import export_head, head_config_of, head_extractor_of
 from graph_tools.inspect import Dim, describe_io, file_sha256, load_model
 from graph_tools.io import needs_external_data, save_model
 from graph_tools.metadata import FusedMetadata, detector_props, write_metadata
-from graph_tools.opset import convert_opset, default_opset
+from graph_tools.opset import convert_opset, default_opset, max_supported_opset
 from graph_tools.simplify import simplify_verified
 from graph_tools.splice import splice
 from graph_tools.trim import trim_at_tensor
@@ -91,8 +90,13 @@ def load_head_source(path: str | Path) -> HeadSource:
 # Checks
 # --------------------------------------------------------------------------------------------
 def check_opset_request(opset: int | None) -> None:
-    if opset is not None and opset < MIN_HEAD_OPSET:
+    """InputError for an ``--opset`` below 16 (RoiAlign half_pixel) or above what onnx/onnxruntime support."""
+    if opset is None:
+        return
+    if opset < MIN_HEAD_OPSET:
         raise InputError(f"--opset {opset} is too low: RoiAlign with half_pixel needs opset >= {MIN_HEAD_OPSET}")
+    if opset > max_supported_opset():
+        raise InputError(f"--opset {opset} is too high: the installed onnx/onnxruntime support up to {max_supported_opset()}")
 
 
 def check_extractor_hash(source: HeadSource, yolo: Path, yolo_sha: str, strict: bool) -> list[str]:
@@ -303,6 +307,3 @@ def fuse(
         file_bytes=size, meta=build.meta, warnings=build.warnings,
     )
 
-
-def describe_json(report: FuseReport) -> str:
-    return json.dumps(report.to_dict(), indent=2)

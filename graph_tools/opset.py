@@ -22,30 +22,56 @@ LOG = get_logger(__name__)
 
 DEFAULT_DOMAINS: tuple[str, ...] = ("", "ai.onnx")
 _PROBE_IR_RANGE: tuple[int, int] = (3, 32)
+MIN_PROBE_OPSET: int = 7
 
 
-def _identity_model(ir_version: int) -> onnx.ModelProto:
+def _identity_model(ir_version: int | None = None, opset: int = 13) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "ir_probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = ir_version
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = ir_version if ir_version is not None else helper.find_min_ir_version_for(opsets, True)
     return model
+
+
+def _ort_loads(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own exception types for unsupported versions
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
 def ort_max_ir_version() -> int:
     """Highest model IR version the installed onnxruntime loads (probed with a one-node model)."""
-    import onnxruntime as ort
-
     best = 0
     for ir in range(*_PROBE_IR_RANGE):
-        try:
-            ort.InferenceSession(_identity_model(ir).SerializeToString(), providers=["CPUExecutionProvider"])
-        except Exception:  # onnxruntime raises its own exception types for "unsupported IR version"
+        if not _ort_loads(_identity_model(ir)):
             break
         best = ir
     return best
+
+
+@functools.lru_cache(maxsize=1)
+def max_supported_opset() -> int:
+    """Highest ``ai.onnx`` opset both the installed onnx (converter, checker) and onnxruntime handle."""
+    best = 0
+    for opset in range(MIN_PROBE_OPSET, onnx.defs.onnx_opset_version() + 1):
+        if not _ort_loads(_identity_model(None, opset)):
+            break
+        best = opset
+    return best
+
+
+def check_opset_supported(opset: int) -> None:
+    """InputError when ``opset`` is newer than :func:`max_supported_opset`."""
+    top = max_supported_opset()
+    if opset > top:
+        raise InputError(f"opset {opset} is not supported here: the installed onnx/onnxruntime handle up to opset {top}")
 
 
 def min_ir_version(model: onnx.ModelProto) -> int:
@@ -86,6 +112,7 @@ def convert_opset(model: onnx.ModelProto, target: int, what: str = "model") -> o
     current = default_opset(model)
     if current == target:
         return model
+    check_opset_supported(target)
     LOG.info("converting %s from opset %d to %d (onnx.version_converter)", what, current, target)
     try:
         converted = onnx.version_converter.convert_version(model, target)

@@ -93,12 +93,15 @@ def edge_case_rois(input_hw: tuple[int, int]) -> dict[str, np.ndarray]:
 
 
 def probe_rois(base: np.ndarray, input_hw: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
-    """[max(n, len)] ROIs: ``base`` boxes, then the edge cases, topped up with plausible boxes."""
+    """``base`` boxes, then the edge cases, topped up with plausible boxes to ``n`` ROIs (at least).
+
+    Returns [max(n, len(base) + number of edge cases), 4] normalised xyxy float32.
+    """
     rois = [np.asarray(base, dtype=np.float32).reshape(-1, 4), np.stack(list(edge_case_rois(input_hw).values()))]
     have = sum(len(r) for r in rois)
     if have < n:
         rois.append(plausible_rois(n - have, seed=seed + 1))
-    return np.concatenate(rois)[: max(n, len(rois[0]))]
+    return np.concatenate(rois)
 
 
 @dataclass
@@ -142,12 +145,12 @@ def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], prepr
         yield ProbeImage(p.name, preprocess(read_image(p), input_hw, preprocessing), plausible_rois(3, seed=i))
 
 
-def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], first: bool) -> list[np.ndarray]:
-    """ROI sets run on one image: 1 ROI, ``MANY_ROIS`` (GT + edge cases), and on the first image 64."""
+def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], large: int = 0) -> list[np.ndarray]:
+    """ROI sets run on one image: 1 ROI, ``MANY_ROIS`` (GT + edge cases) and, if ``large``, that many."""
     one = probe.gt_rois[:1] if len(probe.gt_rois) else plausible_rois(1)
     sets = [one, probe_rois(probe.gt_rois, input_hw, MANY_ROIS)]
-    if first:
-        sets.append(probe_rois(probe.gt_rois, input_hw, LARGE_ROI_SET, seed=7))
+    if large:
+        sets.append(probe_rois(probe.gt_rois, input_hw, large, seed=7))
     return sets
 
 
@@ -349,13 +352,14 @@ def run_parity(
     min_argmax: float = DEFAULT_MIN_ARGMAX,
     max_images: int | None = None,
     cut: str | None = None,
+    large_set: int = LARGE_ROI_SET,
 ) -> dict[str, Any]:
     """Compare the fused model with the PyTorch path on real images; returns the report dict.
 
     Without ``fused`` the model is fused first (simplified) into a temporary folder. ``head`` must
     be a checkpoint (the PyTorch path needs the weights). ``annotations`` (COCO JSON) needs
     ``images``; with ``images`` alone every image in the folder is used with plausible boxes; with
-    neither a synthetic image stands in (logged).
+    neither a synthetic image stands in (logged). ``large_set`` ROIs are run once, on the first image.
     """
     from graph_tools.fuse import build_fused, check_feeds, load_head_source
     from graph_tools.inspect import load_model
@@ -391,7 +395,7 @@ def run_parity(
         probes = _probe_images(meta, annotations, images, max_images)
         report = compare_paths(
             fused_model, build.detector, build.model if meta.simplified else None, reference, probes,
-            meta.input_hw, atol, min_argmax,
+            meta.input_hw, atol, min_argmax, large_set,
         )
     report.update({
         "fused": label, "yolo": str(yolo), "head": str(head),
@@ -418,6 +422,7 @@ def compare_paths(
     input_hw: tuple[int, int],
     atol: float = DEFAULT_ATOL,
     min_argmax: float = DEFAULT_MIN_ARGMAX,
+    large_set: int = LARGE_ROI_SET,
 ) -> dict[str, Any]:
     """Run every stage on every probe image and ROI set; the report dict (see module docstring)."""
     fused_s = cpu_session(fused)
@@ -435,7 +440,7 @@ def compare_paths(
     for i, probe in enumerate(progress(probes, desc="parity", unit="img")):
         feats = reference.features(probe.image)
         stages["trim"].update(feats, trim_s.run([trim_out], {trim_in: probe.image})[0])
-        for rois in roi_sets(probe, input_hw, first=(i == 0)):
+        for rois in roi_sets(probe, input_hw, large_set if i == 0 else 0):
             feeds = {DEFAULT_IMAGE_INPUT: probe.image, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
             got = fused_s.run(None, feeds)[0]
             stages["fused"].update(reference.masks(feats, probe.image, feeds[FUSED_ROIS_INPUT]), got)

@@ -45,3 +45,48 @@ def make_checkpoint(
         "metrics": {}, "config": {},
     }
     return save_checkpoint(path, state)
+
+
+_FUSED: dict[tuple, Path] = {}
+
+
+def fused_once(root: Path, detector: Path, checkpoint: Path, simplify: bool = True, **kwargs) -> Path:
+    """``graph_tools.fuse.fuse`` into ``root``, memoised per arguments for the whole test session."""
+    from graph_tools.fuse import fuse
+
+    key = (str(root), str(detector), str(checkpoint), simplify, tuple(sorted(kwargs.items())))
+    if key not in _FUSED or not _FUSED[key].is_file():
+        out = Path(root) / f"fused_{len(_FUSED)}.onnx"
+        _FUSED[key] = fuse(detector, checkpoint, out=out, simplify=simplify, **kwargs).out
+    return _FUSED[key]
+
+
+def ort_session(model):
+    """onnxruntime CPU session on a path or a ModelProto."""
+    import onnxruntime as ort
+
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+
+
+def feature_output(detector: Path, tensor: str, image):
+    """``tensor`` of the unmodified ``detector`` graph, exposed by appending it to the graph outputs.
+
+    Independent of graph_tools.trim: the graph is only given one more output.
+    """
+    import onnx
+
+    model = onnx.load(str(detector))
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    sess = ort_session(model)
+    return sess.run([tensor], {sess.get_inputs()[0].name: image})[0]
+
+
+def boxes(n: int, seed: int = 0):
+    """[n, 4] float32 normalised xyxy boxes with width/height in [0.05, 0.6] (never degenerate)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    wh = rng.uniform(0.05, 0.6, (n, 2))
+    x1y1 = rng.uniform(0, 1, (n, 2)) * (1 - wh)
+    return np.concatenate([x1y1, x1y1 + wh], 1).astype(np.float32)

@@ -1,0 +1,88 @@
+"""graph_tools.export: the head as ONNX with native RoiAlign (half_pixel), dynamic ROI count, parity with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers_graph import boxes, ort_session
+
+from graph_tools.export import ROI_AXIS, export_head, head_config_of, node_attributes, roi_align_nodes
+from roiseg.errors import InputError
+from roiseg.modeling import HeadConfig, build_head
+
+H, W, C, STRIDE = 64, 96, 16, 8
+
+
+def _head(variant: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = HeadConfig(in_channels=C, stride=STRIDE, input_hw=(H, W), variant=variant, hidden=32, num_convs=1,
+                     detail_channels=8)
+    head = build_head(cfg).eval()
+    with torch.no_grad():
+        head.classifier.weight.mul_(4.0)
+    return head
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("variant", ["baseline", "detail"])
+def test_export_signature_and_native_roi_align(variant):
+    model = export_head(_head(variant))
+    inputs = {vi.name: _dims(vi) for vi in model.graph.input}
+    expected = {"features": [1, C, H // STRIDE, W // STRIDE], "rois": [ROI_AXIS, 4]}
+    if variant == "detail":
+        expected["images"] = [1, 3, H, W]
+    assert inputs == expected
+    assert [(o.name, _dims(o)) for o in model.graph.output] == [("masks", [ROI_AXIS, 3, H, W])]
+    assert model.opset_import[0].version == 17
+    nodes = roi_align_nodes(model)
+    assert len(nodes) == (2 if variant == "detail" else 1)
+    attrs = [node_attributes(n) for n in nodes]
+    assert all(a["coordinate_transformation_mode"] == "half_pixel" for a in attrs)
+    feat = [a for a in attrs if a["output_height"] == 14]
+    assert len(feat) == 1 and feat[0]["spatial_scale"] == pytest.approx(1.0 / STRIDE) and feat[0]["sampling_ratio"] == 2
+    if variant == "detail":
+        img = [a for a in attrs if a["output_height"] == 56]
+        assert len(img) == 1 and img[0]["spatial_scale"] == pytest.approx(1.0)
+    assert head_config_of(model) == _head(variant).cfg
+
+
+@pytest.mark.parametrize("variant", ["baseline", "detail"])
+def test_onnx_head_matches_torch_for_1_7_and_64_rois(variant):
+    head = _head(variant, seed=1)
+    sess = ort_session(export_head(head))
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((1, C, H // STRIDE, W // STRIDE), dtype=np.float32)
+    image = rng.random((1, 3, H, W), dtype=np.float32)
+    for n in (1, 7, 64):
+        rois = boxes(n, seed=n)
+        rois[0] = [0.0, 0.0, 1.0, 1.0]  # whole image, touching every border
+        feeds = {"features": feats, "rois": rois}
+        if variant == "detail":
+            feeds["images"] = image
+        got = sess.run(None, feeds)[0]
+        with torch.no_grad():
+            ref = head.predict_masks(torch.from_numpy(feats), torch.from_numpy(rois), torch.zeros(n, dtype=torch.int64),
+                                     torch.from_numpy(image)).numpy()
+        assert got.shape == (n, 3, H, W)
+        assert np.abs(got - ref).max() < 1e-5
+        assert (got.argmax(1) == ref.argmax(1)).mean() > 0.9999
+
+
+def test_export_other_opsets_and_refuses_below_16(tmp_path):
+    head = _head("detail")
+    with pytest.raises(InputError, match="opset >= 16"):
+        export_head(head, tmp_path / "h15.onnx", opset=15)
+    assert not (tmp_path / "h15.onnx").exists()
+    for opset in (16, 21):  # 21 is above the TorchScript exporter's maximum: exported, then converted
+        path = tmp_path / f"h{opset}.onnx"
+        model = export_head(head, path, opset=opset)
+        assert onnx.load(str(path)).opset_import[0].version == opset == model.opset_import[0].version
+        assert all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in roi_align_nodes(model))
+        out = ort_session(path).run(None, {"features": np.ones((1, C, 8, 12), np.float32), "rois": boxes(3),
+                                           "images": np.ones((1, 3, H, W), np.float32)})[0]
+        assert out.shape == (3, 3, H, W)

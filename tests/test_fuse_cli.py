@@ -1,0 +1,203 @@
+"""``roiseg fuse`` and ``roiseg parity-check`` from the command line: contract of the written model,
+summary, metadata, and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SMALL_CHANNELS, SMALL_INPUT_HW
+from helpers_graph import YOLOX_TENSOR, boxes, make_checkpoint, ort_session
+
+from graph_tools.export import node_attributes, roi_align_nodes
+from graph_tools.metadata import read_props
+from graph_tools.splice import HEAD_PREFIX
+from graph_tools.trim import trim_at_tensor
+from roiseg.cli import main
+from roiseg.conventions import CLASS_NAMES, DEFAULT_FEATURE_TENSOR, DEFAULT_PREPROCESSING
+
+VAL_JSON = "annotations/instances_val2017.json"
+VAL_IMAGES = "images/val2017"
+
+
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is now (pytest swaps it per test)."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def log_to_captured_stderr(monkeypatch, capsys):
+    """roiseg log lines go to this test's captured stderr (the CLI's handler may be bound to an old one)."""
+    handler = logging.StreamHandler(_CurrentStderr())
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    monkeypatch.setattr(logging.getLogger("roiseg"), "handlers", [handler])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuse_cli")
+
+
+@pytest.fixture(scope="module")
+def featext_ckpt(work, stand_in_featext):
+    return make_checkpoint(work / "featext.pth", stand_in_featext)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def _dims(vi):
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+
+def test_fuse_featext_model(work, stand_in_featext, featext_ckpt, capsys):
+    out = work / "models" / "fused.onnx"
+    assert main(["fuse", "--yolo", str(stand_in_featext), "--head", str(featext_ckpt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    h, w = SMALL_INPUT_HW
+    for text in (f"input  images   [1, 3, {h}, {w}]", "input  rois     ['num_rois', 4]",
+                 f"output masks    ['num_rois', 3, {h}, {w}]", "opset 17, IR version", "(onnxsim)", "MB", str(out)):
+        assert text in printed
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert [(vi.name, _dims(vi)) for vi in model.graph.input] == [("images", [1, 3, h, w]), ("rois", ["num_rois", 4])]
+    assert [(vi.name, _dims(vi)) for vi in model.graph.output] == [("masks", ["num_rois", 3, h, w])]
+    # One detector path: as many detector convolutions as the trimmed detector has; the detection output is gone.
+    trimmed = trim_at_tensor(onnx.load(str(stand_in_featext)))
+    det_convs = sum(n.op_type == "Conv" for n in trimmed.graph.node)
+    assert sum(n.op_type == "Conv" and not n.name.startswith(HEAD_PREFIX) for n in model.graph.node) == det_convs
+    assert "output0" not in {n for node in model.graph.node for n in node.output}
+    assert all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in roi_align_nodes(model))
+    assert len(roi_align_nodes(model)) == 2  # detail head: features and image
+    props = read_props(model)
+    assert props["roiseg.extractor_sha256"] == _sha256(stand_in_featext)
+    assert props["roiseg.feature_tensor"] == DEFAULT_FEATURE_TENSOR
+    assert json.loads(props["roiseg.input_hw"]) == [h, w] and props["roiseg.stride"] == "8"
+    assert json.loads(props["roiseg.class_names"]) == list(CLASS_NAMES)
+    assert json.loads(props["roiseg.preprocessing"]) == json.loads(DEFAULT_PREPROCESSING.to_json())
+    assert json.loads(props["roiseg.head_config"])["in_channels"] == SMALL_CHANNELS
+    assert props["roiseg.head_sha256"] == _sha256(featext_ckpt) and props["roiseg.simplified"] == "true"
+    sess = ort_session(out)
+    image = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    for n in (1, 7, 64):
+        masks = sess.run(None, {"images": image, "rois": boxes(n, seed=n)})[0]
+        assert masks.shape == (n, 3, h, w)
+        np.testing.assert_allclose(masks.sum(1), 1.0, atol=1e-5)
+
+
+def test_fuse_yolox_unsimplified_runs_64_rois(work, yolox_nano, capsys):
+    ckpt = make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="baseline")
+    out = work / "yolox_fused.onnx"
+    assert main(["fuse", "--yolo", str(yolox_nano), "--head", str(ckpt), "--out", str(out), "--no-simplify"]) == 0
+    assert "not simplified: --no-simplify" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 17  # the detector's opset 11 was converted
+    assert read_props(model)["roiseg.simplified"] == "false"
+    assert read_props(model)["roiseg.feature_tensor"] == YOLOX_TENSOR
+    masks = ort_session(out).run(None, {"images": np.full((1, 3, 416, 416), 0.5, np.float32), "rois": boxes(64)})[0]
+    assert masks.shape == (64, 3, 416, 416)
+
+
+def test_fuse_at_a_requested_opset(work, stand_in_full, featext_ckpt):
+    out = work / "opset18.onnx"
+    assert main(["fuse", "--yolo", str(stand_in_full), "--head", str(featext_ckpt), "--out", str(out),
+                 "--opset", "18", "--no-simplify"]) == 0
+    model = onnx.load(str(out))
+    assert model.opset_import[0].version == 18
+    assert ort_session(out).run(None, {"images": np.zeros((1, 3, *SMALL_INPUT_HW), np.float32),
+                                       "rois": boxes(2)})[0].shape == (2, 3, *SMALL_INPUT_HW)
+
+
+def test_head_from_another_detector_file_warns_and_strict_refuses(work, stand_in_full, featext_ckpt, capsys):
+    out = work / "mismatch.onnx"
+    args = ["fuse", "--yolo", str(stand_in_full), "--head", str(featext_ckpt), "--out", str(out), "--no-simplify"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.out and "sha256" in captured.err and out.is_file()
+    strict_out = work / "strict" / "mismatch.onnx"
+    args[args.index(str(out))] = str(strict_out)
+    assert main(args + ["--strict"]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "--strict" in err[0] and "sha256" in err[0]
+    assert not strict_out.exists()
+
+
+def _bad_inputs(work, stand_in_featext, featext_ckpt, yolox_nano):
+    garbage = work / "garbage.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    text = work / "notes.onnx"
+    text.write_text("this is not a model\n")
+    bad_ckpt = work / "broken.pth"
+    bad_ckpt.write_bytes(b"PK\x03\x04 truncated")
+    good = ["--yolo", str(stand_in_featext), "--head", str(featext_ckpt)]
+    return {
+        "tensor not found": (good + ["--cut", "/model.34/Concat_output_7"],
+                             f"nearest candidates: {DEFAULT_FEATURE_TENSOR} [1, {SMALL_CHANNELS}, 16, 16]"),
+        "channel mismatch": (["--yolo", str(yolox_nano), "--head", str(featext_ckpt), "--cut", YOLOX_TENSOR],
+                             f"head expects {SMALL_CHANNELS} feature channels but tensor '{YOLOX_TENSOR}'"),
+        "opset below 16": (good + ["--opset", "15"], "needs opset >= 16"),
+        "corrupt onnx": (["--yolo", str(garbage), "--head", str(featext_ckpt)], f"not a readable ONNX model: {garbage}"),
+        "text file as onnx": (["--yolo", str(text), "--head", str(featext_ckpt)], str(text)),
+        "missing onnx": (["--yolo", str(work / "nope.onnx"), "--head", str(featext_ckpt)], "ONNX model not found"),
+        "corrupt checkpoint": (["--yolo", str(stand_in_featext), "--head", str(bad_ckpt)], f"checkpoint {bad_ckpt}"),
+        "head onnx without roiseg metadata": (["--yolo", str(stand_in_featext), "--head", str(yolox_nano)],
+                                              "roiseg.head_config"),
+    }
+
+
+CASES = ["tensor not found", "channel mismatch", "opset below 16", "corrupt onnx", "text file as onnx",
+         "missing onnx", "corrupt checkpoint", "head onnx without roiseg metadata"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_writes_nothing(case, work, stand_in_featext, featext_ckpt, yolox_nano, capsys):
+    args, expected = _bad_inputs(work, stand_in_featext, featext_ckpt, yolox_nano)[case]
+    out_dir = work / f"bad_{case.replace(' ', '_')}"
+    out_dir.mkdir()
+    code = main(["fuse", *args, "--out", str(out_dir / "fused.onnx")])
+    captured = capsys.readouterr()
+    errors = _error_lines(captured.err)
+    assert code == 2, captured.err
+    assert len(errors) == 1 and expected in errors[0], captured.err
+    assert "Traceback" not in captured.err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_parity_check_cli_passes_and_fails(work, stand_in_full, coco_tiny, capsys):
+    ckpt = make_checkpoint(work / "full.pth", stand_in_full)
+    report = work / "parity.json"
+    common = ["--yolo", str(stand_in_full), "--annotations", str(coco_tiny / VAL_JSON),
+              "--images", str(coco_tiny / VAL_IMAGES), "--max-images", "1"]
+    # Without --fused: fuses into a temporary file first.
+    assert main(["parity-check", *common, "--head", str(ckpt), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage" in printed and "fused" in printed and "PASS" in printed
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and set(data["stages"]) == {"trim", "simplify", "fused"}
+    assert data["stages"]["fused"]["argmax_agreement"] >= 0.9999
+    # A fused model from other weights than --head: exit 1, report still written.
+    other = make_checkpoint(work / "other.pth", stand_in_full, seed=3)
+    fused = work / "other_fused.onnx"
+    assert main(["fuse", "--yolo", str(stand_in_full), "--head", str(other), "--out", str(fused), "--no-simplify"]) == 0
+    bad_report = work / "parity_bad.json"
+    capsys.readouterr()
+    assert main(["parity-check", *common, "--fused", str(fused), "--head", str(ckpt), "--report", str(bad_report)]) == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "parity outside tolerance" in errors[0] and "fused" in errors[0]
+    assert json.loads(bad_report.read_text())["passed"] is False
