@@ -19,6 +19,7 @@ from roiseg.utils.progress import setup_logging
 COMMANDS: tuple[str, ...] = (
     "prepare_coco",
     "analyze",
+    "train",
     "fuse",
     "parity_check",
     "predict",

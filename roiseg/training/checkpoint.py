@@ -20,12 +20,16 @@ A checkpoint is a ``torch.save`` dict:
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from roiseg import __version__
+from roiseg.conventions import BEST_CHECKPOINT, CHECKPOINT_GLOB, CHECKPOINT_PATTERN
 from roiseg.errors import InputError
 from roiseg.modeling import HeadConfig, RoiMaskHead, build_head
 from roiseg.utils.atomic import atomic_path
@@ -77,3 +81,107 @@ def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> tup
     """``(head in eval mode, checkpoint dict)`` from a checkpoint file."""
     state = load_checkpoint(path, map_location)
     return head_from_state(state, path), state
+
+
+# --------------------------------------------------------------------------------------------
+# Run folders: finding, pruning, the best checkpoint, compatibility
+# --------------------------------------------------------------------------------------------
+def _name_regex() -> re.Pattern[str]:
+    """:data:`roiseg.conventions.CHECKPOINT_PATTERN` as a regex capturing ``epoch``, ``height``, ``width``, ``miou``."""
+    parts = re.split(r"\{(\w+)(?::[^}]*)?\}", CHECKPOINT_PATTERN)
+    regex = "".join(re.escape(p) if i % 2 == 0 else rf"(?P<{p}>\d+)" for i, p in enumerate(parts))
+    return re.compile(rf"^{regex}$")
+
+
+_CHECKPOINT_RE = _name_regex()
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """Epoch encoded in a checkpoint file name (``checkpoint_epoch_0007_...`` -> 7), else ``None``."""
+    m = _CHECKPOINT_RE.match(Path(path).name)
+    return int(m.group("epoch")) if m else None
+
+
+def find_checkpoints(folder: str | Path) -> list[Path]:
+    """Epoch checkpoints in ``folder`` sorted by epoch (oldest first); temp files and ``best.pth`` excluded."""
+    found = [p for p in Path(folder).glob(CHECKPOINT_GLOB) if p.is_file() and checkpoint_epoch(p) is not None]
+    return sorted(found, key=lambda p: (checkpoint_epoch(p), p.stat().st_mtime_ns))
+
+
+def find_latest(folder: str | Path) -> Path | None:
+    """The checkpoint of the highest epoch in ``folder``, or ``None`` when there is none."""
+    found = find_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def resolve_resume(target: str | Path, default_folder: str | Path) -> Path:
+    """The checkpoint ``--resume`` means: a file as given, or the latest in a folder.
+
+    ``target`` ``""`` means ``default_folder`` (the run's output folder). InputError naming the
+    folder when it holds no checkpoint.
+    """
+    p = Path(target) if str(target) else Path(default_folder)
+    if p.is_dir():
+        latest = find_latest(p)
+        if latest is None:
+            raise InputError(f"--resume: no {CHECKPOINT_GLOB} in {p}")
+        return latest
+    if not p.is_file():
+        raise InputError(f"--resume: checkpoint not found: {p}")
+    return p
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` epoch checkpoints (``keep <= 0``: delete none); return the deleted.
+
+    ``best.pth`` is a separate file (:func:`record_best`), so the best epoch survives pruning.
+    """
+    if keep <= 0:
+        return []
+    old = find_checkpoints(folder)[:-keep]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def record_best(checkpoint: str | Path, folder: str | Path | None = None) -> Path:
+    """Make ``<folder>/best.pth`` (default: the checkpoint's folder) a copy of ``checkpoint``.
+
+    A hard link where the file system allows it (no extra disk), else a byte copy; either way the
+    new file is built under a temporary name and renamed over the old one.
+    """
+    src = Path(checkpoint)
+    dst = Path(folder if folder is not None else src.parent) / BEST_CHECKPOINT
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return dst
+
+
+def check_compatible(state: dict[str, Any], info: Any, source: str | Path = "checkpoint") -> None:
+    """InputError naming ``source`` when a checkpoint was trained on other features than ``info``.
+
+    ``info``: the current :class:`roiseg.features.extractor.ExtractorInfo`. Compared: channel
+    count, extractor file sha256, feature tensor, input size and stride.
+    """
+    saved = state.get("extractor") or {}
+    head = state.get("head_config") or {}
+    channels = head.get("in_channels", saved.get("channels"))
+    if channels != info.channels:
+        raise InputError(
+            f"checkpoint {source} was trained on {channels}-channel features, but {info.tensor} of "
+            f"{info.path} has {info.channels} channels"
+        )
+    if saved.get("sha256") != info.sha256:
+        raise InputError(
+            f"checkpoint {source} was trained with extractor sha256 {str(saved.get('sha256'))[:12]}… "
+            f"({saved.get('path')}), but {info.path} has sha256 {info.sha256[:12]}…"
+        )
+    for key, now in (("tensor", info.tensor), ("input_hw", list(info.input_hw)), ("stride", info.stride)):
+        then = saved.get(key)
+        then = list(then) if isinstance(then, (list, tuple)) else then
+        if then != now:
+            raise InputError(f"checkpoint {source}: extractor {key} was {then}, now {now}")

@@ -1,0 +1,117 @@
+"""The training config: defaults == configs/default.toml, precedence, --set parsing, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from roiseg.errors import InputError
+from roiseg.training.config import DEFAULT_CONFIG_PATH, TrainConfig, load_config, parse_set, read_toml
+
+
+def test_default_toml_lists_every_option_with_its_default():
+    toml = read_toml(DEFAULT_CONFIG_PATH)
+    defaults = TrainConfig().to_dict()
+    assert set(toml) == set(defaults)
+    for section, values in defaults.items():
+        assert set(toml[section]) == set(values), section
+        for key, value in values.items():
+            assert toml[section][key] == value, f"{section}.{key}"
+
+
+def test_precedence_defaults_then_file_then_overrides(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text('[optim]\nlr = 0.5\nweight_decay = 0.2\n[train]\nepochs = 7\n')
+    cfg = load_config(f, {"optim.lr": 0.25})
+    assert cfg.optim.lr == 0.25  # override wins over the file
+    assert cfg.optim.weight_decay == 0.2  # file wins over the default
+    assert cfg.train.epochs == 7
+    assert cfg.optim.grad_clip == TrainConfig().optim.grad_clip  # untouched key keeps its default
+
+
+def test_base_config_sits_below_file_and_overrides(tmp_path: Path):
+    base = TrainConfig().to_dict()
+    base["train"]["epochs"] = 3
+    base["head"]["variant"] = "baseline"
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nepochs = 5\n")
+    cfg = load_config(f, {"train.seed": 9}, base=base)
+    assert (cfg.train.epochs, cfg.head.variant, cfg.train.seed) == (5, "baseline", 9)
+
+
+def test_set_values_are_parsed_as_toml():
+    items = parse_set(["loss.dice_classes=[1, 2]", "optim.amp=false", "train.device=cuda:1", "optim.lr=3e-4",
+                       'features.cache="none"'])
+    assert items == {"loss.dice_classes": [1, 2], "optim.amp": False, "train.device": "cuda:1", "optim.lr": 3e-4,
+                     "features.cache": "none"}
+    cfg = load_config(None, items)
+    assert cfg.loss.dice_classes == (1, 2) and cfg.optim.amp is False and cfg.features.cache_dir is None
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["loss.class_weights=[0.5, 1.5, 2.0]", "head.variant=baseline", "data.jitter=0.1"])
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.loss.class_weights == [0.5, 1.5, 2.0]
+
+
+def test_seed_layout_paths_follow_the_data_root():
+    cfg = load_config(None, {"data.root": "/d"})
+    assert cfg.data.train_annotations == Path("/d/annotations/instances_train2017_person_only_no_crowd.json")
+    assert cfg.data.val_annotations == Path("/d/annotations/instances_val2017_person_only_no_crowd.json")
+    assert cfg.data.train_image_dir == Path("/d/images/train2017")
+    assert cfg.data.val_image_dir == Path("/d/images/val2017")
+    explicit = load_config(None, {"data.root": "/d", "data.val_ann": "/x/v.json"})
+    assert explicit.data.val_annotations == Path("/x/v.json")
+
+
+@pytest.mark.parametrize(
+    "items, words",
+    [
+        ({"optim.lrr": 1.0}, ["optim.lrr", "unknown"]),
+        ({"nosection.x": 1}, ["nosection"]),
+        ({"train.epochs": "many"}, ["train.epochs", "integer"]),
+        ({"train.epochs": 0}, ["train.epochs", ">= 1"]),
+        ({"optim.amp": 1}, ["optim.amp", "true or false"]),
+        ({"head.variant": "huge"}, ["huge"]),
+        ({"head.mask_size": 30}, ["mask_size"]),
+        ({"loss.class_weights": [1.0, 2.0]}, ["class_weights"]),
+        ({"optim.amp_dtype": "fp8"}, ["optim.amp_dtype"]),
+    ],
+)
+def test_bad_values_name_the_key(items, words):
+    with pytest.raises(InputError) as err:
+        load_config(None, items)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_set_without_equals_or_section_is_an_error():
+    for bad in ("optim.lr", "lr=3"):
+        with pytest.raises(InputError, match="section.key=value"):
+            parse_set([bad])
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path):
+    f = tmp_path / "broken.toml"
+    f.write_text("[optim\nlr = 1\n")
+    with pytest.raises(InputError, match="broken.toml"):
+        load_config(f)
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_cli_flags_become_overrides_and_win_over_set():
+    from roiseg.commands import train as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--set", "optim.lr=0.1", "--set", "train.keep=3", "--lr", "0.2",
+                              "--feature-tensor", "input.663", "--cache", "none", "--variant", "baseline"])
+    items = cmd.overrides_from_args(args)
+    assert items["optim.lr"] == 0.2 and items["train.keep"] == 3
+    cfg = load_config(None, items)
+    assert (cfg.features.tensor, cfg.features.cache_dir, cfg.head.variant) == ("input.663", None, "baseline")
+    assert "train.epochs" not in items  # flags not given do not override the config file
