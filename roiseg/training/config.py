@@ -38,6 +38,7 @@ from roiseg.conventions import (
     DEFAULT_VALIDATION_IMAGES,
 )
 from roiseg.errors import InputError
+from roiseg.features.cache import CACHE_DISABLED, parse_cache_dir
 from roiseg.modeling import HeadConfig
 from roiseg.training.loss import LossConfig
 
@@ -49,8 +50,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "default.toml"
 """``configs/default.toml`` of the source tree (absent in an installed wheel; defaults still apply)."""
 DEFAULT_FEATURE_CACHE = ".cache/features"
-CACHE_OFF = "none"
-"""``features.cache`` value that disables the cache (features extracted on the fly every epoch)."""
 
 
 def _head_default(name: str) -> Any:
@@ -121,7 +120,8 @@ class FeaturesConfig:
 
     @property
     def cache_dir(self) -> Path | None:
-        return None if self.cache.strip().lower() in (CACHE_OFF, "") else Path(self.cache)
+        """The cache folder, or ``None`` for on-the-fly extraction (``cache = "none"``)."""
+        return parse_cache_dir(self.cache)
 
 
 @dataclass
@@ -376,6 +376,6 @@ def _check_ranges(cfg: TrainConfig) -> None:
 
 
 __all__ = [
-    "CACHE_OFF", "DEFAULT_CONFIG_PATH", "DataConfig", "FeaturesConfig", "HeadSection", "OptimConfig", "RunConfig",
+    "CACHE_DISABLED", "DEFAULT_CONFIG_PATH", "DataConfig", "FeaturesConfig", "HeadSection", "OptimConfig", "RunConfig",
     "SECTIONS", "TrainConfig", "apply_overrides", "load_config", "parse_set", "parse_value", "read_toml",
 ]
