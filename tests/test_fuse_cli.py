@@ -201,3 +201,20 @@ def test_parity_check_cli_passes_and_fails(work, stand_in_full, coco_tiny, capsy
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "parity outside tolerance" in errors[0] and "fused" in errors[0]
     assert json.loads(bad_report.read_text())["passed"] is False
+
+
+def test_fuse_accepts_an_exported_head_onnx(work, stand_in_featext, featext_ckpt):
+    from graph_tools.export import export_head
+    from roiseg.training.checkpoint import load_head
+
+    head, state = load_head(featext_ckpt)
+    head_onnx = work / "head.onnx"
+    export_head(head, head_onnx, extractor=state["extractor"])
+    from_onnx, from_ckpt = work / "from_head_onnx.onnx", work / "from_ckpt.onnx"
+    for head_arg, out in ((head_onnx, from_onnx), (featext_ckpt, from_ckpt)):
+        assert main(["fuse", "--yolo", str(stand_in_featext), "--head", str(head_arg), "--out", str(out),
+                     "--no-simplify", "--strict"]) == 0
+    feeds = {"images": np.random.default_rng(4).random((1, 3, *SMALL_INPUT_HW), dtype=np.float32), "rois": boxes(5)}
+    np.testing.assert_allclose(ort_session(from_onnx).run(None, feeds)[0], ort_session(from_ckpt).run(None, feeds)[0],
+                               atol=1e-6, rtol=0)
+    assert read_props(onnx.load(str(from_onnx)))["roiseg.head_sha256"] == _sha256(head_onnx)
