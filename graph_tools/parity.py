@@ -30,9 +30,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
+from graph_tools.simplify import cpu_session
 from roiseg.conventions import (
     DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, TARGET, coco_bbox_to_roi, preprocess, read_image,
 )
@@ -302,11 +302,6 @@ def failure_summary(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # The two paths
 # --------------------------------------------------------------------------------------------
-def cpu_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-
-
 def exposed_feature_model(detector: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
     """The original detector, unchanged, with ``tensor`` listed as an extra output.
 

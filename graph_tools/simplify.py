@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -46,9 +47,10 @@ class SimplifyResult:
     note: str
 
 
-def cpu_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """An onnxruntime CPU session on an in-memory model."""
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def cpu_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
+    """An onnxruntime CPU session on an in-memory model or a file."""
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
 
 
 def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feeds]) -> list[list[np.ndarray]]:
