@@ -103,8 +103,8 @@ def splice(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str
         feature_tensor: the detector tensor fed to the head's ``features``.
 
     Returns:
-        A model with inputs ``images`` (the detector's image input, renamed to ``images`` if needed)
-        and ``rois``, and the one output ``masks``. IR version from :func:`choose_ir_version`;
+        A model with inputs ``images`` (the detector's image input, renamed to ``images`` if needed,
+        batch pinned to 1) and ``rois``, and the one output ``masks``. IR version from :func:`choose_ir_version`;
         ``metadata_props`` empty (the caller writes them, :mod:`graph_tools.metadata`).
     """
     if default_opset(detector) != default_opset(head):
@@ -146,8 +146,18 @@ def splice(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str
         HEAD_PREFIX + FUSED_MASKS_OUTPUT: FUSED_MASKS_OUTPUT,
     })
     _dedupe_inputs(merged.graph, order=(DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT))
+    _pin_batch(merged.graph, DEFAULT_IMAGE_INPUT)
     merged.ir_version = ir
     return merged
+
+
+def _pin_batch(graph: onnx.GraphProto, name: str) -> None:
+    """Set dim 0 of graph input ``name`` to 1: every ROI refers to the one image (batch index 0)."""
+    for vi in graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name == name and len(dims) and not (dims[0].HasField("dim_value") and dims[0].dim_value == 1):
+            dims[0].Clear()
+            dims[0].dim_value = 1
 
 
 def _dedupe_inputs(graph: onnx.GraphProto, order: tuple[str, ...]) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SMALL_CHANNELS, SMALL_INPUT_HW
-from helpers_graph import YOLOX_TENSOR, boxes, make_checkpoint, ort_session
+from helpers_graph import YOLOX_TENSOR, boxes, fused_once, make_checkpoint, ort_session
 
 from graph_tools.export import node_attributes, roi_align_nodes
 from graph_tools.metadata import read_props
@@ -218,3 +218,40 @@ def test_fuse_accepts_an_exported_head_onnx(work, stand_in_featext, featext_ckpt
     np.testing.assert_allclose(ort_session(from_onnx).run(None, feeds)[0], ort_session(from_ckpt).run(None, feeds)[0],
                                atol=1e-6, rtol=0)
     assert read_props(onnx.load(str(from_onnx)))["roiseg.head_sha256"] == _sha256(head_onnx)
+
+
+def _perturbed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose head classifier weights are doubled (a 'simplifier' that changes the results)."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        if "classifier" in init.name and len(init.dims) == 4:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2.0, init.name))
+            return out
+    raise AssertionError("no classifier weight found")
+
+
+@pytest.mark.parametrize("failure", ["raises", "changes results"])
+def test_fuse_keeps_the_unsimplified_model_when_simplification_fails(failure, work, stand_in_featext, featext_ckpt,
+                                                                     monkeypatch, capsys):
+    import graph_tools.simplify as simplify
+
+    def broken(model):
+        if failure == "raises":
+            raise RuntimeError("simplifier crashed")
+        return _perturbed(model)
+
+    monkeypatch.setattr(simplify, "run_onnxsim", broken)
+    out = work / f"fallback_{failure.replace(' ', '_')}.onnx"
+    assert main(["fuse", "--yolo", str(stand_in_featext), "--head", str(featext_ckpt), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    reason = "onnxsim failed: RuntimeError: simplifier crashed" if failure == "raises" else "differs by"
+    assert "not simplified" in captured.out and reason in captured.out
+    assert "keeping the unsimplified model" in captured.err
+    model = onnx.load(str(out))
+    assert read_props(model)["roiseg.simplified"] == "false"
+    reference = fused_once(work, stand_in_featext, featext_ckpt, simplify=False)
+    feeds = {"images": np.random.default_rng(5).random((1, 3, *SMALL_INPUT_HW), dtype=np.float32), "rois": boxes(4)}
+    np.testing.assert_array_equal(ort_session(out).run(None, feeds)[0], ort_session(reference).run(None, feeds)[0])

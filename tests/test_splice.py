@@ -135,3 +135,15 @@ def test_head_built_for_another_input_size_is_refused(stand_in_full):
     trimmed = trim_at_tensor(load_model(stand_in_full))
     with pytest.raises(InputError, match=r"\[1, 3, 96, 96\]"):
         splice(trimmed, export_head(_head(32, (96, 96))), DEFAULT_FEATURE_TENSOR)
+
+
+def test_a_dynamic_detector_batch_is_pinned_to_one(stand_in_full):
+    from graph_tools.batch import make_batch_dynamic
+
+    trimmed = make_batch_dynamic(trim_at_tensor(load_model(stand_in_full)))
+    assert _dims(trimmed.graph.input[0])[0] == "batch"
+    fused = splice(trimmed, export_head(_head(32, (128, 128))), DEFAULT_FEATURE_TENSOR)
+    onnx.checker.check_model(fused, full_check=True)
+    assert _dims(fused.graph.input[0]) == [1, 3, 128, 128]
+    out = ort_session(fused).run(None, {"images": np.zeros((1, 3, 128, 128), np.float32), "rois": boxes(2)})[0]
+    assert out.shape == (2, 3, 128, 128)
