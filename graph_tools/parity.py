@@ -34,15 +34,15 @@ import torch
 
 from graph_tools.simplify import cpu_session
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, TARGET, coco_bbox_to_roi, preprocess, read_image,
+    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX, TARGET, coco_bbox_to_roi, preprocess, read_image,
 )
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger, progress
 
 LOG = get_logger(__name__)
 
-DEFAULT_ATOL: float = 1e-4
-DEFAULT_MIN_ARGMAX: float = 0.9999
+DEFAULT_ATOL: float = PARITY_ATOL
+DEFAULT_MIN_ARGMAX: float = PARITY_MIN_ARGMAX
 REL_FLOOR: float = 1e-6
 MANY_ROIS: int = 16
 """ROIs in the "many" set of each image (GT boxes + edge cases, topped up with plausible boxes)."""

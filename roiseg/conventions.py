@@ -58,6 +58,12 @@ HEAD_FEATURES_INPUT: str = "features"
 MIN_HEAD_OPSET: int = 16
 """RoiAlign with ``coordinate_transformation_mode`` exists from opset 16 on."""
 DEFAULT_HEAD_OPSET: int = 17
+PARITY_ATOL: float = 1e-4
+"""Default absolute tolerance on probabilities between the fused graph and the PyTorch path."""
+PARITY_MIN_ARGMAX: float = 0.9999
+"""Default minimum fraction of pixels whose argmax class agrees between the two paths."""
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+"""``--device`` values (``cuda:N`` is accepted too)."""
 
 # --------------------------------------------------------------------------------------------
 # Default paths (the seed data layout)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from graph_tools.parity import DEFAULT_ATOL, DEFAULT_MIN_ARGMAX
+from roiseg.conventions import PARITY_ATOL as DEFAULT_ATOL
+from roiseg.conventions import PARITY_MIN_ARGMAX as DEFAULT_MIN_ARGMAX
 
 DEFAULT_REPORT = "parity.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.features.providers import DEVICE_CHOICES
+from roiseg.conventions import DEVICE_CHOICES
 
 DEFAULT_OVERLAY = "overlay.png"
 

@@ -17,6 +17,7 @@ from typing import Union
 import onnxruntime as ort
 import torch
 
+from roiseg.conventions import DEVICE_CHOICES
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
 
@@ -26,9 +27,6 @@ TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 GPU_EPS: tuple[str, str] = (TENSORRT_EP, CUDA_EP)
-
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-"""Accepted ``device`` values; ``cuda:N`` selects GPU ``N``."""
 
 ProviderSpec = Union[str, tuple[str, dict]]
 

@@ -13,13 +13,25 @@ T = TypeVar("T")
 LOG = logging.getLogger("roiseg")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that always writes to the *current* ``sys.stderr`` (pytest swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Log ``roiseg.*`` messages to stderr as ``[roiseg] message``."""
+    """Log ``roiseg.*`` messages to stderr as ``[roiseg.module] message``."""
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger("roiseg")
     root.setLevel(level)
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
         root.addHandler(handler)
     root.propagate = False
