@@ -76,6 +76,7 @@ def test_resume_from_a_file_continues_with_more_epochs(data, stand_in_full, tmp_
     assert len(find_checkpoints(out)) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(data, stand_in_full, tmp_path):
     """Kill -9 the CLI after epoch 1 is saved; every checkpoint still loads; --resume finishes the run."""
     out = tmp_path / "run"
