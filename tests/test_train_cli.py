@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -12,16 +11,6 @@ import pytest
 from helpers_train import make_person_data, tiny_overrides
 from roiseg.cli import main
 from roiseg.training.checkpoint import find_latest
-
-
-@pytest.fixture(autouse=True)
-def fresh_log_handler():
-    """Let the CLI attach its log handler to this test's captured stderr (not a previous test's, now closed)."""
-    logger = logging.getLogger("roiseg")
-    saved = logger.handlers[:]
-    logger.handlers.clear()
-    yield
-    logger.handlers[:] = saved
 
 
 def _argv(items: dict) -> list[str]:
