@@ -15,7 +15,12 @@ A checkpoint is a ``torch.save`` dict:
 ``optimizer``,            training state for ``--resume`` (optional for export-only use)
 ``scheduler``, ``scaler``,
 ``rng``
+``best``                  ``{"epoch", "miou", "file"}`` of the best epoch so far (written by training)
 ========================  ================================================================
+
+Run folders (:func:`find_checkpoints`, :func:`find_latest`, :func:`resolve_resume`,
+:func:`prune_checkpoints`, :func:`record_best`) and :func:`check_compatible` (the features a
+checkpoint was trained on vs the current extractor) are below.
 """
 
 from __future__ import annotations

@@ -57,7 +57,6 @@ from roiseg.training.distributed import (
     broadcast_object,
     cleanup,
     init_distributed,
-    unwrap_model,
     wrap_model,
 )
 from roiseg.training.loss import SegLoss, resolve_class_weights
