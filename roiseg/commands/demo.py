@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict, then print what was produced and measured. About 3-5 minutes on 2 CPU cores.",
     )
     p.add_argument("--workdir", type=Path, default=Path("roiseg_demo"), help="output folder (default: roiseg_demo)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 4)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 3)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
