@@ -82,7 +82,7 @@ def class_weights(ratios: Sequence[float], clip: tuple[float, float] = CLASS_WEI
     A class with ratio 0 gets the upper clip value.
     """
     r = np.asarray(ratios, dtype=np.float64)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 ratios: handled by np.where
         w = np.where(r > 0, np.median(r) / r, np.inf)
     finite = np.isfinite(w)
     norm = float(np.sum(w[finite] * r[finite]))
