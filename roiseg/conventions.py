@@ -93,6 +93,8 @@ BEST_CHECKPOINT: str = "best.pth"
 VALIDATION_PICTURE_PATTERN: str = "validation_all_images_epoch_{epoch:04d}.png"
 METRICS_FILE: str = "metrics.jsonl"
 CURVES_FILE: str = "curves.png"
+PARITY_REPORT: str = "parity.json"
+"""Default file of the ``parity-check`` JSON report."""
 
 
 def person_only_name(stem: str, subset: int | None = None) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 from roiseg.conventions import (
     DEFAULT_IMAGE_INPUT,
     FUSED_ROIS_INPUT,
+    PARITY_REPORT,
     coco_bbox_to_roi,
     person_only_name,
     preprocess,
@@ -184,7 +185,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     LOG.info("demo 6/7: parity check on the val images")
     report = run_parity(detector, best, fused=fused_path, annotations=paths["val_ann"],
                         images=paths["val_images"], max_images=3)
-    parity_json = write_json(workdir / "parity.json", report)
+    parity_json = write_json(workdir / PARITY_REPORT, report)
 
     LOG.info("demo 7/7: predict and latency")
     image_path, boxes_px = _first_val_image(paths["val_ann"], paths["val_images"])

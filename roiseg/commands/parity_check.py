@@ -7,8 +7,7 @@ from pathlib import Path
 
 from roiseg.conventions import PARITY_ATOL as DEFAULT_ATOL
 from roiseg.conventions import PARITY_MIN_ARGMAX as DEFAULT_MIN_ARGMAX
-
-DEFAULT_REPORT = "parity.json"
+from roiseg.conventions import PARITY_REPORT as DEFAULT_REPORT
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
