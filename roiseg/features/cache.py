@@ -55,7 +55,7 @@ class FeatureCache:
         self.hits: int = 0
         self.misses: int = 0
         info = extractor.info
-        self._key_head = [info.sha256, info.tensor, info.preprocessing]
+        self._key_head = [info.sha256, info.feature_tensor, info.preprocessing]
         if self.root is not None:
             LOG.info("feature cache at %s: %.1f MB per image (fp16 [%d, %d, %d])", self.root,
                      info.feature_bytes_fp16 / 1e6, info.channels, *info.feature_hw)

@@ -45,7 +45,7 @@ class ExtractorInfo:
 
     path: str
     sha256: str
-    tensor: str
+    feature_tensor: str
     input_name: str
     input_hw: tuple[int, int]
     channels: int
@@ -65,6 +65,8 @@ class ExtractorInfo:
     def from_dict(cls, d: dict[str, Any]) -> "ExtractorInfo":
         """Inverse of :meth:`to_dict`."""
         fields = dict(d)
+        if "tensor" in fields:  # checkpoints written before the field was named feature_tensor
+            fields["feature_tensor"] = fields.pop("tensor")
         fields["input_hw"] = tuple(int(v) for v in fields["input_hw"])
         fields["feature_hw"] = tuple(int(v) for v in fields["feature_hw"])
         return cls(**fields)
@@ -78,16 +80,16 @@ class ExtractorInfo:
 # --------------------------------------------------------------------------------------------
 # Reading the graph
 # --------------------------------------------------------------------------------------------
-def feature_graph(model: onnx.ModelProto, tensor: str, model_path: str | Path | None = None) -> onnx.ModelProto:
+def feature_graph(model: onnx.ModelProto, feature_tensor: str, model_path: str | Path | None = None) -> onnx.ModelProto:
     """``model`` reduced to the part that computes ``tensor``, with ``tensor`` its only output.
 
     Returned unchanged when ``tensor`` already is the only output. InputError listing the nearest
     tensors (name, shape) when ``tensor`` is not in the graph.
     """
-    require_tensor(model, tensor, model_path)
-    if [o.name for o in model.graph.output] == [tensor]:
+    require_tensor(model, feature_tensor, model_path)
+    if [o.name for o in model.graph.output] == [feature_tensor]:
         return model
-    return trim_at_tensor(model, tensor, keep_original_outputs=False)
+    return trim_at_tensor(model, feature_tensor, keep_original_outputs=False)
 
 
 def _elem_np_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
@@ -112,52 +114,52 @@ def _image_input(graph: onnx.ModelProto, path: str | Path) -> tuple[onnx.ValueIn
     return vi, (int(dims[2]), int(dims[3]))
 
 
-def _feature_shape(graph: onnx.ModelProto, tensor: str, input_vi: onnx.ValueInfoProto,
+def _feature_shape(graph: onnx.ModelProto, feature_tensor: str, input_vi: onnx.ValueInfoProto,
                    input_hw: tuple[int, int]) -> tuple[int, int, int]:
     """``(C, h, w)`` of ``tensor`` from shape inference, or from one CPU run when inference cannot tell."""
-    dims = tensor_shapes(graph).get(tensor)
+    dims = tensor_shapes(graph).get(feature_tensor)
     if dims is not None and len(dims) == 4 and all(isinstance(d, int) for d in dims[1:]):
         return int(dims[1]), int(dims[2]), int(dims[3])
-    LOG.info("shape of %s not inferable from the graph; probing with one CPU run", tensor)
+    LOG.info("shape of %s not inferable from the graph; probing with one CPU run", feature_tensor)
     session = ort.InferenceSession(_session_source(graph)[0], providers=[CPU_EP])
     x = np.zeros((1, 3, *input_hw), dtype=_elem_np_dtype(input_vi))
-    out = session.run([tensor], {input_vi.name: x})[0]
+    out = session.run([feature_tensor], {input_vi.name: x})[0]
     if out.ndim != 4:
-        raise InputError(f"feature tensor {tensor!r} has shape {list(out.shape)}; expected [N, C, h, w]")
+        raise InputError(f"feature tensor {feature_tensor!r} has shape {list(out.shape)}; expected [N, C, h, w]")
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 
-def _stride(input_hw: tuple[int, int], feature_hw: tuple[int, int], tensor: str) -> int:
+def _stride(input_hw: tuple[int, int], feature_hw: tuple[int, int], feature_tensor: str) -> int:
     sy, sx = input_hw[0] // feature_hw[0], input_hw[1] // feature_hw[1]
     if sy != sx or sy < 1:
         raise InputError(
-            f"feature tensor {tensor!r} of size {feature_hw[0]}x{feature_hw[1]} has different strides "
+            f"feature tensor {feature_tensor!r} of size {feature_hw[0]}x{feature_hw[1]} has different strides "
             f"on the two axes for input {input_hw[0]}x{input_hw[1]} ({sy} vs {sx})"
         )
     return sy
 
 
-def _describe(path: Path, model: onnx.ModelProto, graph: onnx.ModelProto, tensor: str,
+def _describe(path: Path, model: onnx.ModelProto, graph: onnx.ModelProto, feature_tensor: str,
               preprocessing: Preprocessing) -> ExtractorInfo:
     input_vi, input_hw = _image_input(graph, path)
-    channels, h, w = _feature_shape(graph, tensor, input_vi, input_hw)
+    channels, h, w = _feature_shape(graph, feature_tensor, input_vi, input_hw)
     return ExtractorInfo(
-        path=str(path), sha256=file_sha256(path), tensor=tensor, input_name=input_vi.name,
-        input_hw=input_hw, channels=channels, feature_hw=(h, w), stride=_stride(input_hw, (h, w), tensor),
+        path=str(path), sha256=file_sha256(path), feature_tensor=feature_tensor, input_name=input_vi.name,
+        input_hw=input_hw, channels=channels, feature_hw=(h, w), stride=_stride(input_hw, (h, w), feature_tensor),
         opset=opset_version(model), preprocessing=preprocessing.to_json(),
     )
 
 
 def describe_extractor(
-    path: str | Path, tensor: str = DEFAULT_FEATURE_TENSOR, preprocessing: Preprocessing = DEFAULT_PREPROCESSING
+    path: str | Path, feature_tensor: str = DEFAULT_FEATURE_TENSOR, preprocessing: Preprocessing = DEFAULT_PREPROCESSING
 ) -> ExtractorInfo:
     """:class:`ExtractorInfo` of ``path`` at ``tensor`` without creating an inference session.
 
-    InputError when the file is missing or unreadable, or the tensor is not in the graph.
+    InputError when the file is missing or unreadable, or the feature tensor is not in the graph.
     """
     path = Path(path)
     model = load_model(path)
-    return _describe(path, model, feature_graph(model, tensor, path), tensor, preprocessing)
+    return _describe(path, model, feature_graph(model, feature_tensor, path), feature_tensor, preprocessing)
 
 
 def _session_source(graph: onnx.ModelProto) -> tuple[bytes | str, tempfile.TemporaryDirectory | None]:
@@ -189,7 +191,7 @@ class OnnxFeatureExtractor:
     def __init__(
         self,
         path: str | Path,
-        tensor: str = DEFAULT_FEATURE_TENSOR,
+        feature_tensor: str = DEFAULT_FEATURE_TENSOR,
         device: str = "auto",
         preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
         *,
@@ -200,8 +202,8 @@ class OnnxFeatureExtractor:
     ) -> None:
         path = Path(path)
         model = load_model(path)
-        graph = feature_graph(model, tensor, path)
-        self.info: ExtractorInfo = _describe(path, model, graph, tensor, preprocessing)
+        graph = feature_graph(model, feature_tensor, path)
+        self.info: ExtractorInfo = _describe(path, model, graph, feature_tensor, preprocessing)
         self.preprocessing = preprocessing
         input_vi = next(vi for vi in graph.graph.input if vi.name == self.info.input_name)
         self._in_dtype = _elem_np_dtype(input_vi)
@@ -219,7 +221,7 @@ class OnnxFeatureExtractor:
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=choice.providers)
         except Exception as exc:  # onnxruntime's own error types (Fail, InvalidGraph, ...)
-            raise InputError(f"onnxruntime cannot load {path} cut at {tensor!r}: {str(exc).splitlines()[0][:300]}") from exc
+            raise InputError(f"onnxruntime cannot load {path} cut at {feature_tensor!r}: {str(exc).splitlines()[0][:300]}") from exc
         self.device: torch.device = session_device(self.session, choice)
         self.providers: list[str] = self.session.get_providers()
         self.calls: int = 0
@@ -227,7 +229,7 @@ class OnnxFeatureExtractor:
         self.io_binding: bool = self.device.type == "cuda" if io_binding is None else bool(io_binding)
         LOG.info(
             "feature extractor %s: %s %s -> %s [%d, %d, %d] (stride %d), providers %s",
-            path.name, self.info.input_name, list(self.info.input_hw), tensor, self.info.channels,
+            path.name, self.info.input_name, list(self.info.input_hw), feature_tensor, self.info.channels,
             *self.info.feature_hw, self.info.stride, ", ".join(self.providers),
         )
 
@@ -281,7 +283,7 @@ class OnnxFeatureExtractor:
         return out.float()
 
     def _run_cpu(self, x: np.ndarray) -> torch.Tensor:
-        out = self.session.run([self.info.tensor], {self.info.input_name: x})[0]
+        out = self.session.run([self.info.feature_tensor], {self.info.input_name: x})[0]
         return torch.from_numpy(out)
 
     def _run_bound(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +292,7 @@ class OnnxFeatureExtractor:
         out = torch.empty((int(x.shape[0]), *self.out_shape), dtype=_torch_dtype(self._out_dtype), device=self.device)
         binding = self.session.io_binding()
         binding.bind_input(self.info.input_name, kind, index, self._in_dtype, tuple(x.shape), x.data_ptr())
-        binding.bind_output(self.info.tensor, kind, index, self._out_dtype, tuple(out.shape), out.data_ptr())
+        binding.bind_output(self.info.feature_tensor, kind, index, self._out_dtype, tuple(out.shape), out.data_ptr())
         if kind == "cuda":  # onnxruntime computes on its own stream: torch must have finished writing the input
             torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
