@@ -29,12 +29,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from graph_tools.export import export_head
-from graph_tools.fuse import fuse
-from graph_tools.inspect import load_model
-from graph_tools.io import save_model
-from graph_tools.parity import plausible_rois, probe_rois, smooth_image
-from graph_tools.trim import trim_at_tensor
+from graph_tools import load_model, save_model, trim_at_tensor
+from roiseg.deploy.export import export_head
+from roiseg.deploy.fuse import fuse
+from roiseg.deploy.probes import plausible_rois, probe_rois, smooth_image
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
 from roiseg.features.extractor import describe_extractor
 from roiseg.features.providers import choose_providers
@@ -55,7 +53,7 @@ def build_models(root: Path, channels: int, input_hw: tuple[int, int]) -> dict[s
         "metrics": {}, "config": {},
     })
     fused = fuse(detector, ckpt, out=root / "fused.onnx").out
-    trimmed = save_model(trim_at_tensor(load_model(detector)), root / "trimmed.onnx")
+    trimmed = save_model(trim_at_tensor(load_model(detector), DEFAULT_FEATURE_TENSOR), root / "trimmed.onnx")
     head_onnx = root / "head.onnx"
     export_head(head, head_onnx)
     return {"detector": detector, "fused": fused, "trimmed": trimmed, "head": head_onnx}

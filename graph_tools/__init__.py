@@ -1,2 +1,36 @@
-"""ONNX graph tools for roiseg: load/inspect, trim a detector at a tensor, export the head,
-splice both into one model, simplify, and check parity. Each module holds one concept."""
+"""graph_tools: generic ONNX surgery on top of onnx, onnx-graphsurgeon, onnxsim and onnxruntime.
+
+Load and save (atomic, external data past 2 GB), inspect (shapes, nearest tensors, graph inputs),
+trim a model at tensors, make a batch dimension dynamic, convert opsets and reconcile IR versions,
+splice two models, simplify with verification, one onnxruntime session factory, and streaming
+error statistics for parity checks. It knows nothing of the application that uses it: tensor
+names are parameters, errors are :class:`GraphError`, logs go to the ``graph_tools`` logger.
+"""
+
+from graph_tools.batch import batch_consistent, batch_dim, make_batch_dynamic
+from graph_tools.errors import GraphError
+from graph_tools.inspect import (
+    Dim, describe_io, dims, elem_type_of, graph_inputs, infer_shapes, nearest_tensors, node_attributes,
+    nodes_of_type, opset_version, require_tensor, tensor_shapes,
+)
+from graph_tools.io import atomic_path, file_sha256, load_model, needs_external_data, save_model
+from graph_tools.metadata import read_props, set_prop, write_props
+from graph_tools.opset import (
+    choose_ir_version, convert_opset, default_opset, max_supported_opset, ort_max_ir_version, validate_opset,
+)
+from graph_tools.session import CPU_PROVIDER, Feeds, ProviderSpec, create_session, run_feeds
+from graph_tools.simplify import SimplifyResult, max_output_difference, simplify_verified
+from graph_tools.splice import rename_tensors, splice, tensor_names
+from graph_tools.stats import ErrorStats, class_map
+from graph_tools.trim import copy_model_fields, trim_at_tensor
+
+__all__ = [
+    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "GraphError", "ProviderSpec", "SimplifyResult", "atomic_path",
+    "batch_consistent", "batch_dim", "choose_ir_version", "class_map", "convert_opset", "copy_model_fields",
+    "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "file_sha256", "graph_inputs",
+    "infer_shapes", "load_model", "make_batch_dynamic", "max_output_difference", "max_supported_opset",
+    "nearest_tensors", "needs_external_data", "node_attributes", "nodes_of_type", "opset_version",
+    "ort_max_ir_version", "read_props", "rename_tensors", "require_tensor", "run_feeds", "save_model", "set_prop",
+    "simplify_verified", "splice", "tensor_names", "tensor_shapes", "trim_at_tensor", "validate_opset",
+    "write_props",
+]

@@ -6,39 +6,16 @@ Shapes are reported as lists of ints (static dims) or strings (symbolic dims, ``
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
+import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from onnx import helper
 
-from roiseg.errors import InputError
+from graph_tools.errors import GraphError
 
 Dim = Union[int, str]
-
-
-def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file (external data included); raise :class:`InputError` naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"ONNX model not found: {p}")
-    try:
-        model = onnx.load(str(p), load_external_data=load_external_data)
-    except (DecodeError, RuntimeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
-        raise InputError(f"not a readable ONNX model: {p} ({type(exc).__name__}: {str(exc)[:200]})") from exc
-    if not model.graph.node and not model.graph.output:
-        raise InputError(f"not an ONNX model (empty graph): {p}")
-    return model
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
@@ -46,10 +23,11 @@ def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
     for imp in model.opset_import:
         if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
             return int(imp.version)
-    raise InputError(f"model imports no opset for domain {domain!r}")
+    raise GraphError(f"model imports no opset for domain {domain!r}")
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[Dim]:
+def dims(vi: onnx.ValueInfoProto) -> list[Dim]:
+    """Shape of a value: ints for static dims, the symbol for named ones, ``"?"`` for unknown ones."""
     shape = vi.type.tensor_type.shape
     out: list[Dim] = []
     for d in shape.dim:
@@ -90,7 +68,7 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[Dim] | None]:
             if name:
                 shapes.setdefault(name, None)
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        shapes[vi.name] = _dims(vi)
+        shapes[vi.name] = dims(vi)
     for init in model.graph.initializer:
         shapes[init.name] = [int(d) for d in init.dims]
     return shapes
@@ -109,7 +87,7 @@ def nearest_tensors(model: onnx.ModelProto, name: str, n: int = 8) -> list[tuple
 
 
 def require_tensor(model: onnx.ModelProto, name: str, model_path: str | Path | None = None) -> None:
-    """Raise :class:`InputError` listing the nearest candidates when ``name`` is not a tensor of the graph."""
+    """Raise :class:`GraphError` listing the nearest candidates when ``name`` is not a tensor of the graph."""
     produced = {o for node in model.graph.node for o in node.output}
     produced |= {i.name for i in model.graph.input}
     if name in produced:
@@ -117,13 +95,47 @@ def require_tensor(model: onnx.ModelProto, name: str, model_path: str | Path | N
     near = nearest_tensors(model, name)
     where = f" in {model_path}" if model_path else ""
     listing = "; ".join(f"{t} {s if s is not None else '[?]'}" for t, s in near)
-    raise InputError(f"tensor {name!r} not found{where}; nearest candidates: {listing}")
+    raise GraphError(f"tensor {name!r} not found{where}; nearest candidates: {listing}")
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers: the values a caller feeds."""
+    weights = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in weights]
 
 
 def describe_io(model: onnx.ModelProto) -> dict[str, list[tuple[str, list[Dim]]]]:
-    """``{"inputs": [(name, shape)], "outputs": [(name, shape)]}`` of the graph."""
-    inits = {i.name for i in model.graph.initializer}
+    """``{"inputs": [(name, shape)], "outputs": [(name, shape)]}`` of the graph (fed inputs only)."""
     return {
-        "inputs": [(vi.name, _dims(vi)) for vi in model.graph.input if vi.name not in inits],
-        "outputs": [(vi.name, _dims(vi)) for vi in model.graph.output],
+        "inputs": [(vi.name, dims(vi)) for vi in graph_inputs(model)],
+        "outputs": [(vi.name, dims(vi)) for vi in model.graph.output],
     }
+
+
+def elem_type_of(model: onnx.ModelProto, name: str) -> np.dtype:
+    """numpy dtype of tensor ``name`` (graph I/O, or shape inference without weights); float32 when unknown."""
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if vi.name == name and vi.type.tensor_type.elem_type:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    light.graph.ClearField("initializer")
+    inferred = infer_shapes(light)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.name == name and vi.type.tensor_type.elem_type:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    return np.dtype(np.float32)
+
+
+def nodes_of_type(model: onnx.ModelProto, op_type: str) -> list[onnx.NodeProto]:
+    """All nodes of the main graph with operator ``op_type`` (e.g. ``"RoiAlign"``)."""
+    return [n for n in model.graph.node if n.op_type == op_type]
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values (bytes decoded)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out

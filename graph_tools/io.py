@@ -1,19 +1,76 @@
-"""Saving ONNX models: atomically, with external data when the model would pass protobuf's 2 GB limit."""
+"""Reading and writing ONNX files: clear errors, atomic writes, external data past protobuf's 2 GB."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import onnx
+from google.protobuf.message import DecodeError
 
-from roiseg.utils.atomic import atomic_path
+from graph_tools.errors import GraphError
 
 PROTOBUF_LIMIT_BYTES: int = 2**31 - 1
 EXTERNAL_MARGIN_BYTES: int = 64 * 2**20
+TEMP_SUFFIX: str = ".tmp"
+"""Temporary files are ``.<final name>.<random>.tmp`` beside the final file."""
 
 
-def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file (external data included); :class:`GraphError` naming the file when it cannot."""
+    p = Path(path)
+    if not p.is_file():
+        raise GraphError(f"ONNX model not found: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=load_external_data)
+    except (DecodeError, RuntimeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        raise GraphError(f"not a readable ONNX model: {p} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not model.graph.node and not model.graph.output:
+        raise GraphError(f"not an ONNX model (empty graph): {p}")
+    return model
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync it and rename it to ``final``.
+
+    On any exception the temporary file is removed and ``final`` is left untouched. The folder is
+    created when missing.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:

@@ -14,13 +14,13 @@ import functools
 import onnx
 from onnx import helper
 
+from graph_tools.errors import GraphError
 from graph_tools.inspect import opset_version
-from roiseg.errors import InputError
-from roiseg.utils.progress import get_logger
+from graph_tools.log import get_logger
+from graph_tools.session import create_session
 
 LOG = get_logger(__name__)
 
-DEFAULT_DOMAINS: tuple[str, ...] = ("", "ai.onnx")
 _PROBE_IR_RANGE: tuple[int, int] = (3, 32)
 MIN_PROBE_OPSET: int = 7
 
@@ -36,11 +36,9 @@ def _identity_model(ir_version: int | None = None, opset: int = 13) -> onnx.Mode
 
 
 def _ort_loads(model: onnx.ModelProto) -> bool:
-    import onnxruntime as ort
-
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own exception types for unsupported versions
+        create_session(model)
+    except GraphError:  # onnxruntime refuses the IR or opset version
         return False
     return True
 
@@ -67,11 +65,14 @@ def max_supported_opset() -> int:
     return best
 
 
-def check_opset_supported(opset: int) -> None:
-    """InputError when ``opset`` is newer than :func:`max_supported_opset`."""
+def validate_opset(opset: int, minimum: int | None = None, why: str = "") -> None:
+    """GraphError when ``opset`` is below ``minimum`` (``why`` says what needs it) or above
+    :func:`max_supported_opset`."""
+    if minimum is not None and opset < minimum:
+        raise GraphError(f"opset {opset} is too low: {why or 'this model'} needs opset >= {minimum}")
     top = max_supported_opset()
     if opset > top:
-        raise InputError(f"opset {opset} is not supported here: the installed onnx/onnxruntime handle up to opset {top}")
+        raise GraphError(f"opset {opset} is not supported here: the installed onnx/onnxruntime handle up to opset {top}")
 
 
 def min_ir_version(model: onnx.ModelProto) -> int:
@@ -83,16 +84,16 @@ def choose_ir_version(*models: onnx.ModelProto) -> int:
     """IR version for a model merged from ``models``.
 
     The highest IR version among the parts, capped at what onnxruntime loads, but never below what
-    the opset imports require. Raises :class:`InputError` when the opsets need a newer IR than the
+    the opset imports require. Raises :class:`GraphError` when the opsets need a newer IR than the
     installed onnxruntime supports.
     """
     need = max(min_ir_version(m) for m in models)
     have = max(int(m.ir_version) for m in models)
     cap = ort_max_ir_version()
     if need > cap:
-        raise InputError(
+        raise GraphError(
             f"the merged opsets need IR version {need} but the installed onnxruntime loads at most {cap}; "
-            "choose a lower --opset"
+            "choose a lower opset"
         )
     return max(need, min(have, cap))
 
@@ -105,43 +106,19 @@ def default_opset(model: onnx.ModelProto) -> int:
 def convert_opset(model: onnx.ModelProto, target: int, what: str = "model") -> onnx.ModelProto:
     """``model`` with its ``ai.onnx`` opset converted to ``target`` (returned as is when equal).
 
-    ``what`` names the model in messages (a file path, ``"head"``). Raises :class:`InputError`
+    ``what`` names the model in messages (a file path, ``"head"``). Raises :class:`GraphError`
     naming it, the two versions and the converter's reason when the conversion is impossible.
     Opset imports of other domains are kept. The IR version is raised to what ``target`` requires.
     """
     current = default_opset(model)
     if current == target:
         return model
-    check_opset_supported(target)
+    validate_opset(target)
     LOG.info("converting %s from opset %d to %d (onnx.version_converter)", what, current, target)
     try:
         converted = onnx.version_converter.convert_version(model, target)
     except Exception as exc:  # the converter raises RuntimeError/ValueError/ConvertError subclasses
         reason = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot convert {what} from opset {current} to {target}: {reason}") from exc
+        raise GraphError(f"cannot convert {what} from opset {current} to {target}: {reason}") from exc
     converted.ir_version = max(int(converted.ir_version), min_ir_version(converted))
     return converted
-
-
-def reconcile_opsets(
-    first: onnx.ModelProto, second: onnx.ModelProto, target: int | None = None,
-    names: tuple[str, str] = ("first model", "second model"),
-) -> tuple[onnx.ModelProto, onnx.ModelProto, int]:
-    """Bring both models to one ``ai.onnx`` opset: ``target``, or the higher of the two.
-
-    Other domains must agree where both import them (``InputError`` otherwise). Returns the two
-    (possibly converted) models and the opset used.
-    """
-    a, b = default_opset(first), default_opset(second)
-    target = max(a, b) if target is None else int(target)
-    first = convert_opset(first, target, names[0])
-    second = convert_opset(second, target, names[1])
-    dom_a = {i.domain: i.version for i in first.opset_import if i.domain not in DEFAULT_DOMAINS}
-    dom_b = {i.domain: i.version for i in second.opset_import if i.domain not in DEFAULT_DOMAINS}
-    for dom in dom_a.keys() & dom_b.keys():
-        if dom_a[dom] != dom_b[dom]:
-            raise InputError(
-                f"{names[0]} imports {dom} version {dom_a[dom]} but {names[1]} imports version {dom_b[dom]}; "
-                "they cannot be merged"
-            )
-    return first, second, target

@@ -12,22 +12,19 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from graph_tools.io import needs_external_data
-from roiseg.utils.progress import get_logger
+from graph_tools.log import get_logger
+from graph_tools.session import Feeds, create_session, run_feeds
 
 LOG = get_logger(__name__)
 
 SIMPLIFY_ATOL: float = 1e-5
 """Largest absolute difference tolerated between the simplified and the unsimplified outputs."""
-
-Feeds = Mapping[str, np.ndarray]
 
 
 @dataclass
@@ -45,17 +42,6 @@ class SimplifyResult:
     nodes_after: int | None
     max_abs_err: float | None
     note: str
-
-
-def cpu_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
-    """An onnxruntime CPU session on an in-memory model or a file."""
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-
-
-def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feeds]) -> list[list[np.ndarray]]:
-    """All outputs of ``session`` for each feed."""
-    return [session.run(None, dict(f)) for f in feeds]
 
 
 def max_output_difference(a: Sequence[Sequence[np.ndarray]], b: Sequence[Sequence[np.ndarray]]) -> float:
@@ -107,7 +93,7 @@ def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: floa
         return _keep(f"onnxsim failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
     after = len(simplified.graph.node)
     try:
-        err = max_output_difference(run_feeds(cpu_session(model), feeds), run_feeds(cpu_session(simplified), feeds))
+        err = max_output_difference(run_feeds(create_session(model), feeds), run_feeds(create_session(simplified), feeds))
     except Exception as exc:  # onnxruntime errors (e.g. a shape frozen by the simplifier)
         return _keep(f"the simplified model does not run on the check inputs: {str(exc).splitlines()[0][:200]}", after)
     if not err <= atol:

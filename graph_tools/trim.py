@@ -1,4 +1,4 @@
-"""Trim a detector at a named tensor so that tensor becomes the (first) output.
+"""Trim a model at named tensors so they become its (first) outputs.
 
 Everything that no longer feeds the kept outputs is removed (onnx-graphsurgeon ``cleanup``);
 opset imports, IR version, other domains, producer and metadata are kept as they were.
@@ -6,61 +6,50 @@ opset imports, IR version, other domains, producer and metadata are kept as they
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import onnx
 import onnx_graphsurgeon as gs
 
-from graph_tools.inspect import _dims, require_tensor, tensor_shapes
-from roiseg.conventions import DEFAULT_FEATURE_TENSOR
+from graph_tools.inspect import dims, elem_type_of, require_tensor, tensor_shapes
 
 
 def trim_at_tensor(
     model: onnx.ModelProto,
-    tensor: str = DEFAULT_FEATURE_TENSOR,
+    tensors: str | Sequence[str],
     keep_original_outputs: bool = False,
 ) -> onnx.ModelProto:
-    """Return a new model whose outputs are ``[tensor]`` (plus the original outputs if asked).
+    """A new model whose outputs are ``tensors`` in that order (then the original outputs if asked).
 
-    Raises :class:`roiseg.errors.InputError` with the nearest tensor names when ``tensor`` is absent.
-    Shapes of all remaining tensors are inferred; the kept tensor's shape is written on the output.
+    Raises :class:`graph_tools.errors.GraphError` with the nearest tensor names when one is absent.
+    The kept tensors' inferred shapes and element types are written on the outputs.
     """
-    require_tensor(model, tensor)
+    names = [tensors] if isinstance(tensors, str) else list(tensors)
+    for name in names:
+        require_tensor(model, name)
     shapes = tensor_shapes(model)
     graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    feat = tensors[tensor]
-    if feat.dtype is None:
-        feat.dtype = _elem_type_of(model, tensor)
-    if feat.shape is None and shapes.get(tensor) is not None:
-        feat.shape = shapes[tensor]
-    outputs = [feat]
+    available = graph.tensors()
+    outputs = []
+    for name in names:
+        tensor = available[name]
+        if tensor.dtype is None:
+            tensor.dtype = elem_type_of(model, name)
+        if tensor.shape is None and shapes.get(name) is not None:
+            tensor.shape = shapes[name]
+        outputs.append(tensor)
     if keep_original_outputs:
-        outputs += [o for o in graph.outputs if o.name != tensor]
+        outputs += [o for o in graph.outputs if o.name not in names]
     graph.outputs = outputs
     graph.cleanup(remove_unused_graph_inputs=True).toposort()
     out = gs.export_onnx(graph, do_type_check=False)
-    _restore_model_fields(model, out)
+    copy_model_fields(model, out)
     _write_output_shapes(out, shapes)
     return out
 
 
-def _elem_type_of(model: onnx.ModelProto, name: str):
-    """Element type of tensor ``name`` from shape inference (float32 when unknown)."""
-    import numpy as np
-
-    from graph_tools.inspect import infer_shapes
-
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    light.graph.ClearField("initializer")
-    inferred = infer_shapes(light)
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.name == name and vi.type.tensor_type.elem_type:
-            return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-    return np.float32
-
-
-def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
-    """Copy IR version, opset imports (all domains), producer and metadata from ``src``."""
+def copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """Copy IR version, opset imports (all domains), producer, metadata and functions from ``src``."""
     dst.ir_version = src.ir_version
     del dst.opset_import[:]
     dst.opset_import.extend(src.opset_import)
@@ -76,11 +65,10 @@ def _restore_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
 
 def _write_output_shapes(model: onnx.ModelProto, shapes: dict) -> None:
     for out in model.graph.output:
-        if not _dims(out) and shapes.get(out.name):
-            dims = shapes[out.name]
+        if not dims(out) and shapes.get(out.name):
             tt = out.type.tensor_type
             tt.shape.Clear()
-            for d in dims:
+            for d in shapes[out.name]:
                 if isinstance(d, int):
                     tt.shape.dim.add().dim_value = d
                 else:

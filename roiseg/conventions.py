@@ -55,6 +55,13 @@ DEFAULT_IMAGE_INPUT: str = "images"
 FUSED_ROIS_INPUT: str = "rois"
 FUSED_MASKS_OUTPUT: str = "masks"
 HEAD_FEATURES_INPUT: str = "features"
+"""Input of an exported head that takes the detector's features."""
+ROI_AXIS: str = "num_rois"
+"""Name of the dynamic ROI dimension of ``rois`` and ``masks``."""
+HEAD_PREFIX: str = "roiseg_head/"
+"""Prefix of every node, tensor and initializer name that comes from the head in a fused model."""
+DETECTOR_PREFIX: str = "detector/"
+"""Prefix given to a detector tensor whose name collides with a public name of the fused model."""
 MIN_HEAD_OPSET: int = 16
 """RoiAlign with ``coordinate_transformation_mode`` exists from opset 16 on."""
 DEFAULT_HEAD_OPSET: int = 17
@@ -91,10 +98,25 @@ CHECKPOINT_PATTERN: str = "checkpoint_epoch_{epoch:04d}_{height}x{width}_{miou:0
 CHECKPOINT_GLOB: str = "checkpoint_epoch_*.pth"
 BEST_CHECKPOINT: str = "best.pth"
 VALIDATION_PICTURE_PATTERN: str = "validation_all_images_epoch_{epoch:04d}.png"
+VALIDATION_PICTURE_GLOB: str = "validation_all_images_epoch_*.png"
 METRICS_FILE: str = "metrics.jsonl"
 CURVES_FILE: str = "curves.png"
 PARITY_REPORT: str = "parity.json"
 """Default file of the ``parity-check`` JSON report."""
+HEAD_ONNX_SUFFIX: str = ".onnx"
+"""A ``--head`` file with this suffix is an exported head ONNX; anything else is a checkpoint."""
+
+FEATURE_CACHE_DIR: str = ".cache/features"
+"""Default feature-cache folder (``features.cache``)."""
+
+# The demo's folder layout (``roiseg demo --workdir DIR``), relative to DIR.
+DEMO_WORKDIR: str = "roiseg_demo"
+DEMO_DATA_DIR: str = "data"
+DEMO_DETECTOR_DIR: str = "ext_extractor"
+DEMO_STAND_IN_PATTERN: str = "stand_in_yolo_1x3x{h}x{w}.onnx"
+DEMO_RUN_DIR: str = DEFAULT_CHECKPOINT_DIR
+DEMO_OVERLAY: str = "predict_overlay.png"
+DEMO_SUMMARY: str = "demo_summary.json"
 
 
 def person_only_name(stem: str, subset: int | None = None) -> str:

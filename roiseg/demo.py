@@ -23,9 +23,22 @@ from typing import Any
 import numpy as np
 
 from roiseg.conventions import (
+    BEST_CHECKPOINT,
+    CURVES_FILE,
+    DEFAULT_ANALYZE_JSON,
+    DEFAULT_FUSED_MODEL,
     DEFAULT_IMAGE_INPUT,
+    DEMO_DATA_DIR,
+    DEMO_DETECTOR_DIR,
+    DEMO_OVERLAY,
+    DEMO_RUN_DIR,
+    DEMO_STAND_IN_PATTERN,
+    DEMO_SUMMARY,
+    DEMO_WORKDIR,
+    FEATURE_CACHE_DIR,
     FUSED_ROIS_INPUT,
     PARITY_REPORT,
+    VALIDATION_PICTURE_GLOB,
     coco_bbox_to_roi,
     person_only_name,
     preprocess,
@@ -36,8 +49,6 @@ from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
 
-DEMO_STAND_IN_NAME = "stand_in_yolo_1x3x{h}x{w}.onnx"
-
 
 @dataclass
 class DemoConfig:
@@ -47,7 +58,7 @@ class DemoConfig:
     persons (see docs/heads.md); the stand-in has fewer channels than the reference (64 vs 1024).
     """
 
-    workdir: Path = Path("roiseg_demo")
+    workdir: Path = Path(DEMO_WORKDIR)
     epochs: int = 3
     seed: int = 0
     n_train: int = 1500
@@ -91,27 +102,29 @@ class DemoSummary:
 def _prepare(cfg: DemoConfig, data_root: Path) -> dict[str, Path]:
     from roiseg.data.analyze import analyze
     from roiseg.data.prepare import prepare_coco
-    from roiseg.synthetic.coco import write_synthetic_coco
+    from roiseg.synthetic.coco import SPLITS, write_synthetic_coco
 
-    ann = data_root / "annotations"
     LOG.info("demo 1/7: generating %d train + %d val images in %s", cfg.n_train, cfg.n_val, data_root)
-    write_synthetic_coco(data_root, cfg.n_train, cfg.n_val, image_hw=cfg.image_hw, seed=cfg.seed,
-                         persons=cfg.persons)
+    made = write_synthetic_coco(data_root, cfg.n_train, cfg.n_val, image_hw=cfg.image_hw, seed=cfg.seed,
+                                persons=cfg.persons)
     LOG.info("demo 3/7: prepare-coco and analyze")
-    for split in ("train2017", "val2017"):
-        prepare_coco(ann / f"instances_{split}.json", ann)
-    train_ann = ann / person_only_name("instances_train2017")
-    analyze_json = cfg.workdir / "data_analyze.json"
-    write_json(analyze_json, analyze(train_ann, workers=1))
-    return {"train_ann": train_ann, "val_ann": ann / person_only_name("instances_val2017"),
-            "val_images": data_root / "images" / "val2017", "analyze_json": analyze_json}
+    prepared = {}
+    for split, instances in made["annotations"].items():
+        instances = Path(instances)
+        prepare_coco(instances, instances.parent)
+        prepared[split] = instances.parent / person_only_name(instances.stem)
+    train_split, val_split = SPLITS
+    analyze_json = cfg.workdir / DEFAULT_ANALYZE_JSON
+    write_json(analyze_json, analyze(prepared[train_split], workers=1))
+    return {"train_ann": prepared[train_split], "val_ann": prepared[val_split],
+            "val_images": Path(made["images"][val_split]), "analyze_json": analyze_json}
 
 
 def _detector(cfg: DemoConfig) -> Path:
     from roiseg.synthetic.detector import build_stand_in_detector
 
     h, w = cfg.input_hw
-    out = cfg.workdir / "ext_extractor" / DEMO_STAND_IN_NAME.format(h=h, w=w)
+    out = cfg.workdir / DEMO_DETECTOR_DIR / DEMO_STAND_IN_PATTERN.format(h=h, w=w)
     LOG.info("demo 2/7: exporting the stand-in detector %s (%d channels at stride 8)", out, cfg.channels)
     return build_stand_in_detector(out, channels=cfg.channels, input_hw=cfg.input_hw, mode="full", seed=cfg.seed)
 
@@ -127,13 +140,13 @@ def _train(cfg: DemoConfig, detector: Path, data_root: Path, paths: dict[str, Pa
     tc.data.batch_size = cfg.batch_size
     tc.data.jitter = 0.05
     tc.features.extractor = str(detector)
-    tc.features.cache = str(cfg.workdir / "feature_cache")
+    tc.features.cache = str(cfg.workdir / FEATURE_CACHE_DIR)
     tc.head.hidden = cfg.hidden
     tc.head.mask_size = cfg.mask_size
     tc.train.epochs = cfg.epochs
     tc.train.seed = cfg.seed
     tc.train.device = "auto"
-    tc.train.out = str(cfg.workdir / "checkpoints")
+    tc.train.out = str(cfg.workdir / DEMO_RUN_DIR)
     tc.optim.lr = cfg.lr
     tc.optim.warmup_epochs = 0.5
     LOG.info("demo 4/7: training %d epochs -> %s", cfg.epochs, tc.train.out)
@@ -142,9 +155,9 @@ def _train(cfg: DemoConfig, detector: Path, data_root: Path, paths: dict[str, Pa
 
 def _latency(model: Path, image: np.ndarray, rois: np.ndarray, reps: int) -> float:
     """Median wall time in ms of one fused-model run on CPU (after one warm-up run)."""
-    import onnxruntime as ort
+    from graph_tools import create_session
 
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    sess = create_session(model)
     feeds = {DEFAULT_IMAGE_INPUT: image, FUSED_ROIS_INPUT: rois}
     sess.run(None, feeds)
     times = []
@@ -166,20 +179,20 @@ def _first_val_image(val_ann: Path, val_images: Path) -> tuple[Path, np.ndarray]
 
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     """Run the seven steps in ``cfg.workdir`` and return what was produced and measured."""
-    from graph_tools.fuse import fuse
-    from graph_tools.parity import run_parity
-    from roiseg.predict import predict_image
+    from roiseg.deploy.fuse import fuse
+    from roiseg.deploy.parity import run_parity
+    from roiseg.deploy.predict import predict_image
 
     t_start = time.perf_counter()
     workdir = ensure_writable_dir(cfg.workdir)
-    data_root = workdir / "data"
+    data_root = workdir / DEMO_DATA_DIR
     detector = _detector(cfg)
     paths = _prepare(cfg, data_root)
     summary = _train(cfg, detector, data_root, paths)
-    best = Path(summary["out"]) / "best.pth"
+    best = Path(summary["out"]) / BEST_CHECKPOINT
 
     LOG.info("demo 5/7: fusing %s + %s", detector.name, best.name)
-    fused_path = workdir / "models" / "roiseg_fused.onnx"
+    fused_path = workdir / DEFAULT_FUSED_MODEL
     fuse_report = fuse(detector, best, out=fused_path)
 
     LOG.info("demo 6/7: parity check on the val images")
@@ -189,7 +202,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
 
     LOG.info("demo 7/7: predict and latency")
     image_path, boxes_px = _first_val_image(paths["val_ann"], paths["val_images"])
-    overlay = workdir / "predict_overlay.png"
+    overlay = workdir / DEMO_OVERLAY
     predict_image(fused_path, image_path, boxes_px.tolist(), out=overlay, device="cpu")
     bgr = read_image(image_path)
     x = preprocess(bgr, cfg.input_hw)
@@ -199,15 +212,15 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     last = summary["history"][-1]
     fused_stage = report["stages"]["fused"]
     out = DemoSummary()
-    pictures = sorted(Path(summary["out"]).glob("validation_all_images_epoch_*.png"))
+    pictures = sorted(Path(summary["out"]).glob(VALIDATION_PICTURE_GLOB))
     out.files = {
         "generated data": str(data_root),
         "stand-in detector": str(detector),
-        "data_analyze.json": str(paths["analyze_json"]),
+        DEFAULT_ANALYZE_JSON: str(paths["analyze_json"]),
         "checkpoints": str(summary["out"]),
         "best checkpoint": str(best),
         "validation picture": str(pictures[-1]) if pictures else "(none)",
-        "curves": str(Path(summary["out"]) / "curves.png"),
+        "curves": str(Path(summary["out"]) / CURVES_FILE),
         "fused model": str(fuse_report.out),
         "parity report": str(parity_json),
         "predict overlay": str(overlay),
@@ -223,5 +236,5 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         "latency_ms_n8": _latency(fused_path, x, rois8, cfg.latency_reps),
         "total_s": time.perf_counter() - t_start,
     }
-    write_json(workdir / "demo_summary.json", {"files": out.files, "numbers": out.numbers})
+    write_json(workdir / DEMO_SUMMARY, {"files": out.files, "numbers": out.numbers})
     return out

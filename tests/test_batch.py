@@ -81,7 +81,7 @@ def test_extractor_loops_when_batching_does_not_hold(tmp_path):
     model = _model(hard_coded_batch=True)
     path = tmp_path / "hard_coded.onnx"
     onnx.save(model, str(path))
-    ext = OnnxFeatureExtractor(path, tensor="feat", device="cpu")
+    ext = OnnxFeatureExtractor(path, feature_tensor="feat", device="cpu")
     x = np.random.default_rng(2).random((3, 3, *HW), dtype=np.float32)
     expected = np.concatenate(_single_runs(model, x))
     got = ext(torch.from_numpy(x))

@@ -1,4 +1,4 @@
-"""graph_tools.export: the head as ONNX with native RoiAlign (half_pixel), dynamic ROI count, parity with torch."""
+"""roiseg.deploy.export: the head as ONNX with native RoiAlign (half_pixel), dynamic ROI count, parity with torch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import pytest
 import torch
 from helpers_graph import boxes, ort_session
 
-from graph_tools.export import ROI_AXIS, export_head, head_config_of, node_attributes, roi_align_nodes
+from graph_tools import node_attributes, nodes_of_type
+from roiseg.conventions import ROI_AXIS
+from roiseg.deploy.export import export_head
+from roiseg.deploy.metadata import head_config_of
 from roiseg.errors import InputError
 from roiseg.modeling import HeadConfig, build_head
 
@@ -39,7 +42,7 @@ def test_export_signature_and_native_roi_align(variant):
     assert inputs == expected
     assert [(o.name, _dims(o)) for o in model.graph.output] == [("masks", [ROI_AXIS, 3, H, W])]
     assert model.opset_import[0].version == 17
-    nodes = roi_align_nodes(model)
+    nodes = nodes_of_type(model, "RoiAlign")
     assert len(nodes) == (2 if variant == "detail" else 1)
     attrs = [node_attributes(n) for n in nodes]
     assert all(a["coordinate_transformation_mode"] == "half_pixel" for a in attrs)
@@ -82,7 +85,7 @@ def test_export_other_opsets_and_refuses_below_16(tmp_path):
         path = tmp_path / f"h{opset}.onnx"
         model = export_head(head, path, opset=opset)
         assert onnx.load(str(path)).opset_import[0].version == opset == model.opset_import[0].version
-        assert all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in roi_align_nodes(model))
+        assert all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in nodes_of_type(model, "RoiAlign"))
         out = ort_session(path).run(None, {"features": np.ones((1, C, 8, 12), np.float32), "rois": boxes(3),
                                            "images": np.ones((1, 3, H, W), np.float32)})[0]
         assert out.shape == (3, 3, H, W)

@@ -44,7 +44,7 @@ def test_full_detector_internal_tensor(stand_in_full):
     info = ext.info
     assert (info.input_name, info.input_hw, info.channels) == ("images", SMALL_INPUT_HW, SMALL_CHANNELS)
     assert info.feature_hw == SMALL_FEATURE_HW and info.stride == 8
-    assert info.tensor == DEFAULT_FEATURE_TENSOR and info.opset == 17
+    assert info.feature_tensor == DEFAULT_FEATURE_TENSOR and info.opset == 17
     assert info.sha256 == _sha256(stand_in_full)
     # Only the part feeding the features runs: the detection head (model.35) is gone.
     assert [o.name for o in ext.session.get_outputs()] == [DEFAULT_FEATURE_TENSOR]
@@ -77,7 +77,7 @@ def test_featext_model(stand_in_featext):
 
 
 def test_yolox_nano_generic_names(yolox_nano):
-    ext = OnnxFeatureExtractor(yolox_nano, tensor="input.663", device="cpu")
+    ext = OnnxFeatureExtractor(yolox_nano, feature_tensor="input.663", device="cpu")
     info = ext.info
     assert info.input_hw == (416, 416) and info.stride == 8
     assert info.channels == 64 and info.feature_hw == (52, 52) and info.opset == 11
@@ -219,7 +219,7 @@ def test_gpu_order_and_tensorrt_options(fake_cuda, tmp_path):
 
 @pytest.mark.parametrize("bad", ["gpu", "cpu:1", "cuda:x", ""])
 def test_bad_device_string(bad):
-    with pytest.raises(InputError, match="--device"):
+    with pytest.raises(InputError, match="device .* is not one of"):
         prov.choose_providers(bad)
 
 

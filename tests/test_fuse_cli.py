@@ -14,10 +14,8 @@ import pytest
 from conftest import SMALL_CHANNELS, SMALL_INPUT_HW
 from helpers_graph import YOLOX_TENSOR, boxes, fused_once, make_checkpoint, ort_session
 
-from graph_tools.export import node_attributes, roi_align_nodes
-from graph_tools.metadata import read_props
-from graph_tools.splice import HEAD_PREFIX
-from graph_tools.trim import trim_at_tensor
+from graph_tools import node_attributes, nodes_of_type, read_props, trim_at_tensor
+from roiseg.conventions import HEAD_PREFIX
 from roiseg.cli import main
 from roiseg.conventions import CLASS_NAMES, DEFAULT_FEATURE_TENSOR, DEFAULT_PREPROCESSING
 
@@ -78,12 +76,12 @@ def test_fuse_featext_model(work, stand_in_featext, featext_ckpt, capsys):
     assert [(vi.name, _dims(vi)) for vi in model.graph.input] == [("images", [1, 3, h, w]), ("rois", ["num_rois", 4])]
     assert [(vi.name, _dims(vi)) for vi in model.graph.output] == [("masks", ["num_rois", 3, h, w])]
     # One detector path: as many detector convolutions as the trimmed detector has; the detection output is gone.
-    trimmed = trim_at_tensor(onnx.load(str(stand_in_featext)))
+    trimmed = trim_at_tensor(onnx.load(str(stand_in_featext)), DEFAULT_FEATURE_TENSOR)
     det_convs = sum(n.op_type == "Conv" for n in trimmed.graph.node)
     assert sum(n.op_type == "Conv" and not n.name.startswith(HEAD_PREFIX) for n in model.graph.node) == det_convs
     assert "output0" not in {n for node in model.graph.node for n in node.output}
-    assert all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in roi_align_nodes(model))
-    assert len(roi_align_nodes(model)) == 2  # detail head: features and image
+    assert all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in nodes_of_type(model, "RoiAlign"))
+    assert len(nodes_of_type(model, "RoiAlign")) == 2  # detail head: features and image
     props = read_props(model)
     assert props["roiseg.extractor_sha256"] == _sha256(stand_in_featext)
     assert props["roiseg.feature_tensor"] == DEFAULT_FEATURE_TENSOR
@@ -104,7 +102,7 @@ def test_fuse_yolox_unsimplified_runs_64_rois(work, yolox_nano, capsys):
     ckpt = make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="baseline")
     out = work / "yolox_fused.onnx"
     assert main(["fuse", "--yolo", str(yolox_nano), "--head", str(ckpt), "--out", str(out), "--no-simplify"]) == 0
-    assert "not simplified: --no-simplify" in capsys.readouterr().out
+    assert "not simplified: simplification switched off" in capsys.readouterr().out
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 17  # the detector's opset 11 was converted
@@ -134,7 +132,7 @@ def test_head_from_another_detector_file_warns_and_strict_refuses(work, stand_in
     args[args.index(str(out))] = str(strict_out)
     assert main(args + ["--strict"]) == 2
     err = _error_lines(capsys.readouterr().err)
-    assert len(err) == 1 and "--strict" in err[0] and "sha256" in err[0]
+    assert len(err) == 1 and "strict" in err[0] and "sha256" in err[0]
     assert not strict_out.exists()
 
 
@@ -147,9 +145,9 @@ def _bad_inputs(work, stand_in_featext, featext_ckpt, yolox_nano):
     bad_ckpt.write_bytes(b"PK\x03\x04 truncated")
     good = ["--yolo", str(stand_in_featext), "--head", str(featext_ckpt)]
     return {
-        "tensor not found": (good + ["--cut", "/model.34/Concat_output_7"],
+        "tensor not found": (good + ["--feature-tensor", "/model.34/Concat_output_7"],
                              f"nearest candidates: {DEFAULT_FEATURE_TENSOR} [1, {SMALL_CHANNELS}, 16, 16]"),
-        "channel mismatch": (["--yolo", str(yolox_nano), "--head", str(featext_ckpt), "--cut", YOLOX_TENSOR],
+        "channel mismatch": (["--yolo", str(yolox_nano), "--head", str(featext_ckpt), "--feature-tensor", YOLOX_TENSOR],
                              f"head expects {SMALL_CHANNELS} feature channels but tensor '{YOLOX_TENSOR}'"),
         "opset below 16": (good + ["--opset", "15"], "needs opset >= 16"),
         "corrupt onnx": (["--yolo", str(garbage), "--head", str(featext_ckpt)], f"not a readable ONNX model: {garbage}"),
@@ -204,7 +202,7 @@ def test_parity_check_cli_passes_and_fails(work, stand_in_full, coco_tiny, capsy
 
 
 def test_fuse_accepts_an_exported_head_onnx(work, stand_in_featext, featext_ckpt):
-    from graph_tools.export import export_head
+    from roiseg.deploy.export import export_head
     from roiseg.training.checkpoint import load_head
 
     head, state = load_head(featext_ckpt)

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 
-from graph_tools.parity import (
-    StageStats, edge_case_rois, failure_summary, format_table, probe_rois, run_parity,
+from graph_tools import ErrorStats as StageStats
+from roiseg.deploy.probes import edge_case_rois, probe_rois
+from roiseg.deploy.parity import (
+    failure_summary, format_table, run_parity,
 )
 
 VAL_JSON = "annotations/instances_val2017.json"

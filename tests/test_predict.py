@@ -1,4 +1,4 @@
-"""roiseg.predict and ``roiseg predict``: pixel ROIs, clipping, metadata preprocessing, masks at the original size."""
+"""roiseg.deploy.predict and ``roiseg predict``: pixel ROIs, clipping, metadata preprocessing, masks at the original size."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import onnx
 import pytest
 from helpers_graph import fused_once, make_checkpoint, ort_session
 
-from graph_tools.metadata import read_props, write_props
+from graph_tools import read_props, write_props
 from roiseg.cli import main
 from roiseg.conventions import BACKGROUND, TARGET, Preprocessing, preprocess
 from roiseg.errors import InputError
-from roiseg.predict import FusedPredictor, clip_rois, masks_to_original, parse_roi, predict_image
+from roiseg.deploy.predict import FusedPredictor, clip_rois, masks_to_original, parse_roi, predict_image
 
 IMAGE = "images/val2017/000000020992.jpg"
 

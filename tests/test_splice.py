@@ -10,11 +10,14 @@ import pytest
 import torch
 from helpers_graph import YOLOX_TENSOR, boxes, feature_output, ort_session
 
-from graph_tools.export import export_head, node_attributes, roi_align_nodes
-from graph_tools.inspect import load_model
-from graph_tools.opset import choose_ir_version, convert_opset, ort_max_ir_version
-from graph_tools.splice import HEAD_PREFIX, rename_tensors, splice
-from graph_tools.trim import trim_at_tensor
+from graph_tools import (
+    GraphError,
+    choose_ir_version, convert_opset, load_model, node_attributes, nodes_of_type, ort_max_ir_version, rename_tensors,
+    trim_at_tensor,
+)
+from roiseg.conventions import HEAD_PREFIX
+from roiseg.deploy.export import export_head
+from roiseg.deploy.fuse import splice_head as splice
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
 from roiseg.errors import InputError
 from roiseg.modeling import HeadConfig, build_head
@@ -41,7 +44,7 @@ def _dims(vi):
 
 @pytest.fixture(scope="module")
 def stand_in_fused(stand_in_full):
-    trimmed = trim_at_tensor(load_model(stand_in_full))
+    trimmed = trim_at_tensor(load_model(stand_in_full), DEFAULT_FEATURE_TENSOR)
     head = _head(32, (128, 128))
     return trimmed, head, splice(trimmed, export_head(head), DEFAULT_FEATURE_TENSOR)
 
@@ -56,7 +59,7 @@ def test_spliced_model_contract(stand_in_full, stand_in_fused):
     fused_det_ops = Counter(n.op_type for n in fused.graph.node if not n.name.startswith(HEAD_PREFIX))
     assert fused_det_ops == det_ops
     # The head reads the shared image input directly (detail variant) and both RoiAligns say half_pixel.
-    ras = roi_align_nodes(fused)
+    ras = nodes_of_type(fused, "RoiAlign")
     assert len(ras) == 2 and all(node_attributes(n)["coordinate_transformation_mode"] == "half_pixel" for n in ras)
     assert any(n.input[0] == "images" for n in ras)
     assert any(n.input[0] == DEFAULT_FEATURE_TENSOR for n in ras)
@@ -93,17 +96,17 @@ def test_yolox_opset_11_is_converted_and_ir_reconciled(yolox_nano):
 
 def test_splice_refuses_different_opsets(yolox_nano):
     trimmed = trim_at_tensor(load_model(yolox_nano), YOLOX_TENSOR)
-    with pytest.raises(ValueError, match="opset"):
+    with pytest.raises(InputError, match="opset"):
         splice(trimmed, export_head(_head(64, (416, 416), variant="baseline")), YOLOX_TENSOR)
 
 
 def test_impossible_conversion_is_a_clear_error(yolox_nano):
-    with pytest.raises(InputError, match=r"cannot convert yolox from opset 11 to 8"):
+    with pytest.raises(GraphError, match=r"cannot convert yolox from opset 11 to 8"):
         convert_opset(load_model(yolox_nano), 8, "yolox")
 
 
 def test_ir_version_is_capped_at_what_onnxruntime_loads(stand_in_full):
-    trimmed = trim_at_tensor(load_model(stand_in_full))
+    trimmed = trim_at_tensor(load_model(stand_in_full), DEFAULT_FEATURE_TENSOR)
     head = export_head(_head(32, (128, 128)))
     head.ir_version = ort_max_ir_version() + 3  # written by a newer exporter
     assert choose_ir_version(trimmed, head) == ort_max_ir_version()
@@ -114,7 +117,7 @@ def test_ir_version_is_capped_at_what_onnxruntime_loads(stand_in_full):
 
 def test_name_collisions_and_a_differently_named_image_input(stand_in_full, stand_in_fused):
     _, head, reference_model = stand_in_fused
-    trimmed = trim_at_tensor(load_model(stand_in_full))
+    trimmed = trim_at_tensor(load_model(stand_in_full), DEFAULT_FEATURE_TENSOR)
     # A detector whose image input is "input" and whose internal tensors are called "images", "masks" and
     # "roiseg_head/features" (the head's own prefixed names).
     first, second = trimmed.graph.node[0].output[0], trimmed.graph.node[1].output[0]
@@ -132,15 +135,15 @@ def test_name_collisions_and_a_differently_named_image_input(stand_in_full, stan
 
 
 def test_head_built_for_another_input_size_is_refused(stand_in_full):
-    trimmed = trim_at_tensor(load_model(stand_in_full))
+    trimmed = trim_at_tensor(load_model(stand_in_full), DEFAULT_FEATURE_TENSOR)
     with pytest.raises(InputError, match=r"\[1, 3, 96, 96\]"):
         splice(trimmed, export_head(_head(32, (96, 96))), DEFAULT_FEATURE_TENSOR)
 
 
 def test_a_dynamic_detector_batch_is_pinned_to_one(stand_in_full):
-    from graph_tools.batch import make_batch_dynamic
+    from graph_tools import make_batch_dynamic
 
-    trimmed = make_batch_dynamic(trim_at_tensor(load_model(stand_in_full)))
+    trimmed = make_batch_dynamic(trim_at_tensor(load_model(stand_in_full), DEFAULT_FEATURE_TENSOR))
     assert _dims(trimmed.graph.input[0])[0] == "batch"
     fused = splice(trimmed, export_head(_head(32, (128, 128))), DEFAULT_FEATURE_TENSOR)
     onnx.checker.check_model(fused, full_check=True)

@@ -7,11 +7,9 @@ import onnx
 import pytest
 from helpers_graph import YOLOX_TENSOR, feature_output, ort_session
 
-from graph_tools.inspect import load_model
-from graph_tools.io import save_model
-from graph_tools.trim import trim_at_tensor
+from graph_tools import load_model, save_model, trim_at_tensor
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
-from roiseg.errors import InputError
+from graph_tools import GraphError
 from conftest import SMALL_CHANNELS, SMALL_INPUT_HW
 
 
@@ -32,7 +30,7 @@ def _output_shape(model: onnx.ModelProto, name: str) -> list:
 
 def test_trim_keeps_only_the_path_to_the_tensor(stand_in_full):
     model = load_model(stand_in_full)
-    trimmed = trim_at_tensor(model)
+    trimmed = trim_at_tensor(model, DEFAULT_FEATURE_TENSOR)
     assert [o.name for o in trimmed.graph.output] == [DEFAULT_FEATURE_TENSOR]
     h, w = SMALL_INPUT_HW
     assert _output_shape(trimmed, DEFAULT_FEATURE_TENSOR) == [1, SMALL_CHANNELS, h // 8, w // 8]
@@ -50,7 +48,7 @@ def test_trim_keeps_only_the_path_to_the_tensor(stand_in_full):
 
 def test_trim_can_keep_the_original_outputs(stand_in_full):
     model = load_model(stand_in_full)
-    both = trim_at_tensor(model, keep_original_outputs=True)
+    both = trim_at_tensor(model, DEFAULT_FEATURE_TENSOR, keep_original_outputs=True)
     assert [o.name for o in both.graph.output] == [DEFAULT_FEATURE_TENSOR, "output0"]
     x = _image(SMALL_INPUT_HW, 1)
     feats, det = ort_session(both).run(None, {"images": x})
@@ -76,7 +74,7 @@ def test_trim_a_model_stored_with_external_data(stand_in_full, tmp_path):
     onnx.save_model(onnx.load(str(stand_in_full)), str(src), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="detector.onnx.data", size_threshold=0)
     assert (src.parent / "detector.onnx.data").is_file()
-    trimmed = trim_at_tensor(load_model(src))
+    trimmed = trim_at_tensor(load_model(src), DEFAULT_FEATURE_TENSOR)
     out = save_model(trimmed, tmp_path / "out" / "trimmed.onnx", external=True)
     data = out.parent / "trimmed.onnx.data"
     assert data.is_file()
@@ -91,7 +89,7 @@ def test_trim_a_model_stored_with_external_data(stand_in_full, tmp_path):
 
 def test_missing_tensor_lists_the_nearest_candidates_with_shapes(stand_in_full):
     model = load_model(stand_in_full)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(GraphError) as err:
         trim_at_tensor(model, "/model.34/Concat_output_9")
     msg = str(err.value)
     assert "/model.34/Concat_output_9" in msg and "nearest candidates" in msg

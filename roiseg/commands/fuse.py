@@ -19,9 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "matches the unsimplified model on real boxes) and write it."
         ),
     )
-    p.add_argument("--yolo", type=Path, required=True, help="detector ONNX (full detector or featext model)")
+    p.add_argument("--yolo", "--detector", dest="detector", type=Path, required=True,
+                   help="detector ONNX (any detector: full model or featext model)")
     p.add_argument("--head", type=Path, required=True, help="roiseg checkpoint (.pth) or head ONNX exported by roiseg")
-    p.add_argument("--cut", default=None, help="feature tensor to cut at (default: the tensor recorded with the head)")
+    p.add_argument("--feature-tensor", default=None,
+                   help="tensor the head reads (default: the tensor recorded with the head)")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_FUSED_MODEL), help=f"output ONNX (default {DEFAULT_FUSED_MODEL})")
     p.add_argument("--opset", type=int, default=None,
                    help="opset of the fused model (>= 16; default: the higher of the detector's and the head's)")
@@ -34,9 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from graph_tools.fuse import fuse
+    from roiseg.deploy.fuse import fuse
 
-    report = fuse(args.yolo, args.head, cut=args.cut, out=args.out, opset=args.opset,
+    report = fuse(args.detector, args.head, feature_tensor=args.feature_tensor, out=args.out, opset=args.opset,
                   simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image)
     print(report.summary())
     return 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import PARITY_ATOL as DEFAULT_ATOL
-from roiseg.conventions import PARITY_MIN_ARGMAX as DEFAULT_MIN_ARGMAX
-from roiseg.conventions import PARITY_REPORT as DEFAULT_REPORT
+from roiseg.conventions import PARITY_ATOL, PARITY_MIN_ARGMAX, PARITY_REPORT
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,27 +19,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "agreement and target-mask IoU. Exit 0 within tolerance, 1 otherwise."
         ),
     )
-    p.add_argument("--fused", type=Path, default=None, help="fused ONNX (default: fuse --yolo + --head into a temporary file)")
-    p.add_argument("--yolo", type=Path, required=True, help="the detector ONNX the fused model was built from")
+    p.add_argument("--fused", type=Path, default=None,
+                   help="fused ONNX (default: build it from --yolo and --head into a temporary file, as fuse does)")
+    p.add_argument("--yolo", "--detector", dest="detector", type=Path, required=True,
+                   help="the detector ONNX the fused model was built from")
     p.add_argument("--head", type=Path, required=True, help="the roiseg checkpoint the fused model was built from")
-    p.add_argument("--cut", default=None, help="feature tensor when fusing here (default: the checkpoint's)")
+    p.add_argument("--feature-tensor", default=None,
+                   help="tensor the head reads, when building here (default: the checkpoint's)")
     p.add_argument("--annotations", type=Path, default=None, help="COCO instances JSON with person boxes (needs --images)")
     p.add_argument("--images", type=Path, default=None, help="folder of the images")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"max absolute error on probabilities (default {DEFAULT_ATOL:g})")
-    p.add_argument("--min-argmax", type=float, default=DEFAULT_MIN_ARGMAX,
-                   help=f"min fraction of pixels whose argmax class agrees (default {DEFAULT_MIN_ARGMAX})")
-    p.add_argument("--report", type=Path, default=Path(DEFAULT_REPORT), help=f"JSON report (default {DEFAULT_REPORT})")
+    p.add_argument("--atol", type=float, default=PARITY_ATOL, help=f"max absolute error on probabilities (default {PARITY_ATOL:g})")
+    p.add_argument("--min-argmax", type=float, default=PARITY_MIN_ARGMAX,
+                   help=f"min fraction of pixels whose argmax class agrees (default {PARITY_MIN_ARGMAX})")
+    p.add_argument("--report", type=Path, default=Path(PARITY_REPORT), help=f"JSON report (default {PARITY_REPORT})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from graph_tools.parity import failure_summary, format_table, run_parity
+    from roiseg.deploy.parity import failure_summary, format_table, run_parity
     from roiseg.errors import CheckFailed
     from roiseg.utils.atomic import write_json
 
-    report = run_parity(args.yolo, args.head, fused=args.fused, annotations=args.annotations, images=args.images,
-                        atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images, cut=args.cut)
+    report = run_parity(args.detector, args.head, fused=args.fused, annotations=args.annotations, images=args.images,
+                        atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
+                        feature_tensor=args.feature_tensor)
     print(format_table(report))
     write_json(args.report, report)
     print(f"wrote {args.report}")

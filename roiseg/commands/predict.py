@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from roiseg.conventions import NON_TARGET, TARGET
-    from roiseg.predict import parse_roi, predict_image
+    from roiseg.deploy.predict import parse_roi, predict_image
 
     rois = [parse_roi(r) for r in args.roi]
     pred, written = predict_image(args.model, args.image, rois, out=args.out, masks_dir=args.save_masks,

@@ -204,7 +204,7 @@ def analyze(annotations: str | Path, workers: int | None = None) -> dict:
     n_instances = len(selection.annotations)
     workers = default_workers() if workers is None else workers
     if workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+        raise InputError(f"workers must be at least 1, got {workers}")
     LOG.info("analyzing %d ROIs of %d images in %s", n_instances, len(jobs), annotations)
     parts = _run_jobs(jobs, n_instances, workers)
 

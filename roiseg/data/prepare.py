@@ -162,7 +162,7 @@ def prepare_coco(
         raise InputError(f"images folder not found: {images_dir}")
     for n in subsets:
         if n <= 0:
-            raise InputError(f"--subset must be a positive number of images, got {n}")
+            raise InputError(f"subset must be a positive number of images, got {n}")
     data = load_coco_json(instances)
     selection = select_persons(data, instances, images_dir)
     out_dir = ensure_writable_dir(out_dir)

@@ -32,7 +32,7 @@ class HeadGeometry(Protocol):
 
 def check_geometry(head: HeadGeometry, info: ExtractorInfo, source: str | Path) -> None:
     """InputError naming ``source`` when the head's channels, input size or stride differ from ``info``."""
-    where = f"{info.feature_tensor!r} of {info.path}"
+    where = f"tensor {info.feature_tensor!r} of {info.path}"
     if int(head.in_channels) != info.channels:
         raise InputError(f"{source}: head expects {head.in_channels} feature channels but {where} has {info.channels}")
     if tuple(int(v) for v in head.input_hw) != tuple(info.input_hw):

@@ -12,23 +12,21 @@ with onnxruntime's IOBinding, so features never visit the host.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
-from graph_tools.batch import batch_consistent, make_batch_dynamic
-from graph_tools.inspect import describe_io, file_sha256, load_model, opset_version, require_tensor, tensor_shapes
-from graph_tools.io import needs_external_data, save_model
-from graph_tools.trim import trim_at_tensor
+from graph_tools import (
+    batch_consistent, create_session, dims, elem_type_of, file_sha256, graph_inputs, load_model,
+    make_batch_dynamic, opset_version, require_tensor, tensor_shapes, trim_at_tensor,
+)
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR, DEFAULT_PREPROCESSING, Preprocessing, preprocess
-from roiseg.errors import InputError
-from roiseg.features.providers import CPU_EP, choose_providers, prepare_trt_cache, session_device
+from roiseg.errors import InputError, translate_graph_errors
+from roiseg.features.providers import choose_providers, prepare_trt_cache, session_device
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -92,26 +90,20 @@ def feature_graph(model: onnx.ModelProto, feature_tensor: str, model_path: str |
     return trim_at_tensor(model, feature_tensor, keep_original_outputs=False)
 
 
-def _elem_np_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
-    et = vi.type.tensor_type.elem_type
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(et)) if et else np.dtype(np.float32)
-
-
 def _image_input(graph: onnx.ModelProto, path: str | Path) -> tuple[onnx.ValueInfoProto, tuple[int, int]]:
     """The one image input of the feature graph and its static ``(H, W)``."""
-    weights = {i.name for i in graph.graph.initializer}
-    inputs = [vi for vi in graph.graph.input if vi.name not in weights]
+    inputs = graph_inputs(graph)
     if len(inputs) != 1:
         names = ", ".join(vi.name for vi in inputs)
         raise InputError(f"{path}: the feature tensor depends on {len(inputs)} inputs ({names}); expected one image input")
     vi = inputs[0]
-    dims = describe_io(graph)["inputs"][0][1]
-    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]) or dims[1] != 3:
+    shape = dims(vi)
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[1] != 3:
         raise InputError(
-            f"{path}: input {vi.name!r} has shape {dims}; expected [N, 3, H, W] with static H and W "
+            f"{path}: input {vi.name!r} has shape {shape}; expected [N, 3, H, W] with static H and W "
             "(the input size is read from the graph)"
         )
-    return vi, (int(dims[2]), int(dims[3]))
+    return vi, (int(shape[2]), int(shape[3]))
 
 
 def _feature_shape(graph: onnx.ModelProto, feature_tensor: str, input_vi: onnx.ValueInfoProto,
@@ -121,8 +113,8 @@ def _feature_shape(graph: onnx.ModelProto, feature_tensor: str, input_vi: onnx.V
     if dims is not None and len(dims) == 4 and all(isinstance(d, int) for d in dims[1:]):
         return int(dims[1]), int(dims[2]), int(dims[3])
     LOG.info("shape of %s not inferable from the graph; probing with one CPU run", feature_tensor)
-    session = ort.InferenceSession(_session_source(graph)[0], providers=[CPU_EP])
-    x = np.zeros((1, 3, *input_hw), dtype=_elem_np_dtype(input_vi))
+    session = create_session(graph)
+    x = np.zeros((1, 3, *input_hw), dtype=elem_type_of(graph, input_vi.name))
     out = session.run([feature_tensor], {input_vi.name: x})[0]
     if out.ndim != 4:
         raise InputError(f"feature tensor {feature_tensor!r} has shape {list(out.shape)}; expected [N, C, h, w]")
@@ -150,6 +142,7 @@ def _describe(path: Path, model: onnx.ModelProto, graph: onnx.ModelProto, featur
     )
 
 
+@translate_graph_errors
 def describe_extractor(
     path: str | Path, feature_tensor: str = DEFAULT_FEATURE_TENSOR, preprocessing: Preprocessing = DEFAULT_PREPROCESSING
 ) -> ExtractorInfo:
@@ -160,15 +153,6 @@ def describe_extractor(
     path = Path(path)
     model = load_model(path)
     return _describe(path, model, feature_graph(model, feature_tensor, path), feature_tensor, preprocessing)
-
-
-def _session_source(graph: onnx.ModelProto) -> tuple[bytes | str, tempfile.TemporaryDirectory | None]:
-    """What ``InferenceSession`` loads: serialized bytes, or a temp file (with external data) over 2 GB."""
-    if not needs_external_data(graph):
-        return graph.SerializeToString(), None
-    tmp = tempfile.TemporaryDirectory(prefix="roiseg_extractor_")
-    path = save_model(graph, Path(tmp.name) / "features.onnx", external=True)
-    return str(path), tmp
 
 
 def _torch_dtype(dt: np.dtype) -> torch.dtype:
@@ -188,6 +172,7 @@ class OnnxFeatureExtractor:
     torch memory instead of copying through numpy.
     """
 
+    @translate_graph_errors
     def __init__(
         self,
         path: str | Path,
@@ -205,9 +190,8 @@ class OnnxFeatureExtractor:
         graph = feature_graph(model, feature_tensor, path)
         self.info: ExtractorInfo = _describe(path, model, graph, feature_tensor, preprocessing)
         self.preprocessing = preprocessing
-        input_vi = next(vi for vi in graph.graph.input if vi.name == self.info.input_name)
-        self._in_dtype = _elem_np_dtype(input_vi)
-        self._out_dtype = _elem_np_dtype(graph.graph.output[0])
+        self._in_dtype = elem_type_of(graph, self.info.input_name)
+        self._out_dtype = elem_type_of(graph, self.info.feature_tensor)
         if dynamic_batch:
             graph = make_batch_dynamic(graph)
         # None: not yet checked; True: batches run in one call; False: batches are looped.
@@ -215,13 +199,7 @@ class OnnxFeatureExtractor:
 
         choice = choose_providers(device, trt_fp16=trt_fp16, trt_cache_dir=trt_cache_dir)
         prepare_trt_cache(choice)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        source, self._tmpdir = _session_source(graph)
-        try:
-            self.session = ort.InferenceSession(source, sess_options=options, providers=choice.providers)
-        except Exception as exc:  # onnxruntime's own error types (Fail, InvalidGraph, ...)
-            raise InputError(f"onnxruntime cannot load {path} cut at {feature_tensor!r}: {str(exc).splitlines()[0][:300]}") from exc
+        self.session = create_session(graph, choice.providers, what=f"{path} cut at {feature_tensor!r}")
         self.device: torch.device = session_device(self.session, choice)
         self.providers: list[str] = self.session.get_providers()
         self.calls: int = 0

@@ -12,10 +12,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import onnxruntime as ort
 import torch
+
+from graph_tools import CPU_PROVIDER, ProviderSpec
 
 from roiseg.conventions import DEVICE_CHOICES
 from roiseg.errors import InputError
@@ -25,10 +26,9 @@ LOG = get_logger(__name__)
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = "CPUExecutionProvider"
+CPU_EP = CPU_PROVIDER
 GPU_EPS: tuple[str, str] = (TENSORRT_EP, CUDA_EP)
 
-ProviderSpec = Union[str, tuple[str, dict]]
 
 
 def default_trt_cache_dir() -> Path:
@@ -53,7 +53,7 @@ def parse_device(device: str) -> tuple[str, int]:
     """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``(kind, device_id)``; InputError otherwise."""
     m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", str(device).strip().lower())
     if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise InputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+        raise InputError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
     return m.group(1), int(m.group(2) or 0)
 
 
@@ -86,12 +86,12 @@ def choose_providers(
     kind, device_id = parse_device(device)
     reason = None if kind == "cpu" else cuda_unusable_reason()
     if kind == "cuda" and reason is not None:
-        raise InputError(f"--device {device} requested but CUDA is not usable: {reason}")
+        raise InputError(f"device {device} requested but CUDA is not usable: {reason}")
     if kind == "cpu" or reason is not None:
         choice = ProviderChoice([CPU_EP], torch.device("cpu"))
     else:
         if device_id >= torch.cuda.device_count():
-            raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
         providers: list[ProviderSpec] = []
         if use_tensorrt and TENSORRT_EP in ort.get_available_providers():
             cache = Path(trt_cache_dir) if trt_cache_dir is not None else default_trt_cache_dir()

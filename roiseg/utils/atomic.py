@@ -5,17 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import graph_tools
 from roiseg.errors import InputError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
@@ -34,23 +28,13 @@ def ensure_writable_dir(path: str | Path) -> Path:
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it to ``final`` (fsynced).
 
-    On any exception the temporary file is removed and ``final`` is left untouched.
+    The folder is created (InputError when it cannot be); on any exception the temporary file is
+    removed and ``final`` is left untouched (:func:`graph_tools.atomic_path`).
     """
     final = Path(final)
     ensure_writable_dir(final.parent if str(final.parent) else Path("."))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with graph_tools.atomic_path(final) as tmp:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def atomic_write(final: str | Path, writer: Callable[[Path], Any]) -> Path:

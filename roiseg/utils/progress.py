@@ -25,16 +25,21 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+LOGGER_NAMESPACES: tuple[str, ...] = ("roiseg", "graph_tools")
+"""Loggers whose messages the CLI shows: roiseg's own and graph_tools'."""
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Log ``roiseg.*`` messages to stderr as ``[roiseg.module] message``."""
+    """Log ``roiseg.*`` and ``graph_tools.*`` messages to stderr as ``[name] message``."""
     level = logging.DEBUG if verbose else logging.INFO
-    root = logging.getLogger("roiseg")
-    root.setLevel(level)
-    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
-        handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-        root.addHandler(handler)
-    root.propagate = False
+    for name in LOGGER_NAMESPACES:
+        root = logging.getLogger(name)
+        root.setLevel(level)
+        if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
+            handler = _CurrentStderrHandler()
+            handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+            root.addHandler(handler)
+        root.propagate = False
 
 
 def get_logger(name: str) -> logging.Logger:

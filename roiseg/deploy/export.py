@@ -25,23 +25,20 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import helper
 from torch import nn
 
+from graph_tools import convert_opset, node_attributes, nodes_of_type, set_prop, validate_opset
 from roiseg.conventions import (
     DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
-    MIN_HEAD_OPSET,
+    MIN_HEAD_OPSET, ROI_AXIS,
 )
-from roiseg.errors import InputError
+from roiseg.deploy.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG
+from roiseg.errors import translate_graph_errors
 from roiseg.modeling import HeadConfig, RoiMaskHead
 from roiseg.utils.atomic import atomic_path
 
-ROI_AXIS: str = "num_rois"
-"""Name of the dynamic ROI dimension of ``rois`` and ``masks``."""
-HEAD_CONFIG_KEY: str = "roiseg.head_config"
-"""metadata_props key of an exported head: :meth:`HeadConfig.to_dict` as JSON."""
-HEAD_EXTRACTOR_KEY: str = "roiseg.extractor"
-"""metadata_props key of an exported head: the checkpoint's extractor info as JSON (when known)."""
+HEAD_OPSET_REASON: str = "RoiAlign with coordinate_transformation_mode=half_pixel"
+"""Why the head needs opset >= ``MIN_HEAD_OPSET`` (named in the error)."""
 TORCHSCRIPT_MAX_OPSET: int = 20
 """Highest opset the legacy TorchScript exporter writes (torch.onnx._constants)."""
 TRACE_ROIS: tuple[tuple[float, float, float, float], ...] = (
@@ -89,26 +86,12 @@ class HeadOnnxWrapper(nn.Module):
         return feats, rois, torch.rand(1, 3, h, w, generator=gen)
 
 
-def roi_align_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """All ``RoiAlign`` nodes of the main graph."""
-    return [n for n in model.graph.node if n.op_type == "RoiAlign"]
-
-
-def node_attributes(node: onnx.NodeProto) -> dict:
-    """A node's attributes as Python values (bytes decoded)."""
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
 def check_roi_align(model: onnx.ModelProto, cfg: HeadConfig) -> None:
     """Assert every ``RoiAlign`` says ``half_pixel`` explicitly; the feature one has ``1 / stride``.
 
     Raises ``ValueError`` describing the offending node (an exporter regression, not user input).
     """
-    nodes = roi_align_nodes(model)
+    nodes = nodes_of_type(model, "RoiAlign")
     if not nodes:
         raise ValueError("exported head has no RoiAlign node")
     scales = []
@@ -121,6 +104,7 @@ def check_roi_align(model: onnx.ModelProto, cfg: HeadConfig) -> None:
         raise ValueError(f"no RoiAlign with spatial_scale 1/{cfg.stride}; found {scales}")
 
 
+@translate_graph_errors
 def export_head(
     head: RoiMaskHead,
     path: str | Path | None = None,
@@ -134,8 +118,7 @@ def export_head(
     TorchScript exporter writes, the graph is exported at its maximum and converted. The head config
     (and ``extractor``, the checkpoint's extractor info, when given) go into ``metadata_props``.
     """
-    if opset < MIN_HEAD_OPSET:
-        raise InputError(f"--opset {opset}: the head needs opset >= {MIN_HEAD_OPSET} (RoiAlign half_pixel)")
+    validate_opset(opset, MIN_HEAD_OPSET, HEAD_OPSET_REASON)
     wrapper = HeadOnnxWrapper(head.eval()).eval()
     names = wrapper.input_names
     dynamic = {FUSED_ROIS_INPUT: {0: ROI_AXIS}, FUSED_MASKS_OUTPUT: {0: ROI_AXIS}}
@@ -149,42 +132,13 @@ def export_head(
         )
     model = onnx.load_from_string(buf.getvalue())
     if opset > TORCHSCRIPT_MAX_OPSET:
-        from graph_tools.opset import convert_opset
-
         model = convert_opset(model, opset, "head")
     check_roi_align(model, wrapper.cfg)
-    _set_meta(model, HEAD_CONFIG_KEY, json.dumps(wrapper.cfg.to_dict(), sort_keys=True))
+    set_prop(model, KEY_HEAD_CONFIG, json.dumps(wrapper.cfg.to_dict(), sort_keys=True))
     if extractor is not None:
-        _set_meta(model, HEAD_EXTRACTOR_KEY, json.dumps(extractor, sort_keys=True))
+        set_prop(model, KEY_EXTRACTOR, json.dumps(extractor, sort_keys=True))
     onnx.checker.check_model(model)
     if path is not None:
         with atomic_path(path) as tmp:
             onnx.save_model(model, str(tmp))
     return model
-
-
-def head_config_of(model: onnx.ModelProto, source: str | Path = "head ONNX") -> HeadConfig:
-    """The :class:`HeadConfig` stored in an exported head's metadata (InputError when absent)."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    if HEAD_CONFIG_KEY not in meta:
-        raise InputError(
-            f"{source} has no {HEAD_CONFIG_KEY} metadata; pass a roiseg checkpoint or a head exported by roiseg"
-        )
-    try:
-        return HeadConfig.from_dict(json.loads(meta[HEAD_CONFIG_KEY]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InputError(f"{source}: malformed {HEAD_CONFIG_KEY} metadata: {exc}") from exc
-
-
-def head_extractor_of(model: onnx.ModelProto) -> dict | None:
-    """The extractor info stored in an exported head's metadata, or ``None``."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    return json.loads(meta[HEAD_EXTRACTOR_KEY]) if HEAD_EXTRACTOR_KEY in meta else None
-
-
-def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    model.metadata_props.add(key=key, value=value)

@@ -15,13 +15,13 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
-from graph_tools.metadata import FusedMetadata, read_metadata
+from graph_tools import create_session
+from roiseg.deploy.metadata import FusedMetadata, read_metadata
 from roiseg.conventions import (
     DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, pixel_rois_to_normalised, preprocess, read_image,
 )
-from roiseg.errors import InputError
+from roiseg.errors import InputError, graph_errors
 from roiseg.features.providers import choose_providers
 from roiseg.utils.atomic import ensure_writable_dir, write_bytes
 from roiseg.utils.progress import get_logger
@@ -48,7 +48,7 @@ def parse_roi(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 4 or not all(np.isfinite(values)):
-        raise InputError(f"--roi {text!r}: expected four numbers x1,y1,x2,y2 in pixels")
+        raise InputError(f"ROI {text!r}: expected four numbers x1,y1,x2,y2 in pixels")
     return values  # type: ignore[return-value]
 
 
@@ -61,7 +61,7 @@ def clip_rois(rois_px: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarra
     h, w = image_hw
     rois = np.asarray(rois_px, dtype=np.float32).reshape(-1, 4)
     if len(rois) == 0:
-        raise InputError("no ROI given: pass --roi x1,y1,x2,y2 (pixels) at least once")
+        raise InputError("no ROI given: at least one x1,y1,x2,y2 box in pixels is needed")
     clipped = rois.copy()
     clipped[:, [0, 2]] = np.clip(rois[:, [0, 2]], 0.0, float(w))
     clipped[:, [1, 3]] = np.clip(rois[:, [1, 3]], 0.0, float(h))
@@ -111,10 +111,8 @@ class FusedPredictor:
         self.path = Path(model)
         self.meta: FusedMetadata = read_metadata(self.path)
         choice = choose_providers(device)
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=choice.providers)
-        except Exception as exc:  # onnxruntime's own error types
-            raise InputError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from exc
+        with graph_errors():
+            self.session = create_session(self.path, choice.providers)
         names = {i.name for i in self.session.get_inputs()}
         if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
             raise InputError(f"{self.path} has inputs {sorted(names)}; expected images and rois")

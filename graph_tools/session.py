@@ -1,0 +1,63 @@
+"""The one onnxruntime session factory every caller uses, and running feeds through a session.
+
+Providers are the caller's choice (a list as ``onnxruntime.InferenceSession`` takes it); the
+default is the CPU provider. In-memory models over protobuf's 2 GB limit are written to a
+temporary folder with external data first; the folder lives as long as the session.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graph_tools.errors import GraphError
+from graph_tools.io import needs_external_data, save_model
+
+CPU_PROVIDER: str = "CPUExecutionProvider"
+ProviderSpec = Union[str, tuple[str, dict]]
+Feeds = Mapping[str, np.ndarray]
+DEFAULT_LOG_SEVERITY: int = 3
+"""onnxruntime log level of sessions: 3 = errors only (its warnings about unused initializers are noise)."""
+
+
+def create_session(
+    model: onnx.ModelProto | str | Path,
+    providers: Sequence[ProviderSpec] | None = None,
+    options: ort.SessionOptions | None = None,
+    what: str | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime session on an in-memory model or a file.
+
+    ``providers`` default to CPU only. ``what`` names the model in the :class:`GraphError` raised
+    when onnxruntime cannot load it (default: the path, or "model").
+    """
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = DEFAULT_LOG_SEVERITY
+    tmp = None
+    if isinstance(model, onnx.ModelProto):
+        if needs_external_data(model):
+            tmp = tempfile.TemporaryDirectory(prefix="graph_tools_session_")
+            source: bytes | str = str(save_model(model, Path(tmp.name) / "model.onnx", external=True))
+        else:
+            source = model.SerializeToString()
+    else:
+        source = str(model)
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=list(providers or [CPU_PROVIDER]))
+    except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, NotImplemented, ...)
+        name = what or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise GraphError(f"onnxruntime cannot load {name}: {reason}") from exc
+    session._graph_tools_tmpdir = tmp  # keep the external-data folder alive with the session
+    return session
+
+
+def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feeds]) -> list[list[np.ndarray]]:
+    """All outputs of ``session`` for each feed (a ``{input name: array}`` dict)."""
+    return [session.run(None, dict(f)) for f in feeds]

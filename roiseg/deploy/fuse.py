@@ -1,0 +1,174 @@
+"""``roiseg fuse``: detector ONNX + trained head -> one ONNX model (``images`` + ``rois`` -> ``masks``).
+
+The one build pipeline; ``parity-check`` checks the very model these steps produce.
+
+1. :func:`build_fused`: read the head (:mod:`roiseg.deploy.head_source`); describe the detector
+   at the feature tensor and check the head against it (:mod:`roiseg.features.compat`); trim the
+   detector there; export the head; bring both to one opset; splice with one shared image input;
+   write metadata; full ``onnx.checker``. Nothing is written.
+2. :func:`finish_fused`: simplify with onnxsim, verified on realistic inputs
+   (:mod:`roiseg.deploy.probes`), and write the final metadata.
+3. :func:`fuse`: both, then save atomically. Nothing is written before every check passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+
+import graph_tools as gt
+from roiseg.conventions import (
+    DEFAULT_FEATURE_TENSOR, DEFAULT_FUSED_MODEL, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DETECTOR_PREFIX,
+    FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET,
+)
+from roiseg.deploy.export import HEAD_OPSET_REASON
+from roiseg.deploy.fuse_report import FuseReport
+from roiseg.deploy.head_source import HeadSource, load_head_source
+from roiseg.deploy.metadata import FusedMetadata, detector_props, write_metadata
+from roiseg.deploy.probes import check_feeds
+from roiseg.errors import InputError, translate_graph_errors
+from roiseg.features.compat import check_head_features
+from roiseg.features.extractor import describe_extractor
+from roiseg.utils.atomic import ensure_writable_dir
+from roiseg.utils.progress import get_logger
+
+LOG = get_logger(__name__)
+
+
+@dataclass
+class FusedBuild:
+    """An unsimplified fused model and what it was built from (in memory, nothing written)."""
+
+    model: onnx.ModelProto
+    detector: onnx.ModelProto
+    """The trimmed detector at the fused model's opset (the exact detector path inside ``model``)."""
+    meta: FusedMetadata
+    opset: int
+    head: HeadSource
+    detector_path: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+@translate_graph_errors
+def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str) -> onnx.ModelProto:
+    """The trimmed detector and the exported head as one graph: ``images`` + ``rois`` -> ``masks``.
+
+    The detector's only input becomes ``images`` (batch pinned to 1: every ROI refers to the one
+    image) and also feeds the head's image input (detail variant), so the detector runs once.
+    """
+    inputs = gt.graph_inputs(detector)
+    if len(inputs) != 1:
+        names = ", ".join(vi.name for vi in inputs)
+        raise InputError(f"the trimmed detector has {len(inputs)} inputs ({names}); expected one image input")
+    return gt.splice(
+        detector, head, {feature_tensor: HEAD_FEATURES_INPUT},
+        rename_first_inputs={inputs[0].name: DEFAULT_IMAGE_INPUT},
+        share_inputs={DEFAULT_IMAGE_INPUT: DEFAULT_IMAGE_INPUT},
+        public={FUSED_ROIS_INPUT: FUSED_ROIS_INPUT, FUSED_MASKS_OUTPUT: FUSED_MASKS_OUTPUT},
+        prefix=HEAD_PREFIX, clash_prefix=DETECTOR_PREFIX, pin_batch_of=(DEFAULT_IMAGE_INPUT,),
+        input_order=(DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT), producer_name="roiseg",
+    )
+
+
+@translate_graph_errors
+def build_fused(
+    detector: str | Path, head: str | Path | HeadSource, feature_tensor: str | None = None,
+    opset: int | None = None, strict: bool = False,
+) -> FusedBuild:
+    """Step 1 of the module docstring; returns the unsimplified model.
+
+    ``feature_tensor`` defaults to the tensor recorded with the head; ``opset`` to the higher of
+    the detector's and the head's (at least 16); ``strict`` refuses a head recorded with another
+    detector file or tensor (:func:`roiseg.features.compat.check_head_features`).
+    """
+    if opset is not None:
+        gt.validate_opset(opset, MIN_HEAD_OPSET, HEAD_OPSET_REASON)
+    source = head if isinstance(head, HeadSource) else load_head_source(head)
+    path = Path(detector)
+    tensor = feature_tensor or source.feature_tensor or DEFAULT_FEATURE_TENSOR
+    info = describe_extractor(path, tensor, source.preprocessing)
+    warnings = check_head_features(source.cfg, source.extractor, info, source.path, strict)
+    for note in warnings:
+        LOG.warning(note)
+
+    original = gt.load_model(path)
+    LOG.info("trimming %s at %s", path.name, tensor)
+    trimmed = gt.trim_at_tensor(original, tensor)
+    head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
+    target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
+    trimmed = gt.convert_opset(trimmed, target, f"detector {path}")
+    LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
+    fused = splice_head(trimmed, source.to_onnx(target), tensor)
+    meta = FusedMetadata(
+        extractor_file=path.name, extractor_sha256=info.sha256, feature_tensor=tensor,
+        input_hw=info.input_hw, stride=info.stride, preprocessing=source.preprocessing,
+        head_config=source.cfg, head_sha256=source.sha256, extra=detector_props(original),
+    )
+    write_metadata(fused, meta)
+    full_check(fused)
+    return FusedBuild(fused, trimmed, meta, target, source, path, warnings)
+
+
+def full_check(model: onnx.ModelProto, path: str | Path | None = None) -> None:
+    """``onnx.checker`` with ``full_check`` (shape inference); by path for models over 2 GB."""
+    if gt.needs_external_data(model):
+        if path is not None:
+            onnx.checker.check_model(str(path), full_check=True)
+        return
+    onnx.checker.check_model(model, full_check=True)
+
+
+def finish_fused(
+    build: FusedBuild, simplify: bool = True, check_images: Sequence[str | Path] | None = None,
+) -> tuple[onnx.ModelProto, str]:
+    """Step 2: the model to write (simplified when verified) and a note on the simplification."""
+    model = build.model
+    if simplify:
+        feeds = check_feeds(build.meta.input_hw, build.meta.preprocessing, check_images)
+        result = gt.simplify_verified(model, feeds)
+        model, note = result.model, result.note
+        if not result.simplified:
+            build.warnings.append(f"kept the unsimplified model: {note}")
+        build.meta.simplified = result.simplified
+    else:
+        note = "simplification switched off"
+        build.meta.simplified = False
+    write_metadata(model, build.meta)
+    return model, note
+
+
+@translate_graph_errors
+def fuse(
+    detector: str | Path,
+    head: str | Path | HeadSource,
+    feature_tensor: str | None = None,
+    out: str | Path = DEFAULT_FUSED_MODEL,
+    opset: int | None = None,
+    simplify: bool = True,
+    strict: bool = False,
+    check_images: Sequence[str | Path] | None = None,
+) -> FuseReport:
+    """Build the fused model from ``detector`` (full detector or featext) and ``head``; write it to ``out``.
+
+    ``check_images`` are image files to verify the simplified model on (a synthetic image
+    otherwise). Raises :class:`InputError` for bad input; writes nothing then.
+    """
+    out = Path(out)
+    build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict)
+    nodes_before = len(build.model.graph.node)
+    model, note = finish_fused(build, simplify, check_images)
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    gt.save_model(model, out)
+    if gt.needs_external_data(model):
+        full_check(model, out)
+    io = gt.describe_io(model)
+    size = out.stat().st_size + sum(p.stat().st_size for p in out.parent.glob(f"{out.name}.data"))
+    LOG.info("wrote %s (%.1f MB)", out, size / 1e6)
+    return FuseReport(
+        out=out, inputs=io["inputs"], outputs=io["outputs"], opset=build.opset, ir_version=int(model.ir_version),
+        nodes_before=nodes_before, nodes_after=len(model.graph.node), simplified=build.meta.simplified,
+        simplify_note=note, file_bytes=size, meta=build.meta, warnings=build.warnings,
+    )

@@ -1,0 +1,63 @@
+"""The head to fuse or check: a roiseg checkpoint (weights, PyTorch path) or an exported head ONNX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from graph_tools import convert_opset, file_sha256, load_model
+from roiseg.conventions import DEFAULT_PREPROCESSING, HEAD_ONNX_SUFFIX, Preprocessing
+from roiseg.deploy.export import export_head
+from roiseg.deploy.metadata import head_config_of, head_extractor_of
+from roiseg.errors import translate_graph_errors
+from roiseg.modeling import HeadConfig, RoiMaskHead
+from roiseg.training.checkpoint import load_head
+
+
+@dataclass
+class HeadSource:
+    """A head from a checkpoint (``head`` set) or an exported head ONNX (``onnx`` set).
+
+    ``extractor`` is the extractor info recorded with it (``ExtractorInfo.to_dict()``), if any.
+    """
+
+    path: Path
+    sha256: str
+    cfg: HeadConfig
+    extractor: dict | None
+    head: RoiMaskHead | None = None
+    onnx: onnx.ModelProto | None = None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing the head was trained with (recorded with its extractor info)."""
+        if self.extractor and self.extractor.get("preprocessing"):
+            return Preprocessing.from_json(self.extractor["preprocessing"])
+        return DEFAULT_PREPROCESSING
+
+    @property
+    def feature_tensor(self) -> str | None:
+        """The detector tensor the head was trained on, when recorded."""
+        rec = self.extractor or {}
+        return rec.get("feature_tensor") or rec.get("tensor")
+
+    @translate_graph_errors
+    def to_onnx(self, opset: int) -> onnx.ModelProto:
+        """The head as ONNX at ``opset`` (exported from the checkpoint, or the head ONNX converted)."""
+        if self.head is not None:
+            return export_head(self.head, None, opset=opset, extractor=self.extractor)
+        assert self.onnx is not None
+        return convert_opset(self.onnx, opset, f"head {self.path}")
+
+
+@translate_graph_errors
+def load_head_source(path: str | Path) -> HeadSource:
+    """Read a head file: a ``.onnx`` file is an exported head, anything else a roiseg checkpoint."""
+    p = Path(path)
+    if p.suffix.lower() == HEAD_ONNX_SUFFIX:
+        model = load_model(p)
+        return HeadSource(p, file_sha256(p), head_config_of(model, p), head_extractor_of(model), onnx=model)
+    head, state = load_head(p)
+    return HeadSource(p, file_sha256(p), head.cfg, state.get("extractor"), head=head)

@@ -1,0 +1,185 @@
+"""Every ``roiseg.*`` metadata key, defined once: the fused model's and the exported head's.
+
+The fused model's ``metadata_props`` say what a consumer needs to feed it and to trust it.
+
+Every key starts with ``roiseg.`` so it never collides with what a detector exporter stored
+(Ultralytics, for instance, writes ``stride`` and ``names``); the detector's own entries are kept
+under ``detector.<key>``. Values are strings; structured ones are JSON.
+
+==============================  =============================================================
+``roiseg.version``              roiseg version that wrote the model
+``roiseg.format``               ``"roiseg-fused-v1"``
+``roiseg.extractor_file``       file name of the detector ONNX the model was built from
+``roiseg.extractor_sha256``     sha256 of that file
+``roiseg.feature_tensor``       tensor the detector was cut at (e.g. ``/model.34/Concat_output_0``)
+``roiseg.input_hw``             JSON ``[H, W]``: size of ``images`` in pixels
+``roiseg.stride``               pixels per feature cell
+``roiseg.preprocessing``        :meth:`roiseg.conventions.Preprocessing.to_json`
+``roiseg.class_names``          JSON list, index = class id (``background``, ``target``, ``non_target``)
+``roiseg.roi_format``           ``"xyxy_normalized"``: ``rois`` are x1, y1, x2, y2 in [0, 1]
+``roiseg.head_config``          JSON :meth:`roiseg.modeling.HeadConfig.to_dict`
+``roiseg.head_sha256``          sha256 of the checkpoint / head ONNX file it was built from
+``roiseg.simplified``           ``"true"`` when onnxsim's result was kept
+==============================  =============================================================
+
+An exported head (``roiseg fuse --head head.onnx`` accepts one) carries ``roiseg.head_config``
+and, when known, ``roiseg.extractor`` (the checkpoint's extractor info as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from graph_tools import load_model, read_props, write_props
+from roiseg import __version__
+from roiseg.conventions import CLASS_NAMES, Preprocessing
+from roiseg.errors import InputError, graph_errors
+from roiseg.modeling import HeadConfig
+
+PREFIX: str = "roiseg."
+DETECTOR_META_PREFIX: str = "detector."
+FUSED_FORMAT: str = "roiseg-fused-v1"
+ROI_FORMAT: str = "xyxy_normalized"
+
+KEY_VERSION = PREFIX + "version"
+KEY_FORMAT = PREFIX + "format"
+KEY_EXTRACTOR_FILE = PREFIX + "extractor_file"
+KEY_EXTRACTOR_SHA256 = PREFIX + "extractor_sha256"
+KEY_TENSOR = PREFIX + "feature_tensor"
+KEY_INPUT_HW = PREFIX + "input_hw"
+KEY_STRIDE = PREFIX + "stride"
+KEY_PREPROCESSING = PREFIX + "preprocessing"
+KEY_CLASS_NAMES = PREFIX + "class_names"
+KEY_ROI_FORMAT = PREFIX + "roi_format"
+KEY_HEAD_CONFIG = PREFIX + "head_config"
+KEY_HEAD_SHA256 = PREFIX + "head_sha256"
+KEY_SIMPLIFIED = PREFIX + "simplified"
+KEY_EXTRACTOR = PREFIX + "extractor"
+"""Exported head only: the checkpoint's extractor info (``ExtractorInfo.to_dict``) as JSON."""
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    KEY_FORMAT, KEY_TENSOR, KEY_INPUT_HW, KEY_STRIDE, KEY_PREPROCESSING, KEY_CLASS_NAMES, KEY_HEAD_CONFIG,
+)
+
+
+@dataclass
+class FusedMetadata:
+    """The roiseg entries of a fused model's ``metadata_props`` as Python values."""
+
+    extractor_file: str
+    extractor_sha256: str
+    feature_tensor: str
+    input_hw: tuple[int, int]
+    stride: int
+    preprocessing: Preprocessing
+    head_config: HeadConfig
+    head_sha256: str = ""
+    simplified: bool = False
+    class_names: tuple[str, ...] = CLASS_NAMES
+    version: str = __version__
+    roi_format: str = ROI_FORMAT
+    extra: dict[str, str] = field(default_factory=dict)
+    """Other entries (e.g. ``detector.*``), kept as they are."""
+
+    def to_props(self) -> dict[str, str]:
+        """``{key: string value}`` as written into ``metadata_props``."""
+        props = {
+            KEY_VERSION: self.version,
+            KEY_FORMAT: FUSED_FORMAT,
+            KEY_EXTRACTOR_FILE: self.extractor_file,
+            KEY_EXTRACTOR_SHA256: self.extractor_sha256,
+            KEY_TENSOR: self.feature_tensor,
+            KEY_INPUT_HW: json.dumps(list(self.input_hw)),
+            KEY_STRIDE: str(int(self.stride)),
+            KEY_PREPROCESSING: self.preprocessing.to_json(),
+            KEY_CLASS_NAMES: json.dumps(list(self.class_names)),
+            KEY_ROI_FORMAT: self.roi_format,
+            KEY_HEAD_CONFIG: json.dumps(self.head_config.to_dict(), sort_keys=True),
+            KEY_HEAD_SHA256: self.head_sha256,
+            KEY_SIMPLIFIED: "true" if self.simplified else "false",
+        }
+        return {**self.extra, **props}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str | Path = "model") -> "FusedMetadata":
+        """Inverse of :meth:`to_props`; InputError naming ``source`` and the key when one is missing or malformed."""
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            raise InputError(f"{source} is not a roiseg fused model: metadata lacks {', '.join(missing)}")
+        key = ""
+        try:
+            key = KEY_INPUT_HW
+            input_hw = tuple(int(v) for v in json.loads(props[KEY_INPUT_HW]))
+            key = KEY_STRIDE
+            stride = int(props[KEY_STRIDE])
+            key = KEY_PREPROCESSING
+            pre = Preprocessing.from_json(props[KEY_PREPROCESSING])
+            key = KEY_HEAD_CONFIG
+            head_cfg = HeadConfig.from_dict(json.loads(props[KEY_HEAD_CONFIG]))
+            key = KEY_CLASS_NAMES
+            names = tuple(json.loads(props[KEY_CLASS_NAMES]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"{source}: malformed metadata {key}: {exc}") from exc
+        if len(input_hw) != 2:
+            raise InputError(f"{source}: malformed metadata {KEY_INPUT_HW}: {props[KEY_INPUT_HW]}")
+        extra = {k: v for k, v in props.items() if not k.startswith(PREFIX)}
+        return cls(
+            extractor_file=props.get(KEY_EXTRACTOR_FILE, ""), extractor_sha256=props.get(KEY_EXTRACTOR_SHA256, ""),
+            feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
+            preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
+            simplified=props.get(KEY_SIMPLIFIED, "false") == "true", class_names=names,
+            version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able dict for reports."""
+        return {
+            "extractor_file": self.extractor_file, "extractor_sha256": self.extractor_sha256,
+            "feature_tensor": self.feature_tensor, "input_hw": list(self.input_hw), "stride": self.stride,
+            "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
+            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "version": self.version,
+        }
+
+
+def detector_props(detector: onnx.ModelProto) -> dict[str, str]:
+    """The detector's own metadata entries, renamed ``detector.<key>``."""
+    return {DETECTOR_META_PREFIX + k: v for k, v in read_props(detector).items()}
+
+
+def write_metadata(model: onnx.ModelProto, meta: FusedMetadata) -> None:
+    """Write ``meta`` into ``model.metadata_props`` (replacing what was there)."""
+    write_props(model, meta.to_props())
+
+
+def read_metadata(model: onnx.ModelProto | str | Path) -> FusedMetadata:
+    """:class:`FusedMetadata` of a fused model (a ``ModelProto`` or a path; weights are not loaded)."""
+    source: str | Path = "model"
+    if not isinstance(model, onnx.ModelProto):
+        source = model
+        with graph_errors():
+            model = load_model(model, load_external_data=False)
+    return FusedMetadata.from_props(read_props(model), source)
+
+
+def head_config_of(model: onnx.ModelProto, source: str | Path = "head ONNX") -> HeadConfig:
+    """The :class:`HeadConfig` stored in an exported head's metadata (InputError when absent)."""
+    meta = read_props(model)
+    if KEY_HEAD_CONFIG not in meta:
+        raise InputError(
+            f"{source} has no {KEY_HEAD_CONFIG} metadata; pass a roiseg checkpoint or a head exported by roiseg"
+        )
+    try:
+        return HeadConfig.from_dict(json.loads(meta[KEY_HEAD_CONFIG]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"{source}: malformed {KEY_HEAD_CONFIG} metadata: {exc}") from exc
+
+
+def head_extractor_of(model: onnx.ModelProto) -> dict | None:
+    """The extractor info stored in an exported head's metadata, or ``None``."""
+    meta = read_props(model)
+    return json.loads(meta[KEY_EXTRACTOR]) if KEY_EXTRACTOR in meta else None

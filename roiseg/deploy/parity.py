@@ -1,0 +1,230 @@
+"""Parity between the fused ONNX model and the PyTorch path, stage by stage.
+
+Stages (each compares a candidate with a reference on the same inputs):
+
+* ``trim``: the trimmed detector inside the fused model (after any opset conversion) vs the feature
+  tensor inside the *original* detector (exposed as an extra output, nothing else changed);
+  onnxruntime on both sides.
+* ``simplify``: the simplified fused model vs the unsimplified one (skipped when not simplified).
+* ``fused``: the fused model in onnxruntime vs the PyTorch path: features from the original
+  detector ONNX through onnxruntime, then the head in torch (``RoiMaskHead.predict_masks``), same
+  preprocessing.
+
+Per stage (:class:`graph_tools.ErrorStats`): max, mean and p99 absolute error, max relative error
+``|got - ref| / max(|ref|, 1e-6)``, and for probability maps the fraction of pixels whose argmax
+class agrees and the IoU of the target masks (argmax == target) pooled over all ROIs. Errors are
+taken over every output element (all ROIs, classes and pixels).
+
+The fused model and its stages come from the one build pipeline (:mod:`roiseg.deploy.fuse`):
+without a fused file it is built here exactly as ``fuse`` builds it; with one, the detector path
+and the unsimplified model are rebuilt with that file's feature tensor and opset.
+
+A stage passes when ``max abs <= atol`` (for ``trim``: ``atol * max(1, max |features|)``, since
+features are not bounded like probabilities) and argmax agreement ``>= min_argmax``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+import graph_tools as gt
+from graph_tools import ErrorStats
+from roiseg.conventions import (
+    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX, TARGET,
+)
+from roiseg.deploy.fuse import build_fused, finish_fused
+from roiseg.deploy.head_source import load_head_source
+from roiseg.deploy.metadata import read_metadata
+from roiseg.deploy.probes import (
+    ProbeImage, coco_probe_images, folder_probe_images, plausible_rois, roi_sets, smooth_image,
+)
+from roiseg.errors import InputError, translate_graph_errors
+from roiseg.utils.progress import get_logger, progress
+
+LOG = get_logger(__name__)
+
+LARGE_ROI_SET: int = 64
+"""Size of the extra large ROI set run on the first image."""
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-stage table printed by ``roiseg parity-check``."""
+    head = f"{'stage':<9} {'max abs':>9} {'mean abs':>9} {'p99 abs':>9} {'max rel':>9} {'argmax':>9} {'tgt IoU':>8}  result"
+    lines = [head, "-" * len(head)]
+    for name, st in report["stages"].items():
+        if "skipped" in st:
+            lines.append(f"{name:<9} {'skipped: ' + st['skipped']}")
+            continue
+        agree = f"{100 * st['argmax_agreement']:.4f}%" if "argmax_agreement" in st else "-"
+        iou = f"{st['target_iou']:.5f}" if "target_iou" in st else "-"
+        lines.append(
+            f"{name:<9} {st['max_abs']:>9.2e} {st['mean_abs']:>9.2e} {st['p99_abs']:>9.2e} {st['max_rel']:>9.2e} "
+            f"{agree:>9} {iou:>8}  {'PASS' if st['passed'] else 'FAIL'}"
+        )
+    lines.append(f"{report['images']} image(s), {report['roi_sets']} ROI set(s), {report['rois']} ROIs; "
+                 f"atol {report['atol']:g}, argmax >= {100 * report['min_argmax']:.2f}%: "
+                 f"{'PASS' if report['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def failure_summary(report: dict[str, Any]) -> str:
+    """One line naming each failed stage and what exceeded its limit."""
+    parts = []
+    for name, st in report["stages"].items():
+        if st.get("passed", True):
+            continue
+        why = []
+        if st["max_abs"] > st["tolerance"]:
+            why.append(f"max abs {st['max_abs']:.3g} > {st['tolerance']:.3g}")
+        if "argmax_agreement" in st and st["argmax_agreement"] < report["min_argmax"]:
+            why.append(f"argmax agreement {100 * st['argmax_agreement']:.4f}% < {100 * report['min_argmax']:.2f}%")
+        parts.append(f"{name}: {', '.join(why) or 'no elements compared'}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The two paths
+# --------------------------------------------------------------------------------------------
+def exposed_feature_model(detector: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """The original detector, unchanged, with ``tensor`` listed as an extra output.
+
+    Every original output is kept (``trim_at_tensor(keep_original_outputs=True)``), so no node is
+    removed: the features are computed by the original graph.
+    """
+    if tensor in {o.name for o in detector.graph.output}:
+        return detector
+    return gt.trim_at_tensor(detector, tensor, keep_original_outputs=True)
+
+
+class TorchPath:
+    """Reference path: detector ONNX (onnxruntime) features -> head in torch -> [N, 3, H, W] probabilities."""
+
+    def __init__(self, detector: onnx.ModelProto, tensor: str, head) -> None:
+        self.tensor = tensor
+        self.session = gt.create_session(exposed_feature_model(detector, tensor))
+        self.input_name = self.session.get_inputs()[0].name
+        self.head = head.eval()
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run([self.tensor], {self.input_name: image})[0]
+
+    @torch.no_grad()
+    def masks(self, features: np.ndarray, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
+        r = torch.from_numpy(rois)
+        idx = torch.zeros(len(r), dtype=torch.int64)
+        return self.head.predict_masks(torch.from_numpy(features), r, idx, torch.from_numpy(image)).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# parity-check
+# --------------------------------------------------------------------------------------------
+@translate_graph_errors
+def run_parity(
+    detector: str | Path,
+    head: str | Path,
+    fused: str | Path | None = None,
+    annotations: str | Path | None = None,
+    images: str | Path | None = None,
+    atol: float = PARITY_ATOL,
+    min_argmax: float = PARITY_MIN_ARGMAX,
+    max_images: int | None = None,
+    feature_tensor: str | None = None,
+    large_set: int = LARGE_ROI_SET,
+) -> dict[str, Any]:
+    """Compare the fused model with the PyTorch path on real images; returns the report dict.
+
+    Without ``fused`` the model is built (simplified) as ``fuse`` builds it, in a temporary folder.
+    ``head`` must be a checkpoint (the PyTorch path needs the weights). ``annotations`` (COCO JSON)
+    needs ``images``; with ``images`` alone every image in the folder is used with plausible
+    boxes; with neither a synthetic image stands in (logged). ``large_set`` ROIs are run once, on
+    the first image.
+    """
+    if annotations is not None and images is None:
+        raise InputError("annotations need the folder of the annotated image files (images)")
+    source = load_head_source(head)
+    if source.head is None:
+        raise InputError(f"head {head}: parity needs a checkpoint (the PyTorch path runs its weights)")
+    with tempfile.TemporaryDirectory(prefix="roiseg_parity_") as tmp:
+        if fused is None:
+            build = build_fused(detector, source, feature_tensor=feature_tensor)
+            model, _ = finish_fused(build)
+            fused_path = gt.save_model(model, Path(tmp) / "fused.onnx")
+            label = "temporary (built from the detector and the head as fuse builds it)"
+        else:
+            fused_path, label = Path(fused), str(fused)
+            file_meta = read_metadata(fused_path)
+            opset = gt.default_opset(gt.load_model(fused_path, load_external_data=False))
+            build = build_fused(detector, source, feature_tensor=file_meta.feature_tensor, opset=opset)
+            if file_meta.extractor_sha256 != build.meta.extractor_sha256:
+                LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
+        fused_model = gt.load_model(fused_path)
+        meta = read_metadata(fused_model)
+        reference = TorchPath(gt.load_model(detector), meta.feature_tensor, source.head)
+        probes = _probe_images(meta, annotations, images, max_images)
+        report = compare_paths(
+            fused_model, build.detector, build.model if meta.simplified else None, reference, probes,
+            meta.input_hw, atol, min_argmax, large_set,
+        )
+    report.update({"fused": label, "detector": str(detector), "head": str(head), "metadata": meta.summary()})
+    return report
+
+
+def _probe_images(meta, annotations, images, max_images) -> list[ProbeImage]:
+    if annotations is not None:
+        return list(coco_probe_images(annotations, images, meta.input_hw, meta.preprocessing, max_images))
+    if images is not None:
+        return list(folder_probe_images(images, meta.input_hw, meta.preprocessing, max_images))
+    LOG.warning("no --images given: comparing on a synthetic image only")
+    return [ProbeImage("synthetic", smooth_image(meta.input_hw), plausible_rois(3))]
+
+
+def compare_paths(
+    fused: onnx.ModelProto,
+    trimmed_detector: onnx.ModelProto,
+    unsimplified: onnx.ModelProto | None,
+    reference: TorchPath,
+    probes: Sequence[ProbeImage],
+    input_hw: tuple[int, int],
+    atol: float = PARITY_ATOL,
+    min_argmax: float = PARITY_MIN_ARGMAX,
+    large_set: int = LARGE_ROI_SET,
+) -> dict[str, Any]:
+    """Run every stage on every probe image and ROI set; the report dict (see module docstring)."""
+    fused_s = gt.create_session(fused)
+    trim_s = gt.create_session(trimmed_detector)
+    trim_in, trim_out = trim_s.get_inputs()[0].name, trim_s.get_outputs()[0].name
+    unsimp_s = gt.create_session(unsimplified) if unsimplified is not None else None
+    stages = {
+        "trim": ErrorStats("trim", "trimmed detector (fused model's detector path) vs the tensor inside the "
+                           "original detector", probabilities=False),
+        "simplify": ErrorStats("simplify", "simplified fused model vs unsimplified fused model",
+                               positive_class=TARGET),
+        "fused": ErrorStats("fused", "fused ONNX (onnxruntime) vs PyTorch path (detector ONNX features via "
+                            "onnxruntime + head in torch)", positive_class=TARGET),
+    }
+    n_sets = n_rois = 0
+    for i, probe in enumerate(progress(probes, desc="parity", unit="img")):
+        feats = reference.features(probe.image)
+        stages["trim"].update(feats, trim_s.run([trim_out], {trim_in: probe.image})[0])
+        for rois in roi_sets(probe, input_hw, large_set if i == 0 else 0):
+            feeds = {DEFAULT_IMAGE_INPUT: probe.image, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
+            got = fused_s.run(None, feeds)[0]
+            stages["fused"].update(reference.masks(feats, probe.image, feeds[FUSED_ROIS_INPUT]), got)
+            if unsimp_s is not None:
+                stages["simplify"].update(unsimp_s.run(None, feeds)[0], got)
+            n_sets += 1
+            n_rois += len(rois)
+    results = {name: st.result(atol, min_argmax) for name, st in stages.items()}
+    if unsimp_s is None:
+        results["simplify"] = {"skipped": "the fused model is not simplified", "passed": True}
+    return {
+        "atol": atol, "min_argmax": min_argmax, "images": len(probes), "roi_sets": n_sets, "rois": n_rois,
+        "image_names": [p.name for p in probes], "stages": results,
+        "passed": all(r["passed"] for r in results.values()),
+    }

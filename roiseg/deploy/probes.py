@@ -1,0 +1,139 @@
+"""Inputs the fused model is checked on: images (real or a smooth synthetic one) and ROI sets.
+
+ROIs are normalised ``x1, y1, x2, y2``: plausible person boxes, ground-truth boxes of a COCO
+file, and edge cases (touching each border, 3 pixels wide or tall, the whole image). Never
+uniform random boxes, which are degenerate (``x2 < x1``). Used by ``fuse`` (to verify the
+simplified model) and ``parity-check``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from roiseg.conventions import (
+    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, Preprocessing, coco_bbox_to_roi, preprocess, read_image,
+)
+from roiseg.data.coco import load_coco_json
+from roiseg.data.prepare import select_persons
+from roiseg.errors import InputError
+
+MANY_ROIS: int = 16
+"""ROIs in the "many" set of each image (GT boxes + edge cases, topped up with plausible boxes)."""
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def smooth_image(input_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """[1, 3, H, W] float32 in [0, 1]: low-frequency colour noise (a stand-in for a photo)."""
+    rng = np.random.default_rng(seed)
+    h, w = input_hw
+    coarse = rng.random((max(h // 16, 2), max(w // 16, 2), 3), dtype=np.float32)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(img, 0.0, 1.0).transpose(2, 0, 1)[None].astype(np.float32).copy()
+
+
+def plausible_rois(n: int, seed: int = 0) -> np.ndarray:
+    """[n, 4] normalised xyxy person-like boxes inside the image (width 0.08-0.5, height 0.2-0.9)."""
+    rng = np.random.default_rng(seed)
+    wh = np.stack([rng.uniform(0.08, 0.5, n), rng.uniform(0.2, 0.9, n)], axis=1)
+    x1y1 = rng.uniform(0.0, 1.0, (n, 2)) * (1.0 - wh)
+    return np.concatenate([x1y1, x1y1 + wh], axis=1).astype(np.float32)
+
+
+def edge_case_rois(input_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Named normalised xyxy ROIs: touching each border, a few pixels wide, a few pixels tall, whole image."""
+    h, w = input_hw
+    thin_w, thin_h = 3.0 / w, 3.0 / h
+    cases = {
+        "left_border": [0.0, 0.30, 0.35, 0.80],
+        "right_border": [0.60, 0.20, 1.0, 0.70],
+        "top_border": [0.30, 0.0, 0.70, 0.40],
+        "bottom_border": [0.25, 0.60, 0.60, 1.0],
+        "thin_3px_wide": [0.50, 0.20, 0.50 + thin_w, 0.80],
+        "thin_3px_tall": [0.20, 0.50, 0.80, 0.50 + thin_h],
+        "whole_image": [0.0, 0.0, 1.0, 1.0],
+    }
+    return {k: np.asarray(v, dtype=np.float32) for k, v in cases.items()}
+
+
+def probe_rois(base: np.ndarray, input_hw: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
+    """``base`` boxes, then the edge cases, topped up with plausible boxes to ``n`` ROIs (at least).
+
+    Returns [max(n, len(base) + number of edge cases), 4] normalised xyxy float32.
+    """
+    rois = [np.asarray(base, dtype=np.float32).reshape(-1, 4), np.stack(list(edge_case_rois(input_hw).values()))]
+    have = sum(len(r) for r in rois)
+    if have < n:
+        rois.append(plausible_rois(n - have, seed=seed + 1))
+    return np.concatenate(rois)
+
+
+@dataclass
+class ProbeImage:
+    """One image to compare on: its name, the preprocessed input and its GT boxes (may be empty)."""
+
+    name: str
+    image: np.ndarray  # [1, 3, H, W] float32
+    gt_rois: np.ndarray  # [K, 4] normalised xyxy
+
+
+def coco_probe_images(
+    annotations: str | Path, images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
+    max_images: int | None = None,
+) -> Iterator[ProbeImage]:
+    """Images with person (non-crowd) GT boxes from a COCO instances JSON (rules of ``prepare-coco``)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"image folder not found: {images_dir}")
+    sel = select_persons(load_coco_json(annotations), annotations, images_dir)
+    if not sel.images:
+        raise InputError(f"{annotations}: no image with a person annotation has its file in {images_dir}")
+    by_image = sel.by_image()
+    for rec in sel.images[:max_images]:
+        hw = (int(rec["height"]), int(rec["width"]))
+        boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in by_image[rec["id"]]])
+        img = preprocess(read_image(images_dir / rec["file_name"]), input_hw, preprocessing)
+        yield ProbeImage(rec["file_name"], img, np.clip(boxes, 0.0, 1.0))
+
+
+def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
+                        max_images: int | None = None) -> Iterator[ProbeImage]:
+    """Every image file in a folder (sorted), with plausible boxes instead of GT."""
+    files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    for i, p in enumerate(files[:max_images]):
+        yield ProbeImage(p.name, preprocess(read_image(p), input_hw, preprocessing), plausible_rois(3, seed=i))
+
+
+def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], large: int = 0) -> list[np.ndarray]:
+    """ROI sets run on one image: 1 ROI, ``MANY_ROIS`` (GT + edge cases) and, if ``large``, that many."""
+    one = probe.gt_rois[:1] if len(probe.gt_rois) else plausible_rois(1)
+    sets = [one, probe_rois(probe.gt_rois, input_hw, MANY_ROIS)]
+    if large:
+        sets.append(probe_rois(probe.gt_rois, input_hw, large, seed=7))
+    return sets
+
+
+def check_feeds(
+    input_hw: tuple[int, int], preprocessing: Preprocessing, images: Sequence[str | Path] | None = None, many: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Feeds for verifying the simplified model: each image with 1 ROI and with ``many`` ROIs.
+
+    ``images`` are image files (preprocessed like the model expects); without them one smooth
+    synthetic image stands in. ROIs are plausible person boxes and the border/thin/whole-image edge
+    cases (never uniform random boxes, which are degenerate).
+    """
+    if images:
+        arrays = [preprocess(read_image(p), input_hw, preprocessing) for p in images]
+    else:
+        arrays = [smooth_image(input_hw, seed=0)]
+    feeds = []
+    for i, img in enumerate(arrays):
+        feeds.append({DEFAULT_IMAGE_INPUT: img, FUSED_ROIS_INPUT: plausible_rois(1, seed=i)})
+        feeds.append({DEFAULT_IMAGE_INPUT: img, FUSED_ROIS_INPUT: probe_rois(plausible_rois(2, seed=i), input_hw, many)})
+    return feeds
