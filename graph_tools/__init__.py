@@ -7,7 +7,7 @@ error statistics for parity checks. It knows nothing of the application that use
 names are parameters, errors are :class:`GraphError`, logs go to the ``graph_tools`` logger.
 """
 
-from graph_tools.batch import batch_consistent, batch_dim, make_batch_dynamic
+from graph_tools.batch import batch_consistent, make_batch_dynamic
 from graph_tools.errors import GraphError
 from graph_tools.inspect import (
     Dim, describe_io, dims, elem_type_of, graph_inputs, infer_shapes, nearest_tensors, node_attributes,
@@ -26,7 +26,7 @@ from graph_tools.trim import copy_model_fields, trim_at_tensor
 
 __all__ = [
     "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "GraphError", "ProviderSpec", "SimplifyResult", "atomic_path",
-    "batch_consistent", "batch_dim", "choose_ir_version", "class_map", "convert_opset", "copy_model_fields",
+    "batch_consistent", "choose_ir_version", "class_map", "convert_opset", "copy_model_fields",
     "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "file_sha256", "graph_inputs",
     "infer_shapes", "load_model", "make_batch_dynamic", "max_output_difference", "max_supported_opset",
     "nearest_tensors", "needs_external_data", "node_attributes", "nodes_of_type", "opset_version",

@@ -38,20 +38,6 @@ def make_batch_dynamic(model: onnx.ModelProto, dim_name: str = DEFAULT_BATCH_DIM
     return out
 
 
-def batch_dim(model: onnx.ModelProto, input_name: str) -> int | str | None:
-    """Dim 0 of graph input ``input_name``: an int when static, its symbol when dynamic, ``None`` if unknown."""
-    for vi in model.graph.input:
-        if vi.name == input_name:
-            dims = vi.type.tensor_type.shape.dim
-            if not dims:
-                return None
-            d = dims[0]
-            if d.HasField("dim_value"):
-                return int(d.dim_value)
-            return d.dim_param or None
-    raise KeyError(f"graph has no input {input_name!r}")
-
-
 def batch_consistent(
     batched: np.ndarray, singles: Sequence[np.ndarray], rtol: float = 1e-3, atol: float = 1e-5
 ) -> bool:

@@ -6,9 +6,8 @@ file-name patterns of what roiseg writes.
 
 Units used throughout the project:
 
-* **ROIs** are canonical as *normalised* ``x1, y1, x2, y2`` in ``[0, 1]`` relative to the image
+* **ROIs** are *normalised* ``x1, y1, x2, y2`` in ``[0, 1]`` relative to the image
   (so the same ROI is valid for the original image and for the resized model input).
-  ``cx, cy, w, h`` (normalised) is accepted at the edges and converted with :func:`cxcywh_to_xyxy`.
 * **Pixel boxes** (COCO ``bbox`` is pixel ``x, y, w, h``) are converted with
   :func:`coco_bbox_to_roi`.
 * A pixel ``(row, col)`` is **inside** a ROI when its centre ``(col + 0.5, row + 0.5)`` lies in
@@ -151,32 +150,6 @@ def size_bucket(area: float) -> str:
 # --------------------------------------------------------------------------------------------
 # ROI geometry (pure functions)
 # --------------------------------------------------------------------------------------------
-RoiFormat = Literal["xyxy", "cxcywh"]
-
-
-def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """[..., 4] normalised ``cx, cy, w, h`` -> normalised ``x1, y1, x2, y2``."""
-    b = np.asarray(boxes, dtype=np.float32)
-    half = b[..., 2:4] / 2.0
-    return np.concatenate([b[..., 0:2] - half, b[..., 0:2] + half], axis=-1)
-
-
-def xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
-    """[..., 4] normalised ``x1, y1, x2, y2`` -> normalised ``cx, cy, w, h``."""
-    b = np.asarray(boxes, dtype=np.float32)
-    return np.concatenate([(b[..., 0:2] + b[..., 2:4]) / 2.0, b[..., 2:4] - b[..., 0:2]], axis=-1)
-
-
-def to_canonical_rois(boxes: np.ndarray, fmt: RoiFormat = "xyxy") -> np.ndarray:
-    """Any accepted ROI format -> canonical [N, 4] float32 normalised ``x1, y1, x2, y2``."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if fmt == "cxcywh":
-        return cxcywh_to_xyxy(b)
-    if fmt == "xyxy":
-        return b
-    raise ValueError(f"unknown ROI format {fmt!r}; expected 'xyxy' or 'cxcywh'")
-
-
 def coco_bbox_to_roi(bbox: Sequence[float], image_hw: tuple[int, int]) -> np.ndarray:
     """COCO pixel ``[x, y, w, h]`` on an image of ``(H, W)`` pixels -> normalised ``x1, y1, x2, y2``."""
     x, y, w, h = (float(v) for v in bbox)

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from graph_tools.batch import batch_consistent, batch_dim, make_batch_dynamic
+from graph_tools import batch_consistent, dims, make_batch_dynamic
 from roiseg.features.extractor import OnnxFeatureExtractor
 
 HW = (8, 8)
@@ -45,7 +45,7 @@ def _single_runs(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 def test_make_batch_dynamic_renames_dim0_and_keeps_original():
     model = _model(hard_coded_batch=True)
     dyn = make_batch_dynamic(model)
-    assert batch_dim(model, "images") == 1 and batch_dim(dyn, "images") == "batch"
+    assert dims(model.graph.input[0])[0] == 1 and dims(dyn.graph.input[0])[0] == "batch"
     assert dyn.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert [d.dim_value for d in dyn.graph.output[0].type.tensor_type.shape.dim[1:]] == [4, 4, 4]
     assert len(dyn.graph.value_info) == 0 and len(model.graph.value_info) == 1

@@ -14,15 +14,6 @@ def test_person_only_names():
     assert C.person_only_name("instances_train2017", 500) == "instances_train2017_person_only_no_crowd_500.json"
 
 
-def test_cxcywh_roundtrip():
-    boxes = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
-    c = C.xyxy_to_cxcywh(boxes)
-    np.testing.assert_allclose(c[0], [0.3, 0.55, 0.4, 0.7], atol=1e-6)
-    np.testing.assert_allclose(C.to_canonical_rois(c, "cxcywh"), boxes, atol=1e-6)
-    with pytest.raises(ValueError):
-        C.to_canonical_rois(boxes, "xywh")  # type: ignore[arg-type]
-
-
 def test_inside_mask_uses_pixel_centres():
     # box x in [1.5, 3.5) px on a 4-wide grid: centres 1.5, 2.5 are inside; 3.5 is not (half-open)
     m = C.roi_inside_mask([1.5 / 4, 0.0, 3.5 / 4, 1.0], (2, 4))

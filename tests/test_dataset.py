@@ -10,7 +10,7 @@ import torch
 from pycocotools.coco import COCO
 
 from roiseg.conventions import preprocess
-from roiseg.data.dataset import CocoPersonImages, CocoPersonRois, collate_images
+from roiseg.data.dataset import CocoPersonImages, collate_images
 from roiseg.data.prepare import prepare_coco
 from roiseg.errors import InputError
 from roiseg.synthetic.coco import write_synthetic_coco
@@ -112,17 +112,6 @@ def test_collate_and_batch_to(data):
     assert sum(len(b.indices) for b in loader) == len(ds)
     with pytest.raises(ValueError):
         collate_images([])
-
-
-def test_per_roi_view(data):
-    images = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
-    rois = CocoPersonRois(images)
-    assert len(rois) == images.num_rois == sum(images.roi_counts())
-    for j in range(len(rois)):
-        i, k = rois.locate(j)
-        image, roi, target = rois[j]
-        item = images[i]
-        assert torch.equal(image, item.image) and torch.equal(roi, item.rois[k]) and torch.equal(target, item.targets[k])
 
 
 def test_record_find_instance_masks_max_images(data):

@@ -1,7 +1,7 @@
 """COCO person datasets: one item per image (all its ROIs together) and one item per ROI.
 
 Features are computed per image, so training iterates :class:`CocoPersonImages` and batches with
-:func:`collate_images`; :class:`CocoPersonRois` is the per-ROI view of the same data.
+:func:`collate_images`.
 
 Per image: the image is read with OpenCV and turned into the model input by
 :func:`roiseg.conventions.preprocess`; each person mask is rasterised once at original
@@ -225,32 +225,3 @@ class CocoPersonImages(Dataset):
             areas=torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32),
             ann_ids=torch.tensor([int(a["id"]) for a in anns], dtype=torch.int64),
         )
-
-
-class CocoPersonRois(Dataset):
-    """One item per ROI over a :class:`CocoPersonImages`: ``(image [3, H, W], roi [4], target [H, W])``.
-
-    Items of one image are consecutive; the last image item is cached, so in-order access decodes
-    each image once.
-    """
-
-    def __init__(self, images: CocoPersonImages) -> None:
-        self.images = images
-        self._index = [(i, k) for i, n in enumerate(images.roi_counts()) for k in range(n)]
-        self._cached: ImageItem | None = None
-        self._cached_epoch = -1
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def locate(self, j: int) -> tuple[int, int]:
-        """``(image index, ROI index within the image)`` of item ``j``."""
-        return self._index[j]
-
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i, k = self._index[j]
-        if self._cached is None or self._cached.index != i or self._cached_epoch != self.images.epoch:
-            self._cached = self.images[i]
-            self._cached_epoch = self.images.epoch
-        item = self._cached
-        return item.image, item.rois[k], item.targets[k]
