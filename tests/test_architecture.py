@@ -1,0 +1,105 @@
+"""The layer rule of docs/architecture.md, checked on the source (imports inside functions included).
+
+``commands`` -> ``deploy`` -> ``training`` -> ``features`` / ``modeling`` / ``data`` -> ``conventions``;
+anything may use ``graph_tools``; ``graph_tools`` imports nothing of roiseg and no torch; no cycles.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Rank of each roiseg package: a module may import only modules of the same or a lower rank.
+RANKS: dict[str, int] = {
+    "roiseg.cli": 5, "roiseg.__main__": 5, "roiseg.commands": 5, "roiseg.demo": 5,
+    "roiseg.deploy": 4,
+    "roiseg.training": 3,
+    "roiseg.features": 2, "roiseg.modeling": 2, "roiseg.data": 2, "roiseg.synthetic": 2, "roiseg.metrics": 2,
+    "roiseg.conventions": 1, "roiseg.errors": 1, "roiseg.utils": 1, "roiseg": 1,
+}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in ("roiseg", "graph_tools"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = path
+    return mods
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module named by an import statement anywhere in the file (relative ones resolved)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")[: -node.level + (1 if path.name == "__init__.py" else 0) or None]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names}
+    return out
+
+
+def _rank(module: str) -> int:
+    best = max((k for k in RANKS if module == k or module.startswith(k + ".")), key=len)
+    return RANKS[best]
+
+
+MODULES = _modules()
+EDGES = {m: {i for i in _imports(p, m) if i in MODULES and i != m} for m, p in MODULES.items()}
+
+
+def test_graph_tools_imports_nothing_of_roiseg_and_no_torch():
+    bad = [(m, i) for m, p in MODULES.items() if m.startswith("graph_tools")
+           for i in _imports(p, m) if i.split(".")[0] in ("roiseg", "torch", "torchvision")]
+    assert bad == []
+    code = "import sys, graph_tools; print(sorted(m for m in sys.modules if m.split('.')[0] in ('roiseg', 'torch')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_layers_run_one_way():
+    upward = [f"{m} -> {i}" for m, deps in EDGES.items() if m.startswith("roiseg")
+              for i in deps if i.startswith("roiseg") and _rank(i) > _rank(m)]
+    assert upward == []
+
+
+def test_no_import_cycles():
+    packages = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    graph = {m: {d for d in deps if d not in packages} for m, deps in EDGES.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+@pytest.mark.parametrize("limit_lines, limit_function", [(400, 80)])
+def test_no_file_over_400_lines_and_no_function_over_80(limit_lines, limit_function):
+    long_files = [str(p.relative_to(ROOT)) for p in MODULES.values() if len(p.read_text().splitlines()) > limit_lines]
+    long_funcs = [
+        f"{p.relative_to(ROOT)}:{n.name}" for p in MODULES.values() for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit_function
+    ]
+    assert long_files == [] and long_funcs == []
