@@ -6,9 +6,10 @@ Builds the stand-in detector at the reference shapes (1024 channels, 640x640 inp
 
 1. times one training epoch (:meth:`Trainer.train_one_epoch`) with ``--cache none`` (the extractor
    runs for every batch) and one with a warm cache (filled by a previous pass), and inside each the
-   time spent getting features (``Trainer.features``);
-2. times the head's train step alone (features + ROIs + images in memory: forward, paste to
-   640x640, loss, backward, AdamW step) for the configured head, median over ``--reps``.
+   time spent getting features (``Trainer.features``, passed to the epoch as a timed feature source);
+2. times the training step alone (:func:`roiseg.training.step.train_step` on features + ROIs +
+   images in memory: forward, paste to 640x640, loss, backward, clipping, AdamW and schedule step)
+   for the configured head, median over ``--reps``.
 
     uv run python bench/bench_train.py [--images 8] [--rois 8] [--reps 5] [--device auto]
 """
@@ -29,6 +30,7 @@ from roiseg.synthetic.detector import build_stand_in_detector
 from roiseg.training.config import load_config
 from roiseg.training.distributed import init_distributed
 from roiseg.training.engine import Trainer
+from roiseg.training.step import train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -46,24 +48,19 @@ def make_data(root: Path, n_images: int) -> Path:
 def timed_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int]:
     """(epoch seconds, seconds inside Trainer.features, ROIs trained) of one training epoch."""
     spent = [0.0]
-    inner = trainer.features
 
-    def features(batch):
+    def timed_features(batch):
         _sync(trainer.device)
         t0 = time.perf_counter()
-        out = inner(batch)
+        out = trainer.features(batch)
         _sync(trainer.device)
         spent[0] += time.perf_counter() - t0
         return out
 
-    trainer.features = features  # type: ignore[method-assign]
-    try:
-        t0 = time.perf_counter()
-        record = trainer.train_one_epoch(epoch)
-        _sync(trainer.device)
-        return time.perf_counter() - t0, spent[0], record["train_rois"]
-    finally:
-        trainer.features = inner  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    record = trainer.train_one_epoch(epoch, features=timed_features)
+    _sync(trainer.device)
+    return time.perf_counter() - t0, spent[0], record["train_rois"]
 
 
 def head_step_rois_per_s(trainer: Trainer, n_rois: int, reps: int) -> list[float]:
@@ -72,20 +69,11 @@ def head_step_rois_per_s(trainer: Trainer, n_rois: int, reps: int) -> list[float
     feats = trainer.features(batch)
     idx = torch.arange(n_rois, device=trainer.device) % len(batch.rois)
     rois, bidx, targets = batch.rois[idx], batch.batch_idx[idx], batch.targets[idx]
-    from roiseg.modeling.paste import paste_roi_logits, roi_inside_masks
-
-    inside = roi_inside_masks(rois, trainer.input_hw)
     rates = []
     for i in range(reps + 1):
         _sync(trainer.device)
         t0 = time.perf_counter()
-        with trainer.autocast():
-            logits = paste_roi_logits(trainer.model(feats, rois, bidx, batch.images), rois, trainer.input_hw)
-            loss, _ = trainer.loss_fn(logits, targets, inside)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
+        train_step(trainer.step, feats, batch.images, rois, bidx, targets)
         _sync(trainer.device)
         if i:  # the first step is a warm-up
             rates.append(n_rois / (time.perf_counter() - t0))

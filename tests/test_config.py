@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from roiseg.errors import InputError
-from roiseg.training.config import DEFAULT_CONFIG_PATH, TrainConfig, load_config, parse_set, read_toml
+from roiseg.training.config import TrainConfig, load_config
+from roiseg.utils.overrides import parse_set, read_toml
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 
 
 def test_default_toml_lists_every_option_with_its_default():
@@ -113,5 +116,44 @@ def test_cli_flags_become_overrides_and_win_over_set():
     items = cmd.overrides_from_args(args)
     assert items["optim.lr"] == 0.2 and items["train.keep"] == 3
     cfg = load_config(None, items)
-    assert (cfg.features.tensor, cfg.features.cache_dir, cfg.head.variant) == ("input.663", None, "baseline")
+    assert (cfg.features.feature_tensor, cfg.features.cache_dir, cfg.head.variant) == ("input.663", None, "baseline")
     assert "train.epochs" not in items  # flags not given do not override the config file
+
+
+def test_legacy_key_features_tensor_is_read_as_feature_tensor(tmp_path: Path):
+    f = tmp_path / "old.toml"
+    f.write_text('[features]\ntensor = "input.663"\n')
+    assert load_config(f).features.feature_tensor == "input.663"
+    old_checkpoint_config = TrainConfig().to_dict()
+    old_checkpoint_config["features"] = {"extractor": "det.onnx", "tensor": "/model.20/Concat_output_0", "cache": "none"}
+    cfg = load_config(None, None, base=old_checkpoint_config)
+    assert (cfg.features.feature_tensor, cfg.features.extractor) == ("/model.20/Concat_output_0", "det.onnx")
+    assert TrainConfig.from_dict(old_checkpoint_config) == cfg
+    assert "tensor" not in cfg.to_dict()["features"]  # written back under the current name only
+
+
+def test_head_section_has_every_head_config_field_but_the_extractor_ones():
+    import dataclasses
+
+    from roiseg.modeling import HeadConfig
+
+    keys = set(TrainConfig().to_dict()["head"])
+    assert keys == {f.name for f in dataclasses.fields(HeadConfig)} - {"in_channels", "stride", "input_hw"}
+    assert all(getattr(TrainConfig().head, k) == HeadConfig.__dataclass_fields__[k].default for k in keys)
+
+
+def test_every_flag_names_a_config_key_and_only_given_flags_override():
+    from roiseg.commands import train as cmd
+    from roiseg.utils.overrides import flag_fields
+
+    flags = {f.flag: f.dotted for f in flag_fields(TrainConfig)}
+    assert flags["--feature-tensor"] == "features.feature_tensor" and flags["--data-root"] == "data.root"
+    assert flags["--out"] == "train.out" and flags["--variant"] == "head.variant" and flags["--cache"] == "features.cache"
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    assert cmd.overrides_from_args(parser.parse_args(["train"])) == {}
+    args = parser.parse_args(["train", "--data-root", "/d", "--batch-size", "3", "--out", "o", "--resume", "--config", "c.toml"])
+    assert cmd.overrides_from_args(args) == {"data.root": "/d", "data.batch_size": 3, "train.out": "o"}
+    assert (args.resume, args.config) == ("", Path("c.toml"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--variant", "huge"])

@@ -43,7 +43,8 @@ def test_two_gloo_processes_train_and_reduce_validation_over_both_shards(tmp_pat
 
     # The metrics reduced over the two ranks equal a single-process validation of the saved head.
     from roiseg.training.distributed import DistContext
-    from roiseg.training.engine import Trainer, resolve_run_config
+    from roiseg.training.engine import Trainer
+    from roiseg.training.run_state import resolve_run_config
 
     cfg, path = resolve_run_config(None, {"train.picture": False}, resume=str(out))
     single = Trainer.build(cfg, DistContext(), path).validate()

@@ -16,7 +16,8 @@ import torch
 from helpers_train import make_person_data, tiny_overrides
 from roiseg.training.checkpoint import find_checkpoints, find_latest, load_checkpoint
 from roiseg.training.config import load_config
-from roiseg.training.engine import resolve_run_config, train
+from roiseg.training.engine import train
+from roiseg.training.run_state import resolve_run_config
 
 # timings, and onnxruntime runs (a fresh extractor checks batching once: its first batch runs one by one too)
 VOLATILE = {"epoch_time_s", "train_time_s", "val_time_s", "rois_per_s", "extractor_calls"}

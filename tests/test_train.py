@@ -16,7 +16,6 @@ import torch
 from helpers_train import make_person_data, tiny_overrides
 from roiseg.errors import InputError
 from roiseg.training.checkpoint import (
-    check_compatible,
     checkpoint_epoch,
     find_checkpoints,
     find_latest,
@@ -27,7 +26,9 @@ from roiseg.training.checkpoint import (
     resolve_resume,
 )
 from roiseg.training.distributed import ShardSampler
-from roiseg.training.engine import lr_factor, sample_rois
+from roiseg.training.optim import lr_factor
+from roiseg.training.run_state import check_resumable
+from roiseg.training.step import sample_rois
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "val_time_s", "rois_per_s"}
 
@@ -116,20 +117,40 @@ def test_resume_target_errors(tmp_path: Path):
         resolve_resume(tmp_path / "nope.pth", tmp_path)
 
 
-def test_check_compatible_rejects_other_channels_and_other_extractor():
+def test_resume_check_rejects_other_channels_other_extractor_and_other_head():
     from roiseg.features.extractor import ExtractorInfo
+    from roiseg.modeling import HeadConfig
 
-    info = ExtractorInfo(path="det.onnx", sha256="a" * 64, tensor="t", input_name="images", input_hw=(64, 64),
+    info = ExtractorInfo(path="det.onnx", sha256="a" * 64, feature_tensor="t", input_name="images", input_hw=(64, 64),
                          channels=32, feature_hw=(8, 8), stride=8, opset=17, preprocessing="{}")
-    state = {"extractor": info.to_dict(), "head_config": {"in_channels": 32}}
-    check_compatible(state, info)
-    with pytest.raises(InputError, match="64-channel"):
-        check_compatible({**state, "head_config": {"in_channels": 64}}, info, "ck.pth")
+    head = HeadConfig(in_channels=32, stride=8, input_hw=(64, 64))
+    state = {"extractor": info.to_dict(), "head_config": head.to_dict()}
+    check_resumable(state, head, info, "ck.pth")
+    with pytest.raises(InputError, match=r"ck\.pth.*64 feature channels"):
+        check_resumable({**state, "head_config": {**head.to_dict(), "in_channels": 64}}, head, info, "ck.pth")
     other = {**info.to_dict(), "sha256": "b" * 64}
-    with pytest.raises(InputError, match="sha256"):
-        check_compatible({**state, "extractor": other}, info, "ck.pth")
-    with pytest.raises(InputError, match="input_hw"):
-        check_compatible({**state, "extractor": {**info.to_dict(), "input_hw": [32, 32]}}, info, "ck.pth")
+    with pytest.raises(InputError, match=r"ck\.pth.*sha256"):
+        check_resumable({**state, "extractor": other}, head, info, "ck.pth")
+    with pytest.raises(InputError, match=r"ck\.pth.*input \[32, 32\]"):
+        check_resumable({**state, "head_config": {"in_channels": 32}, "extractor": {**info.to_dict(), "input_hw": [32, 32]}},
+                        head, info, "ck.pth")
+    with pytest.raises(InputError, match=r"ck\.pth.*tensor 'u'"):
+        check_resumable({**state, "extractor": {**info.to_dict(), "feature_tensor": "u"}}, head, info, "ck.pth")
+    with pytest.raises(InputError, match=r"ck\.pth.*hidden 256 -> 16"):
+        check_resumable(state, HeadConfig(in_channels=32, stride=8, input_hw=(64, 64), hidden=16), info, "ck.pth")
+
+
+def test_resume_reads_the_legacy_feature_tensor_key_of_an_old_checkpoint_config(tmp_path: Path):
+    from roiseg.training.checkpoint import save_checkpoint
+    from roiseg.training.config import TrainConfig
+    from roiseg.training.run_state import resolve_run_config
+
+    old = TrainConfig().to_dict()
+    old["features"] = {"extractor": "det.onnx", "tensor": "input.663", "cache": "none"}  # written before the rename
+    path = save_checkpoint(tmp_path / "checkpoint_epoch_0001_64x64_0000.pth",
+                           {"epoch": 1, "head_config": {}, "model": {}, "extractor": {"tensor": "input.663"}, "config": old})
+    cfg, resumed = resolve_run_config(None, None, resume=str(tmp_path))
+    assert resumed == path and cfg.features.feature_tensor == "input.663" and cfg.train.out == str(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +195,7 @@ def test_checkpoint_holds_weights_states_config_extractor_and_metrics(trained):
     ext = state["extractor"]
     assert ext["sha256"] == hashlib.sha256(Path(trained["extractor"]).read_bytes()).hexdigest()
     assert (ext["channels"], ext["stride"], list(ext["input_hw"])) == (32, 8, [128, 128])
-    assert ext["tensor"] == "/model.34/Concat_output_0" and json.loads(ext["preprocessing"])["color"] == "rgb"
+    assert ext["feature_tensor"] == "/model.34/Concat_output_0" and json.loads(ext["preprocessing"])["color"] == "rgb"
     assert state["config"]["train"]["epochs"] == 3 and state["config"]["head"]["variant"] == "detail"
     assert len(state["config"]["loss"]["class_weights"]) == 3  # resolved weights are stored for resume
     assert state["scheduler"]["last_epoch"] == 3 * records[-1]["train_steps"]

@@ -128,7 +128,7 @@ def test_checkpoint_of_other_channel_count(setup, tmp_path, capsys):
 
     other = build_stand_in_detector(tmp_path / "wide.onnx", channels=48, input_hw=(128, 128), mode="full")
     code = main(["train", "--resume", str(setup["checkpoint"]), "--extractor", str(other), "--out", str(tmp_path / "o")])
-    assert_one_line_error(code, capsys.readouterr().err, setup["checkpoint"].name, "32-channel", "48 channels")
+    assert_one_line_error(code, capsys.readouterr().err, setup["checkpoint"].name, "32 feature channels", "has 48")
 
 
 def test_checkpoint_of_other_extractor_file(setup, stand_in_featext, tmp_path, capsys):

@@ -8,19 +8,19 @@ A checkpoint is a ``torch.save`` dict:
 ``epoch``                 last finished epoch (1-based)
 ``head_config``           :meth:`roiseg.modeling.HeadConfig.to_dict`
 ``model``                 head ``state_dict`` (no DDP ``module.`` prefix)
-``extractor``             :meth:`roiseg.features.extractor.ExtractorInfo.to_dict`: path, sha256, tensor,
-                          input size, stride, channels, preprocessing
+``extractor``             :meth:`roiseg.features.extractor.ExtractorInfo.to_dict`: path, sha256,
+                          feature_tensor, input size, stride, channels, preprocessing
 ``metrics``               validation metrics of that epoch (``miou`` etc.)
 ``config``                the full training config (dict)
-``optimizer``,            training state for ``--resume`` (optional for export-only use)
+``optimizer``,            training state for resuming (optional for export-only use)
 ``scheduler``, ``scaler``,
 ``rng``
 ``best``                  ``{"epoch", "miou", "file"}`` of the best epoch so far (written by training)
 ========================  ================================================================
 
 Run folders (:func:`find_checkpoints`, :func:`find_latest`, :func:`resolve_resume`,
-:func:`prune_checkpoints`, :func:`record_best`) and :func:`check_compatible` (the features a
-checkpoint was trained on vs the current extractor) are below.
+:func:`prune_checkpoints`, :func:`record_best`) are below. Whether a checkpoint fits the current
+extractor: :func:`roiseg.features.compat.check_head_features`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> tup
 
 
 # --------------------------------------------------------------------------------------------
-# Run folders: finding, pruning, the best checkpoint, compatibility
+# Run folders: finding, pruning, the best checkpoint
 # --------------------------------------------------------------------------------------------
 def _name_regex() -> re.Pattern[str]:
     """:data:`roiseg.conventions.CHECKPOINT_PATTERN` as a regex capturing ``epoch``, ``height``, ``width``, ``miou``."""
@@ -120,7 +120,7 @@ def find_latest(folder: str | Path) -> Path | None:
 
 
 def resolve_resume(target: str | Path, default_folder: str | Path) -> Path:
-    """The checkpoint ``--resume`` means: a file as given, or the latest in a folder.
+    """The checkpoint a resume means: a file as given, or the latest in a folder.
 
     ``target`` ``""`` means ``default_folder`` (the run's output folder). InputError naming the
     folder when it holds no checkpoint.
@@ -129,10 +129,10 @@ def resolve_resume(target: str | Path, default_folder: str | Path) -> Path:
     if p.is_dir():
         latest = find_latest(p)
         if latest is None:
-            raise InputError(f"--resume: no {CHECKPOINT_GLOB} in {p}")
+            raise InputError(f"resume: no {CHECKPOINT_GLOB} in {p}")
         return latest
     if not p.is_file():
-        raise InputError(f"--resume: checkpoint not found: {p}")
+        raise InputError(f"resume: checkpoint not found: {p}")
     return p
 
 
@@ -164,29 +164,3 @@ def record_best(checkpoint: str | Path, folder: str | Path | None = None) -> Pat
         except OSError:
             shutil.copyfile(src, tmp)
     return dst
-
-
-def check_compatible(state: dict[str, Any], info: Any, source: str | Path = "checkpoint") -> None:
-    """InputError naming ``source`` when a checkpoint was trained on other features than ``info``.
-
-    ``info``: the current :class:`roiseg.features.extractor.ExtractorInfo`. Compared: channel
-    count, extractor file sha256, feature tensor, input size and stride.
-    """
-    saved = state.get("extractor") or {}
-    head = state.get("head_config") or {}
-    channels = head.get("in_channels", saved.get("channels"))
-    if channels != info.channels:
-        raise InputError(
-            f"checkpoint {source} was trained on {channels}-channel features, but {info.tensor} of "
-            f"{info.path} has {info.channels} channels"
-        )
-    if saved.get("sha256") != info.sha256:
-        raise InputError(
-            f"checkpoint {source} was trained with extractor sha256 {str(saved.get('sha256'))[:12]}… "
-            f"({saved.get('path')}), but {info.path} has sha256 {info.sha256[:12]}…"
-        )
-    for key, now in (("tensor", info.tensor), ("input_hw", list(info.input_hw)), ("stride", info.stride)):
-        then = saved.get(key)
-        then = list(then) if isinstance(then, (list, tuple)) else then
-        if then != now:
-            raise InputError(f"checkpoint {source}: extractor {key} was {then}, now {now}")

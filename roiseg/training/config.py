@@ -5,11 +5,15 @@ are resolved in this order, later wins:
 
 1. the dataclass defaults below;
 2. the TOML file (``--config``); every key is optional, an unknown section or key is an error;
-3. overrides, ``{"section.key": value}`` (what the CLI flags and ``--set section.key=value`` give).
+3. overrides, ``{"section.key": value}`` (what the command line gives).
 
 Sections: ``[data]`` paths and batching, ``[features]`` extractor and cache, ``[head]`` the head
 hyper-parameters (:class:`roiseg.modeling.HeadConfig` minus what the extractor fixes), ``[loss]``
 (:class:`roiseg.training.loss.LossConfig`), ``[optim]`` AdamW and the schedule, ``[train]`` the run.
+
+Fields that have a command-line flag say so in their metadata (:func:`roiseg.utils.overrides.flag`);
+``roiseg train`` builds its options from them. The key ``features.tensor`` of older configs and
+checkpoints is read as ``features.feature_tensor`` (:data:`LEGACY_KEYS`).
 
 Units: ``optim.lr`` is the peak learning rate reached after the warm-up; ``warmup_epochs`` may be
 fractional; ``data.batch_size`` counts *images* per step, ``data.max_rois_per_step`` ROIs.
@@ -18,8 +22,6 @@ fractional; ``data.batch_size`` counts *images* per step, ``data.max_rois_per_st
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,23 +40,14 @@ from roiseg.conventions import (
     DEFAULT_VALIDATION_IMAGES,
 )
 from roiseg.errors import InputError
-from roiseg.features.cache import CACHE_DISABLED, parse_cache_dir
+from roiseg.features.cache import parse_cache_dir
 from roiseg.modeling import HeadConfig
 from roiseg.training.loss import LossConfig
+from roiseg.utils.overrides import apply_overrides, flag, flatten, parse_set, read_toml, to_dict
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "default.toml"
-"""``configs/default.toml`` of the source tree (absent in an installed wheel; defaults still apply)."""
 DEFAULT_FEATURE_CACHE = ".cache/features"
-
-
-def _head_default(name: str) -> Any:
-    """Default of a :class:`HeadConfig` field, so the two never drift apart."""
-    return HeadConfig.__dataclass_fields__[name].default
+LEGACY_KEYS: dict[str, str] = {"features.tensor": "features.feature_tensor"}
+"""Old dotted keys -> current ones, accepted in TOML files, overrides and checkpoints' stored configs."""
 
 
 def _below_root(default: str) -> str:
@@ -62,29 +55,37 @@ def _below_root(default: str) -> str:
     return str(Path(default).relative_to(DEFAULT_DATA_ROOT))
 
 
+def _opt(default: Any, name: str, help: str, metavar: str | None = None) -> Any:
+    """A field with ``default`` and the command-line flag ``name``."""
+    return field(default=default, metadata=flag(name, help, metavar))
+
+
 @dataclass
 class DataConfig:
     """Where the data is and how it is batched. Empty paths resolve inside ``root`` (seed layout)."""
 
-    root: str = DEFAULT_DATA_ROOT
-    train_ann: str = ""
+    root: str = _opt(DEFAULT_DATA_ROOT, "--data-root", "data folder in the seed layout (default data)")
+    train_ann: str = _opt("", "--train-ann", "person-only train JSON (default "
+                          "<data-root>/annotations/instances_train2017_person_only_no_crowd.json)")
     """Person-only train JSON; ``""`` -> ``<root>/annotations/instances_train2017_person_only_no_crowd.json``."""
-    val_ann: str = ""
-    train_images: str = ""
+    val_ann: str = _opt("", "--val-ann", "person-only val JSON (default "
+                        "<data-root>/annotations/instances_val2017_person_only_no_crowd.json)")
+    train_images: str = _opt("", "--train-images", "train image folder (default <data-root>/images/train2017)")
     """Train image folder; ``""`` -> ``<root>/images/train2017``."""
-    val_images: str = ""
-    analyze_json: str = DEFAULT_ANALYZE_JSON
+    val_images: str = _opt("", "--val-images", "val image folder (default <data-root>/images/val2017)")
+    analyze_json: str = _opt(DEFAULT_ANALYZE_JSON, "--analyze-json",
+                             "data_analyze.json with the loss class weights (computed when absent)")
     """``data_analyze.json`` with the loss class weights; when absent they are computed from the train set."""
-    max_train_images: int = 0
+    max_train_images: int = _opt(0, "--max-train-images", "use the first N train images (0 = all)")
     """Use only the first N train images (0 = all)."""
-    max_val_images: int = 0
+    max_val_images: int = _opt(0, "--max-val-images", "use the first N val images (0 = all)")
     jitter: float = 0.0
     """ROI jitter of the train set (fraction of the box size), re-drawn each epoch."""
-    batch_size: int = 4
+    batch_size: int = _opt(4, "--batch-size", "images per step")
     """Images per step (all their ROIs go into the step, up to ``max_rois_per_step``)."""
-    max_rois_per_step: int = 32
+    max_rois_per_step: int = _opt(32, "--max-rois-per-step", "cap on ROIs per step")
     """Cap on ROIs per step (memory: each ROI's logits are [3, H, W]); sampled deterministically above it."""
-    num_workers: int = 2
+    num_workers: int = _opt(2, "--num-workers", "DataLoader worker processes")
     """DataLoader worker processes (0 = load in the main process)."""
     validation_images: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_IMAGES))
     """Val file names drawn in the per-epoch validation picture (missing ones: the first with persons)."""
@@ -113,9 +114,12 @@ class DataConfig:
 class FeaturesConfig:
     """The frozen detector the features come from, and the feature cache."""
 
-    extractor: str = DEFAULT_EXTRACTOR
-    tensor: str = DEFAULT_FEATURE_TENSOR
-    cache: str = DEFAULT_FEATURE_CACHE
+    extractor: str = _opt(DEFAULT_EXTRACTOR, "--extractor", "detector ONNX the features are read from")
+    feature_tensor: str = _opt(DEFAULT_FEATURE_TENSOR, "--feature-tensor",
+                               f"feature tensor name (default {DEFAULT_FEATURE_TENSOR})")
+    """The tensor the head reads (its shape gives channels and stride); ``tensor`` in older configs."""
+    cache: str = _opt(DEFAULT_FEATURE_CACHE, "--cache", "feature-cache folder, or none to extract every epoch",
+                      metavar="DIR|none")
     """Feature-cache folder (fp16 per image), or ``"none"`` to extract on the fly every epoch."""
 
     @property
@@ -124,28 +128,41 @@ class FeaturesConfig:
         return parse_cache_dir(self.cache)
 
 
-@dataclass
-class HeadSection:
-    """:class:`roiseg.modeling.HeadConfig` fields the user chooses (channels/stride/input come from the extractor)."""
+EXTRACTOR_FIXED: tuple[str, ...] = ("in_channels", "stride", "input_hw")
+""":class:`HeadConfig` fields the extractor determines; every other field is a ``[head]`` key."""
+HEAD_FLAGS: dict[str, dict[str, Any]] = {"variant": flag("--variant", "head variant")}
 
-    variant: str = _head_default("variant")
-    roi_size: int = _head_default("roi_size")
-    mask_size: int = _head_default("mask_size")
-    hidden: int = _head_default("hidden")
-    num_convs: int = _head_default("num_convs")
-    detail_channels: int = _head_default("detail_channels")
-    sampling_ratio: int = _head_default("sampling_ratio")
-    groups: int = _head_default("groups")
+
+def _head_section() -> type:
+    """``HeadSection``: the fields of :class:`HeadConfig` minus :data:`EXTRACTOR_FIXED`, with their defaults."""
+    hints = typing.get_type_hints(HeadConfig)
+    specs = []
+    for f in dataclasses.fields(HeadConfig):
+        if f.name in EXTRACTOR_FIXED:
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise TypeError(f"HeadConfig.{f.name} needs a default to be a [head] config key")
+        default = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        specs.append((f.name, hints[f.name], field(**default, metadata=HEAD_FLAGS.get(f.name, {}))))
 
     def head_config(self, in_channels: int, stride: int, input_hw: tuple[int, int]) -> HeadConfig:
+        """The full :class:`HeadConfig`: these keys plus what the extractor fixes."""
         return HeadConfig(in_channels=in_channels, stride=stride, input_hw=tuple(input_hw), **dataclasses.asdict(self))
+
+    doc = ":class:`roiseg.modeling.HeadConfig` fields the user chooses (channels/stride/input come from the extractor)."
+    cls = dataclasses.make_dataclass("HeadSection", specs, namespace={"head_config": head_config, "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+HeadSection = _head_section()
 
 
 @dataclass
 class OptimConfig:
     """AdamW with a per-step schedule: linear warm-up to ``lr``, then cosine down to ``lr * min_lr_ratio``."""
 
-    lr: float = 1e-3
+    lr: float = _opt(1e-3, "--lr", "peak learning rate")
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
@@ -164,16 +181,17 @@ class OptimConfig:
 class RunConfig:
     """The run: length, seed, device, output folder, checkpoint retention."""
 
-    epochs: int = 12
-    seed: int = 0
-    device: str = "auto"
+    epochs: int = _opt(12, "--epochs", "number of epochs (the schedule spans them)")
+    seed: int = _opt(0, "--seed", "seed of initialisation, data order and ROI sampling")
+    device: str = _opt("auto", "--device", "auto, cpu, cuda or cuda:N")
     """``auto`` (CUDA when usable), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun each rank uses ``cuda:LOCAL_RANK``."""
-    out: str = DEFAULT_CHECKPOINT_DIR
+    out: str = _opt(DEFAULT_CHECKPOINT_DIR, "--out",
+                    "run folder for checkpoints, metrics.jsonl, curves.png, pictures (default checkpoints)")
     """Run folder: checkpoints, ``best.pth``, ``metrics.jsonl``, ``curves.png``, validation pictures."""
-    keep: int = 0
+    keep: int = _opt(0, "--keep", "keep the newest N epoch checkpoints (0 = all); best.pth is kept")
     """Keep only the newest N epoch checkpoints (0 = keep all); ``best.pth`` is always kept."""
-    stop_after: int = 0
-    """Stop after this epoch although the schedule spans ``epochs`` (0 = run all); continue with ``--resume``."""
+    stop_after: int = _opt(0, "--stop-after", "stop after this epoch without shortening the schedule")
+    """Stop after this epoch although the schedule spans ``epochs`` (0 = run all); continue by resuming."""
     picture: bool = True
     """Draw ``validation_all_images_epoch_NNNN.png`` each epoch."""
 
@@ -191,14 +209,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (lists, no tuples, no ``None``): stored in checkpoints, TOML-compatible."""
-        return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "TrainConfig":
         """Inverse of :meth:`to_dict`; missing keys keep their defaults, unknown ones are an InputError."""
-        cfg = cls()
-        apply_overrides(cfg, _flatten(d, source), source)
-        return cfg
+        return _apply(cls(), flatten(d, source), source)
 
     def validate(self) -> "TrainConfig":
         """Check value ranges; InputError naming ``section.key``. Returns ``self``."""
@@ -211,22 +227,9 @@ class TrainConfig:
         return dataclasses.replace(self.loss, class_weights=None if weights is None else list(weights))
 
 
-SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; InputError naming the file on a missing file or a syntax error."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"config file not found: {p}")
-    try:
-        with open(p, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: invalid TOML: {exc}") from exc
+def _apply(cfg: TrainConfig, items: Mapping[str, Any], source: str) -> TrainConfig:
+    """The one place where overrides meet the schema (and legacy keys are renamed)."""
+    return apply_overrides(cfg, items, source, aliases=LEGACY_KEYS)
 
 
 def load_config(
@@ -241,104 +244,13 @@ def load_config(
     """
     cfg = TrainConfig()
     if base is not None:
-        apply_overrides(cfg, _flatten(base, "checkpoint config"), "checkpoint config")
+        _apply(cfg, flatten(base, "checkpoint config"), "checkpoint config")
     if toml_path is not None:
-        apply_overrides(cfg, _flatten(read_toml(toml_path), str(toml_path)), str(toml_path))
+        _apply(cfg, flatten(read_toml(toml_path), str(toml_path)), str(toml_path))
     if overrides:
         items = parse_set(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
-        apply_overrides(cfg, items, "override")
+        _apply(cfg, items, "override")
     return cfg.validate()
-
-
-def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """``["section.key=value", ...]`` -> ``{"section.key": value}`` with TOML-parsed values."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or "." not in key:
-            raise InputError(f"--set {item!r}: expected section.key=value (e.g. optim.lr=3e-4)")
-        out[key.strip()] = parse_value(text.strip())
-    return out
-
-
-def parse_value(text: str) -> Any:
-    """A TOML value (``3e-4``, ``true``, ``[1, 2]``, ``"x"``); anything else is taken as a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(cfg: TrainConfig, items: Mapping[str, Any], source: str) -> TrainConfig:
-    """Set ``cfg.<section>.<key> = value`` for each ``"section.key"``, converting to the field type."""
-    for dotted, value in items.items():
-        section_name, _, key = dotted.partition(".")
-        if section_name not in SECTIONS:
-            raise InputError(f"{source}: unknown config section {section_name!r} in {dotted!r} "
-                             f"(sections: {', '.join(SECTIONS)})")
-        section = getattr(cfg, section_name)
-        hints = _field_types(type(section))
-        if key not in hints:
-            raise InputError(f"{source}: unknown config key {dotted!r} "
-                             f"(keys of [{section_name}]: {', '.join(hints)})")
-        setattr(section, key, _coerce(value, hints[key], f"{source}: {dotted}"))
-    return cfg
-
-
-def _flatten(d: Mapping[str, Any], source: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for section, values in d.items():
-        if not isinstance(values, Mapping):
-            raise InputError(f"{source}: {section!r} must be a [section] table, got {type(values).__name__}")
-        for key, value in values.items():
-            out[f"{section}.{key}"] = value
-    return out
-
-
-def _section_to_dict(section: Any) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(section):
-        v = getattr(section, f.name)
-        out[f.name] = list(v) if isinstance(v, (tuple, list)) else ([] if v is None else v)
-    return out
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return {k: v for k, v in typing.get_type_hints(cls).items() if k in cls.__dataclass_fields__}
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` converted to the annotated type ``tp`` (int, float, bool, str, list/tuple of those, Optional)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, list) and not value and type(None) in args):
-            return None  # TOML has no null: an empty list stands for "not set"
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"{where} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        seq = [_coerce(v, item, where) for v in value]
-        return tuple(seq) if origin is tuple else seq
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise InputError(f"{where} must be an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise InputError(f"{where} must be a string, got {value!r}")
-        return str(value)
-    return value
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
@@ -376,6 +288,6 @@ def _check_ranges(cfg: TrainConfig) -> None:
 
 
 __all__ = [
-    "CACHE_DISABLED", "DEFAULT_CONFIG_PATH", "DataConfig", "FeaturesConfig", "HeadSection", "OptimConfig", "RunConfig",
-    "SECTIONS", "TrainConfig", "apply_overrides", "load_config", "parse_set", "parse_value", "read_toml",
+    "EXTRACTOR_FIXED", "LEGACY_KEYS", "DataConfig", "FeaturesConfig", "HeadSection",
+    "OptimConfig", "RunConfig", "TrainConfig", "load_config",
 ]

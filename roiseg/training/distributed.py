@@ -73,10 +73,10 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise InputError(f"--device {device} requested but torch sees no usable CUDA device")
+        raise InputError(f"device {device!r} requested but torch sees no usable CUDA device")
     index = index if ":" in str(device) else local_rank
     if index >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: rank needs cuda:{index} but {torch.cuda.device_count()} device(s) are visible")
+        raise InputError(f"device {device!r}: rank needs cuda:{index} but {torch.cuda.device_count()} device(s) are visible")
     return torch.device("cuda", index)
 
 
@@ -138,11 +138,6 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (state dicts are saved without the ``module.`` prefix)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 class ShardSampler(Sampler[int]):
     """Indices of one rank's share of ``n`` items for an epoch (a deterministic ``DistributedSampler``).
 
@@ -186,5 +181,5 @@ class ShardSampler(Sampler[int]):
 
 __all__ = [
     "DistContext", "ShardSampler", "all_reduce_sum", "barrier", "broadcast_object", "cleanup",
-    "init_distributed", "resolve_device", "unwrap_model", "wrap_model",
+    "init_distributed", "resolve_device", "wrap_model",
 ]

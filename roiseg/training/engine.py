@@ -1,54 +1,36 @@
 """The training loop: build everything from a :class:`TrainConfig`, train, validate, checkpoint, resume.
 
-One step: a batch of images (``data.batch_size``, :func:`roiseg.data.dataset.collate_images`) ->
-frozen features from the :class:`FeatureCache` (the ONNX extractor runs on cache misses only) ->
-at most ``data.max_rois_per_step`` of the batch's ROIs (a deterministic sample when there are
-more) -> ``head(features, rois, batch_idx, images)`` ROI-grid logits, pasted to the full input
-resolution -> :class:`SegLoss` on the pixels inside each ROI -> AdamW step (AMP and loss scaling
-on CUDA, gradient clipping), learning rate stepped per step (linear warm-up, then cosine).
+One step (:func:`roiseg.training.step.train_step`): a batch of images (``data.batch_size``,
+:func:`roiseg.data.dataset.collate_images`) -> frozen features from the :class:`FeatureCache` (the
+ONNX extractor runs on cache misses only) -> at most ``data.max_rois_per_step`` of the batch's ROIs
+-> head logits pasted to the full input resolution -> :class:`SegLoss` -> AdamW step (AMP and loss
+scaling on CUDA, gradient clipping), learning rate stepped per step (:mod:`roiseg.training.optim`).
 
 Each epoch: validation over the whole val set (:class:`SegMetrics`, summed over ranks), then rank
 0 writes ``checkpoint_epoch_{E:04d}_{H}x{W}_{floor(mIoU*1e4):04d}.pth``, refreshes ``best.pth``,
 prunes to ``train.keep``, appends the epoch record to ``metrics.jsonl``, redraws ``curves.png`` and
-draws ``validation_all_images_epoch_{E:04d}.png``.
-
-Determinism (so that 2 epochs == 1 epoch + ``--resume`` + 1 epoch): the image order of epoch
-``e`` comes from ``torch.Generator().manual_seed(seed + e)`` (:class:`ShardSampler`), the ROI
-jitter from ``dataset.set_epoch(e)``, the ROI sample of a step from ``(seed, e, step, rank)``;
-model, optimizer, scheduler, scaler and RNG states are restored from the checkpoint.
+draws ``validation_all_images_epoch_{E:04d}.png``. Seeds, RNG states, checkpoint contents and
+resuming: :mod:`roiseg.training.run_state`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
-import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from roiseg.conventions import METRICS_FILE, CURVES_FILE, checkpoint_name, validation_picture_name
+from roiseg.conventions import CURVES_FILE, METRICS_FILE, checkpoint_name, validation_picture_name
 from roiseg.data.dataset import CocoPersonImages, ImageBatch, collate_images
-from roiseg.errors import InputError
 from roiseg.features.cache import FeatureCache
-from roiseg.features.extractor import OnnxFeatureExtractor
-from roiseg.modeling import HeadConfig, RoiMaskHead, build_head, count_parameters
-from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks
-from roiseg.training.checkpoint import (
-    check_compatible,
-    load_checkpoint,
-    prune_checkpoints,
-    record_best,
-    resolve_resume,
-    save_checkpoint,
-)
-from roiseg.training.config import TrainConfig, load_config
+from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor
+from roiseg.modeling import RoiMaskHead, build_head, count_parameters
+from roiseg.modeling.paste import masks_from_logits, roi_inside_masks
+from roiseg.training.checkpoint import load_checkpoint, prune_checkpoints, record_best, save_checkpoint
+from roiseg.training.config import TrainConfig
 from roiseg.training.distributed import (
     DistContext,
     ShardSampler,
@@ -61,115 +43,26 @@ from roiseg.training.distributed import (
 )
 from roiseg.training.loss import SegLoss, resolve_class_weights
 from roiseg.training.metrics import SegMetrics
+from roiseg.training.metrics_log import write_epoch_record
+from roiseg.training.optim import amp_dtype, amp_enabled, build_optimizer, build_scaler, build_scheduler
+from roiseg.training.run_state import check_resumable, checkpoint_state, restore_training_state, seed_everything
+from roiseg.training.step import StepSetup, step_seed, train_step
+from roiseg.training.summary import fmt_metric
 from roiseg.training.visualize import (
     plot_curves,
     predictions_to_original,
-    read_metrics,
     render_validation_picture,
     select_validation_images,
 )
-from roiseg.utils.atomic import atomic_write, ensure_writable_dir
+from roiseg.utils.atomic import ensure_writable_dir
 from roiseg.utils.progress import get_logger, progress
 
 LOG = get_logger(__name__)
 
-
-# --------------------------------------------------------------------------------------------
-# Small pure pieces
-# --------------------------------------------------------------------------------------------
-def lr_factor(step: int, warmup_steps: int, total_steps: int, start_factor: float, min_ratio: float) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based).
-
-    Linear from ``start_factor`` to 1 over ``warmup_steps``, then a half cosine from 1 down to
-    ``min_ratio`` at ``total_steps``; ``min_ratio`` afterwards.
-    """
-    if step < warmup_steps:
-        return start_factor + (1.0 - start_factor) * step / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    t = min(max(step - warmup_steps, 0) / span, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+FeatureSource = Callable[[ImageBatch], torch.Tensor]
+"""Features [B, C, h, w] of a batch on the training device."""
 
 
-def step_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (``np.random.SeedSequence``), for per-step generators."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def sample_rois(n: int, cap: int, seed: int) -> torch.Tensor | None:
-    """Sorted indices of ``cap`` of ``n`` ROIs drawn with ``seed``; ``None`` when ``n <= cap`` (keep all)."""
-    if n <= cap:
-        return None
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:cap].sort().values
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA RNG states (stored in checkpoints)."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state` (CUDA states are restored when as many devices are visible)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on conv weights only, none on norms and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def write_metrics(path: Path, records: list[dict]) -> None:
-    """Write ``metrics.jsonl`` (one JSON record per epoch) atomically."""
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration of a run (fresh or resumed)
-# --------------------------------------------------------------------------------------------
-def resolve_run_config(
-    toml_path: str | Path | None,
-    overrides: dict[str, Any] | None,
-    resume: str | Path | None,
-) -> tuple[TrainConfig, Path | None]:
-    """The config of a run and the checkpoint it resumes from (``None`` for a fresh run).
-
-    ``resume``: ``None`` (fresh), ``""`` (latest checkpoint in ``train.out``), a folder (latest in
-    it) or a file. A resumed run starts from the checkpoint's stored config, with ``train.out``
-    set to the checkpoint's folder and ``train.stop_after`` cleared; the TOML file and the
-    overrides given now are applied on top (e.g. more ``train.epochs``).
-    """
-    cfg = load_config(toml_path, overrides)
-    if resume is None:
-        return cfg, None
-    path = resolve_resume(resume, cfg.train.out)
-    state = load_checkpoint(path)
-    base = TrainConfig().to_dict() if not isinstance(state.get("config"), dict) else json.loads(json.dumps(state["config"]))
-    base.setdefault("train", {}).update({"out": str(path.parent), "stop_after": 0})
-    cfg = load_config(toml_path, overrides, base=base)
-    return cfg, path
-
-
-# --------------------------------------------------------------------------------------------
-# The trainer
-# --------------------------------------------------------------------------------------------
 @dataclass
 class EpochStats:
     """Accumulated training-loss sums of one epoch on this rank (ROI-weighted)."""
@@ -191,6 +84,61 @@ class EpochStats:
         return torch.tensor([self.loss, self.ce, self.dice, self.rois, self.steps], dtype=torch.float64)
 
 
+# --------------------------------------------------------------------------------------------
+# Pieces of a run, built from the config
+# --------------------------------------------------------------------------------------------
+def build_datasets(cfg: TrainConfig, extractor: OnnxFeatureExtractor) -> tuple[CocoPersonImages, CocoPersonImages]:
+    """The train set (with ROI jitter) and the val set at the extractor's input size."""
+    d, hw = cfg.data, extractor.info.input_hw
+    train_set = CocoPersonImages(d.train_annotations, d.train_image_dir, hw, extractor.preprocessing,
+                                 jitter=d.jitter, seed=cfg.train.seed, max_images=d.max_train_images or None)
+    val_set = CocoPersonImages(d.val_annotations, d.val_image_dir, hw, extractor.preprocessing,
+                               jitter=0.0, seed=cfg.train.seed, max_images=d.max_val_images or None)
+    LOG.info("train: %d images, %d ROIs (%s); val: %d images, %d ROIs (%s)", len(train_set), train_set.num_rois,
+             d.train_annotations, len(val_set), val_set.num_rois, d.val_annotations)
+    return train_set, val_set
+
+
+def build_loss(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImages) -> SegLoss:
+    """The loss; class weights resolved on rank 0 and stored in ``cfg`` (so a resumed run reuses them)."""
+    if not cfg.loss.class_weights:
+        weights = resolve_class_weights(cfg.data.analyze_json, train_set) if ctx.is_main else None
+        cfg.loss.class_weights = list(broadcast_object(weights, ctx))
+    return SegLoss(cfg.loss_config(None)).to(ctx.device)
+
+
+def build_loaders(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImages,
+                  val_set: CocoPersonImages) -> tuple[ShardSampler, DataLoader, DataLoader]:
+    """This rank's train sampler (shuffled, padded) and the train and val loaders (val unpadded)."""
+    d = cfg.data
+    sampler = ShardSampler(len(train_set), ctx.rank, ctx.world_size, shuffle=True, seed=cfg.train.seed, pad=True)
+    val_sampler = ShardSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False)
+    pin = ctx.device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=d.batch_size, sampler=sampler, collate_fn=collate_images,
+                              num_workers=d.num_workers, pin_memory=pin)
+    val_loader = DataLoader(val_set, batch_size=d.batch_size, sampler=val_sampler, collate_fn=collate_images,
+                            num_workers=d.num_workers, pin_memory=pin)
+    return sampler, train_loader, val_loader
+
+
+def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: RoiMaskHead, loss_fn: SegLoss,
+                     steps_per_epoch: int) -> StepSetup:
+    """Model (DDP-wrapped when distributed), AdamW, the per-step schedule and the scaler of a run."""
+    o, device = cfg.optim, ctx.device
+    optimizer = build_optimizer(head, o)
+    scheduler, warmup = build_scheduler(optimizer, o, steps_per_epoch, cfg.train.epochs)
+    LOG.info("%d step(s) per epoch x %d epochs (warm-up %d steps), %d rank(s), device %s, AMP %s, cache %s",
+             steps_per_epoch, cfg.train.epochs, warmup, ctx.world_size, device,
+             o.amp_dtype if amp_enabled(device, o) else "off", cfg.features.cache_dir or "off")
+    return StepSetup(model=wrap_model(head, ctx), loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                     scaler=build_scaler(device, o), input_hw=head.cfg.input_hw, grad_clip=o.grad_clip,
+                     max_rois=cfg.data.max_rois_per_step, device_type=device.type, amp=amp_enabled(device, o),
+                     amp_dtype=amp_dtype(o))
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
 @dataclass
 class Trainer:
     """Everything a run needs, built by :meth:`build`; :meth:`fit` runs the epochs."""
@@ -202,11 +150,7 @@ class Trainer:
     train_set: CocoPersonImages
     val_set: CocoPersonImages
     head: RoiMaskHead
-    model: nn.Module
-    loss_fn: SegLoss
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
+    step: StepSetup
     train_sampler: ShardSampler
     train_loader: DataLoader
     val_loader: DataLoader
@@ -215,7 +159,6 @@ class Trainer:
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "miou": -1.0, "file": None})
     picture_indices: list[int] = field(default_factory=list)
 
-    # ---------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.ctx.device
@@ -224,16 +167,8 @@ class Trainer:
     def input_hw(self) -> tuple[int, int]:
         return self.head.cfg.input_hw
 
-    @property
-    def amp_enabled(self) -> bool:
-        return self.device.type == "cuda" and self.cfg.optim.amp
-
-    @property
-    def amp_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.cfg.optim.amp_dtype == "bfloat16" else torch.float16
-
-    def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled)
+    def autocast(self) -> torch.autocast:
+        return self.step.autocast()
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -243,134 +178,78 @@ class Trainer:
         if ctx.is_main:
             ensure_writable_dir(out)
         state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
-
-        extractor = OnnxFeatureExtractor(cfg.features.extractor, cfg.features.tensor, device=str(ctx.device))
+        extractor = OnnxFeatureExtractor(cfg.features.extractor, cfg.features.feature_tensor, device=str(ctx.device))
         info = extractor.info
+        head_cfg = cfg.head.head_config(info.channels, info.stride, info.input_hw)
         if state is not None:
-            check_compatible(state, info, resume)
+            check_resumable(state, head_cfg, info, resume)
         cache = FeatureCache(extractor, cfg.features.cache_dir)
-        d = cfg.data
-        train_set = CocoPersonImages(d.train_annotations, d.train_image_dir, info.input_hw, extractor.preprocessing,
-                                     jitter=d.jitter, seed=cfg.train.seed, max_images=d.max_train_images or None)
-        val_set = CocoPersonImages(d.val_annotations, d.val_image_dir, info.input_hw, extractor.preprocessing,
-                                   jitter=0.0, seed=cfg.train.seed, max_images=d.max_val_images or None)
-        LOG.info("train: %d images, %d ROIs (%s); val: %d images, %d ROIs (%s)", len(train_set), train_set.num_rois,
-                 d.train_annotations, len(val_set), val_set.num_rois, d.val_annotations)
-
-        if not cfg.loss.class_weights:
-            weights = resolve_class_weights(d.analyze_json, train_set) if ctx.is_main else None
-            cfg.loss.class_weights = list(broadcast_object(weights, ctx))  # stored with the config: resume reuses them
-        loss_fn = SegLoss(cfg.loss_config(None)).to(ctx.device)
+        train_set, val_set = build_datasets(cfg, extractor)
+        loss_fn = build_loss(cfg, ctx, train_set)
 
         seed_everything(cfg.train.seed)
-        head_cfg = cfg.head.head_config(info.channels, info.stride, info.input_hw)
         head = build_head(head_cfg).to(ctx.device)
         if state is not None:
-            _check_head_config(state, head_cfg, resume)
             head.load_state_dict(state["model"])
-        LOG.info("head %s: %.2fM parameters, input %dx%d, %d-channel features at stride %d", head_cfg.variant,
-                 count_parameters(head) / 1e6, *info.input_hw, info.channels, info.stride)
-        model = wrap_model(head, ctx)
-
-        sampler = ShardSampler(len(train_set), ctx.rank, ctx.world_size, shuffle=True, seed=cfg.train.seed, pad=True)
-        val_sampler = ShardSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False)
-        pin = ctx.device.type == "cuda"
-        train_loader = DataLoader(train_set, batch_size=d.batch_size, sampler=sampler, collate_fn=collate_images,
-                                  num_workers=d.num_workers, pin_memory=pin)
-        val_loader = DataLoader(val_set, batch_size=d.batch_size, sampler=val_sampler, collate_fn=collate_images,
-                                num_workers=d.num_workers, pin_memory=pin)
-
-        o = cfg.optim
-        optimizer = torch.optim.AdamW(param_groups(head, o.weight_decay), lr=o.lr, betas=tuple(o.betas))
-        steps = len(train_loader)
-        total = steps * cfg.train.epochs
-        warmup = min(int(round(o.warmup_epochs * steps)), total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, warmup, total, o.warmup_start_factor, o.min_lr_ratio))
-        use_scaler = ctx.device.type == "cuda" and o.amp and o.amp_dtype == "float16"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        LOG.info("%d step(s) per epoch x %d epochs (warm-up %d steps), %d rank(s), device %s, AMP %s, cache %s",
-                 steps, cfg.train.epochs, warmup, ctx.world_size, ctx.device,
-                 o.amp_dtype if ctx.device.type == "cuda" and o.amp else "off", cfg.features.cache_dir or "off")
+        _log_head(head, info)
+        sampler, train_loader, val_loader = build_loaders(cfg, ctx, train_set, val_set)
+        step = build_step_setup(cfg, ctx, head, loss_fn, len(train_loader))
 
         trainer = cls(cfg=cfg, ctx=ctx, extractor=extractor, cache=cache, train_set=train_set, val_set=val_set,
-                      head=head, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                      train_sampler=sampler, train_loader=train_loader, val_loader=val_loader, out=out)
+                      head=head, step=step, train_sampler=sampler, train_loader=train_loader, val_loader=val_loader,
+                      out=out)
         if cfg.train.picture and ctx.is_main:
-            trainer.picture_indices = select_validation_images(val_set, d.validation_images)
+            trainer.picture_indices = select_validation_images(val_set, cfg.data.validation_images)
         if state is not None:
             trainer._restore(state, resume)
         return trainer
 
     def _restore(self, state: dict[str, Any], source: Path) -> None:
-        """Optimizer, scheduler, scaler, RNG, best record and start epoch from a checkpoint."""
-        for key in ("optimizer", "scheduler", "rng"):
-            if key not in state:
-                raise InputError(f"checkpoint {source} has no {key} state; it cannot be resumed (only exported)")
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise InputError(f"checkpoint {source}: optimizer/scheduler state does not fit this head: {exc}") from exc
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.start_epoch = int(state["epoch"]) + 1
-        self.best = dict(state.get("best") or self.best)
-        LOG.info("resumed from %s: epoch %d done, continuing at epoch %d", source, state["epoch"], self.start_epoch)
-        if self.ctx.is_main:  # metrics.jsonl: keep the epochs up to the resumed one (a later run may have left more)
-            path = self.out / METRICS_FILE
-            kept = [r for r in (read_metrics(path) if path.is_file() else []) if r["epoch"] < int(state["epoch"])]
+        """Training state, best record and start epoch from a checkpoint; ``metrics.jsonl`` cut back to it."""
+        done, best = restore_training_state(state, self.step, source)
+        self.start_epoch = done + 1
+        self.best = dict(best or self.best)
+        LOG.info("resumed from %s: epoch %d done, continuing at epoch %d", source, done, self.start_epoch)
+        if self.ctx.is_main:  # a later run may have left more epochs in metrics.jsonl
             record = state.get("metrics") or {}
-            write_metrics(path, kept + ([record] if record.get("epoch") == state["epoch"] else []))
+            write_epoch_record(self.out / METRICS_FILE, done, record if record.get("epoch") == done else None)
 
     # ---------------------------------------------------------------------------------------
     def features(self, batch: ImageBatch) -> torch.Tensor:
         """[B, C, h, w] features of a batch on the training device (cache first, extractor on misses)."""
         return self.cache.features(batch.paths, batch.images).to(self.device, non_blocking=True)
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over this rank's shard; returns the epoch's train record (summed over ranks)."""
-        self.model.train()
+    def train_one_epoch(self, epoch: int, features: FeatureSource | None = None) -> dict[str, float]:
+        """One pass over this rank's shard; returns the epoch's train record (summed over ranks).
+
+        ``features``: where a batch's features come from (default :meth:`features`; the benchmark
+        passes a timed one).
+        """
+        features = features or self.features
+        self.step.model.train()
         self.train_sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        cap = self.cfg.data.max_rois_per_step
         stats = EpochStats()
-        clip = self.cfg.optim.grad_clip
         start = time.perf_counter()
         bar = progress(self.train_loader, desc=f"epoch {epoch}/{self.cfg.train.epochs}", total=len(self.train_loader),
                        unit="step", disable=not self.ctx.is_main)
-        for step, batch in enumerate(bar):
+        for i, batch in enumerate(bar):
             batch = batch.to(self.device)
-            feats = self.features(batch)
-            pick = sample_rois(len(batch.rois), cap, step_seed(self.cfg.train.seed, epoch, step, self.ctx.rank))
-            rois, batch_idx, targets = batch.rois, batch.batch_idx, batch.targets
-            if pick is not None:
-                pick = pick.to(self.device)
-                rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
-            inside = roi_inside_masks(rois, self.input_hw)
-            with self.autocast():
-                logits = paste_roi_logits(self.model(feats, rois, batch_idx, batch.images), rois, self.input_hw)
-                loss, parts = self.loss_fn(logits, targets, inside)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.head.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            stats.add(parts, len(rois))
-            elapsed = time.perf_counter() - start
+            parts, n = train_step(self.step, features(batch), batch.images, batch.rois, batch.batch_idx,
+                                  batch.targets, seed=step_seed(self.cfg.train.seed, epoch, i, self.ctx.rank))
+            stats.add(parts, n)
             if self.ctx.is_main:
-                bar.set_postfix(loss=f"{stats.loss / stats.rois:.4f}", rois_s=f"{stats.rois / elapsed:.1f}",
-                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{stats.loss / stats.rois:.4f}",
+                                rois_s=f"{stats.rois / (time.perf_counter() - start):.1f}",
+                                lr=f"{self.step.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+        return self._train_record(stats, time.perf_counter() - start)
+
+    def _train_record(self, stats: EpochStats, elapsed: float) -> dict[str, float]:
         totals = all_reduce_sum(stats.tensor(), self.ctx).tolist()
         rois = max(totals[3], 1.0)
         return {"train_loss": totals[0] / rois, "train_ce": totals[1] / rois, "train_dice": totals[2] / rois,
                 "train_rois": int(totals[3]), "train_steps": int(stats.steps), "rois_per_s": totals[3] / max(elapsed, 1e-9),
-                "train_time_s": elapsed, "lr": float(self.scheduler.get_last_lr()[0])}
+                "train_time_s": elapsed, "lr": float(self.step.scheduler.get_last_lr()[0])}
 
     @torch.no_grad()
     def validate(self, epoch: int | None = None) -> dict[str, Any]:
@@ -391,7 +270,7 @@ class Trainer:
                 inside = roi_inside_masks(rois, self.input_hw)
                 with self.autocast():
                     logits = head.full_logits(feats, rois, batch.batch_idx[sl], batch.images)
-                    loss, _ = self.loss_fn(logits, targets, inside)
+                    loss, _ = self.step.loss_fn(logits, targets, inside)
                 pred = masks_from_logits(logits.float(), inside).argmax(dim=1)
                 metrics.update(pred, targets, batch.areas[sl], inside)
                 loss_sum += torch.tensor([float(loss) * len(rois), len(rois)], dtype=torch.float64)
@@ -421,22 +300,6 @@ class Trainer:
                                          self.out / validation_picture_name(epoch))
 
     # ---------------------------------------------------------------------------------------
-    def checkpoint_state(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
-        """What a checkpoint of ``epoch`` holds (see :mod:`roiseg.training.checkpoint`)."""
-        return {
-            "epoch": epoch,
-            "head_config": self.head.cfg.to_dict(),
-            "model": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
-            "extractor": self.extractor.info.to_dict(),
-            "metrics": record,
-            "config": self.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "rng": rng_state(),
-            "best": dict(self.best),
-        }
-
     def save_epoch(self, epoch: int, record: dict[str, Any]) -> Path:
         """Rank 0: checkpoint, ``best.pth``, pruning, ``metrics.jsonl`` and ``curves.png`` of an epoch."""
         miou = record.get("miou") or 0.0
@@ -445,16 +308,38 @@ class Trainer:
         is_best = miou > self.best["miou"]
         if is_best:
             self.best = {"epoch": epoch, "miou": miou, "file": path.name}
-        save_checkpoint(path, self.checkpoint_state(epoch, record))
+        save_checkpoint(path, checkpoint_state(epoch, self.head, self.extractor.info, self.cfg, self.step, record,
+                                               self.best))
         if is_best:
             record_best(path)
         for old in prune_checkpoints(self.out, self.cfg.train.keep):
             LOG.info("pruned %s (keep %d)", old.name, self.cfg.train.keep)
-        metrics_path = self.out / METRICS_FILE
-        records = [r for r in (read_metrics(metrics_path) if metrics_path.is_file() else []) if r["epoch"] < epoch]
-        write_metrics(metrics_path, records + [record])
-        plot_curves(metrics_path, self.out / CURVES_FILE)
+        write_epoch_record(self.out / METRICS_FILE, epoch, record)
+        plot_curves(self.out / METRICS_FILE, self.out / CURVES_FILE)
         return path
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train and validate one epoch; rank 0 saves it. Returns the epoch record."""
+        t0 = time.perf_counter()
+        hits, misses, calls = self.cache.hits, self.cache.misses, self.extractor.calls
+        record: dict[str, Any] = {"epoch": epoch}
+        record.update(self.train_one_epoch(epoch))
+        record.update(self.validate(epoch))
+        record.update({
+            "epoch_time_s": time.perf_counter() - t0,
+            "feature_cache_hits": self.cache.hits - hits,
+            "feature_cache_misses": self.cache.misses - misses,
+            "extractor_calls": self.extractor.calls - calls,
+        })
+        if self.ctx.is_main:
+            path = self.save_epoch(epoch, record)
+            if self.cfg.train.picture:
+                self.draw_validation_picture(epoch)
+            LOG.info("epoch %d: loss %.4f, mIoU %s, mean ROI target IoU %s (box baseline %s) -> %s", epoch,
+                     record["train_loss"], fmt_metric(record.get("miou")), fmt_metric(record.get("mean_roi_target_iou")),
+                     fmt_metric(record.get("box_baseline_roi_target_iou")), path.name)
+        barrier(self.ctx)
+        return record
 
     def fit(self) -> dict[str, Any]:
         """Run epochs ``start_epoch .. train.epochs`` (or until ``train.stop_after``); returns a summary."""
@@ -462,46 +347,20 @@ class Trainer:
         history: list[dict[str, Any]] = []
         last = self.start_epoch - 1
         if self.start_epoch > cfg.train.epochs:
-            LOG.info("nothing to do: epoch %d of %d already done (raise --epochs to continue)", last, cfg.train.epochs)
+            LOG.info("nothing to do: epoch %d of %d already done (raise train.epochs to continue)", last, cfg.train.epochs)
         for epoch in range(self.start_epoch, cfg.train.epochs + 1):
-            t0 = time.perf_counter()
-            hits, misses, calls = self.cache.hits, self.cache.misses, self.extractor.calls
-            record: dict[str, Any] = {"epoch": epoch}
-            record.update(self.train_one_epoch(epoch))
-            record.update(self.validate(epoch))
-            record.update({
-                "epoch_time_s": time.perf_counter() - t0,
-                "feature_cache_hits": self.cache.hits - hits,
-                "feature_cache_misses": self.cache.misses - misses,
-                "extractor_calls": self.extractor.calls - calls,
-            })
-            if self.ctx.is_main:
-                path = self.save_epoch(epoch, record)
-                if cfg.train.picture:
-                    self.draw_validation_picture(epoch)
-                LOG.info("epoch %d: loss %.4f, mIoU %s, mean ROI target IoU %s (box baseline %s) -> %s", epoch,
-                         record["train_loss"], _fmt(record.get("miou")), _fmt(record.get("mean_roi_target_iou")),
-                         _fmt(record.get("box_baseline_roi_target_iou")), path.name)
-            barrier(self.ctx)
-            history.append(record)
+            history.append(self.run_epoch(epoch))
             last = epoch
             if cfg.train.stop_after and epoch >= cfg.train.stop_after:
-                LOG.info("stopping after epoch %d (train.stop_after); continue with --resume", epoch)
+                LOG.info("stopping after epoch %d (train.stop_after); resume the run to continue", epoch)
                 break
-        return {"out": str(self.out), "rank": self.ctx.rank, "last_epoch": last, "epochs": cfg.train.epochs, "best": dict(self.best),
-                "history": history}
+        return {"out": str(self.out), "rank": self.ctx.rank, "last_epoch": last, "epochs": cfg.train.epochs,
+                "best": dict(self.best), "history": history}
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-def _check_head_config(state: dict[str, Any], head_cfg: HeadConfig, source: Path | None) -> None:
-    saved = state.get("head_config") or {}
-    now = head_cfg.to_dict()
-    diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
-    if diff:
-        raise InputError(f"checkpoint {source}: head differs from the configured one ({'; '.join(diff)})")
+def _log_head(head: RoiMaskHead, info: ExtractorInfo) -> None:
+    LOG.info("head %s: %.2fM parameters, input %dx%d, %d-channel features at stride %d", head.cfg.variant,
+             count_parameters(head) / 1e6, *info.input_hw, info.channels, info.stride)
 
 
 def train(cfg: TrainConfig, resume: Path | None = None) -> dict[str, Any]:
@@ -513,19 +372,4 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> dict[str, Any]:
         cleanup(ctx)
 
 
-def format_summary(summary: dict[str, Any]) -> Iterable[str]:
-    """Human-readable lines for the CLI."""
-    best = summary["best"]
-    yield f"run folder: {summary['out']} (epoch {summary['last_epoch']} of {summary['epochs']} done)"
-    for r in summary["history"]:
-        yield (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f}, mIoU {_fmt(r.get('miou'))}, "
-               f"mean ROI target IoU {_fmt(r.get('mean_roi_target_iou'))} (box baseline "
-               f"{_fmt(r.get('box_baseline_roi_target_iou'))}), {r['rois_per_s']:.1f} ROIs/s, {r['epoch_time_s']:.1f} s")
-    if best.get("file"):
-        yield f"best: epoch {best['epoch']}, mIoU {best['miou']:.4f} ({best['file']}, copied to best.pth)"
-
-
-__all__ = [
-    "EpochStats", "Trainer", "format_summary", "lr_factor", "resolve_run_config", "rng_state", "sample_rois",
-    "seed_everything", "set_rng_state", "step_seed", "train",
-]
+__all__ = ["EpochStats", "Trainer", "build_datasets", "build_loaders", "build_loss", "build_step_setup", "train"]

@@ -12,7 +12,6 @@ worker threads) and written atomically.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from roiseg.conventions import TARGET, normalised_rois_to_pixels, read_image
 from roiseg.errors import InputError
+from roiseg.training.metrics_log import read_metrics
 from roiseg.utils.atomic import atomic_path
 from roiseg.utils.progress import get_logger
 
@@ -188,29 +188,6 @@ def render_validation_picture(dataset: Any, indices: list[int], pred_masks: list
 # --------------------------------------------------------------------------------------------
 # Curves
 # --------------------------------------------------------------------------------------------
-def read_metrics(metrics_jsonl: str | Path) -> list[dict]:
-    """Records of a ``metrics.jsonl`` (one JSON object per line), one per epoch, sorted by epoch.
-
-    A repeated epoch (a resumed run) keeps its last record. Raises :class:`InputError` naming the
-    file and line for a line that is not a JSON object with an ``epoch``.
-    """
-    path = Path(metrics_jsonl)
-    if not path.is_file():
-        raise InputError(f"metrics file not found: {path}")
-    by_epoch: dict[int, dict] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from exc
-        if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
-            raise InputError(f"{path}:{lineno}: expected a JSON object with an integer 'epoch'")
-        by_epoch[rec["epoch"]] = rec
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     pts = [(r["epoch"], float(r[key])) for r in records
            if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
@@ -265,7 +242,6 @@ __all__ = [
     "overlay_masks",
     "plot_curves",
     "predictions_to_original",
-    "read_metrics",
     "render_validation_picture",
     "select_validation_images",
 ]

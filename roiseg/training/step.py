@@ -1,0 +1,93 @@
+"""One optimisation step of the head, shared by the trainer and the training benchmark.
+
+A step takes a batch's features, images, ROIs and targets on the training device, keeps at most
+``max_rois`` of the ROIs (a deterministic sample, :func:`sample_rois`, seeded per step with
+:func:`step_seed`), runs the head, pastes its ROI-grid logits to the full input resolution,
+computes the loss on the pixels inside each ROI, back-propagates through the GradScaler (a no-op
+unless fp16 autocast runs on CUDA), clips the global gradient norm, and steps the optimiser and
+the per-step learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from roiseg.modeling.paste import paste_roi_logits, roi_inside_masks
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (``np.random.SeedSequence``), for per-step generators."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def sample_rois(n: int, cap: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of ``cap`` of ``n`` ROIs drawn with ``seed``; ``None`` when ``n <= cap`` (keep all)."""
+    if n <= cap:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:cap].sort().values
+
+
+@dataclass
+class StepSetup:
+    """What a step needs: the model (the head or its DDP wrapper), loss, optimiser, schedule, scaler, limits."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    input_hw: tuple[int, int]
+    grad_clip: float = 0.0
+    """Max global gradient norm (0 = no clipping)."""
+    max_rois: int = 0
+    """Cap on the ROIs of a step (0 = no cap)."""
+    device_type: str = "cpu"
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for the forward pass and the loss (disabled unless ``amp``)."""
+        return torch.autocast(device_type=self.device_type, dtype=self.amp_dtype, enabled=self.amp)
+
+
+def train_step(
+    setup: StepSetup,
+    feats: torch.Tensor,
+    images: torch.Tensor,
+    rois: torch.Tensor,
+    batch_idx: torch.Tensor,
+    targets: torch.Tensor,
+    seed: int = 0,
+) -> tuple[dict[str, float], int]:
+    """One optimisation step; returns the loss parts (``total``, ``ce``, ``dice``) and the ROIs trained on.
+
+    ``feats`` [B, C, h, w], ``images`` [B, 3, H, W], ``rois`` [K, 4] normalised xyxy, ``batch_idx``
+    [K], ``targets`` [K, H, W], all on the training device; ``seed`` draws the ROI sample when
+    ``K > setup.max_rois``.
+    """
+    pick = sample_rois(len(rois), setup.max_rois, seed) if setup.max_rois > 0 else None
+    if pick is not None:
+        pick = pick.to(rois.device)
+        rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
+    inside = roi_inside_masks(rois, setup.input_hw)
+    with setup.autocast():
+        logits = paste_roi_logits(setup.model(feats, rois, batch_idx, images), rois, setup.input_hw)
+        loss, parts = setup.loss_fn(logits, targets, inside)
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss).backward()
+    if setup.grad_clip > 0:
+        setup.scaler.unscale_(setup.optimizer)
+        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    if setup.scheduler is not None:
+        setup.scheduler.step()
+    return parts, len(rois)
+
+
+__all__ = ["StepSetup", "sample_rois", "step_seed", "train_step"]
