@@ -55,6 +55,11 @@ FUSED_ROIS_INPUT: str = "rois"
 FUSED_MASKS_OUTPUT: str = "masks"
 HEAD_FEATURES_INPUT: str = "features"
 """Input of an exported head that takes the detector's features."""
+def extra_features_input(i: int) -> str:
+    """Input of an exported head that takes extra detector tap ``i`` (1-based): ``features_1``, ..."""
+    return f"{HEAD_FEATURES_INPUT}_{i}"
+
+
 ROI_AXIS: str = "num_rois"
 """Name of the dynamic ROI dimension of ``rois`` and ``masks``."""
 HEAD_PREFIX: str = "roiseg_head/"

@@ -30,11 +30,11 @@ from torch import nn
 from graph_tools import convert_opset, node_attributes, nodes_of_type, set_prop, validate_opset
 from roiseg.conventions import (
     DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
-    MIN_HEAD_OPSET, ROI_AXIS,
+    MIN_HEAD_OPSET, ROI_AXIS, extra_features_input,
 )
 from roiseg.deploy.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG
 from roiseg.errors import translate_graph_errors
-from roiseg.modeling import HeadConfig, RoiMaskHead
+from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.utils.atomic import atomic_path
 
 HEAD_OPSET_REASON: str = "RoiAlign with coordinate_transformation_mode=half_pixel"
@@ -50,28 +50,42 @@ TRACE_ROIS: tuple[tuple[float, float, float, float], ...] = (
 
 
 class HeadOnnxWrapper(nn.Module):
-    """Deployment signature of the head: one image, N ROIs -> [N, 3, H, W] probabilities."""
+    """Deployment signature of the head: one image, N ROIs -> [N, 3, H, W] probabilities.
 
-    def __init__(self, head: RoiMaskHead) -> None:
+    Inputs, in order: ``features`` (primary tap), ``rois``, then ``images`` for the variants that
+    read the image (``detail``, ``query``), then ``features_1`` ... for the extra taps the
+    ``query`` variant reads.
+    """
+
+    def __init__(self, head: MaskHead) -> None:
         super().__init__()
         self.head = head
         self.cfg: HeadConfig = head.cfg
 
     @property
     def needs_images(self) -> bool:
-        """True for the ``detail`` variant, which RoI-aligns the input image too."""
-        return self.cfg.variant == "detail"
+        """True for the variants that RoI-align the input image or encode it (``detail``, ``query``)."""
+        return self.cfg.variant in ("detail", "query")
+
+    @property
+    def num_extra_taps(self) -> int:
+        """Extra detector taps fed to the head (only the ``query`` variant reads them)."""
+        return len(self.cfg.extra_channels) if self.cfg.variant == "query" else 0
 
     @property
     def input_names(self) -> list[str]:
-        names = [HEAD_FEATURES_INPUT, FUSED_ROIS_INPUT]
-        return names + [DEFAULT_IMAGE_INPUT] if self.needs_images else names
+        names = [HEAD_FEATURES_INPUT, FUSED_ROIS_INPUT] + ([DEFAULT_IMAGE_INPUT] if self.needs_images else [])
+        return names + [extra_features_input(i) for i in range(1, self.num_extra_taps + 1)]
 
     @torch.no_grad()
-    def forward(self, features: torch.Tensor, rois: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-        """features [1, C, h, w], rois [N, 4] normalised xyxy, images [1, 3, H, W] -> masks [N, 3, H, W]."""
+    def forward(self, features: torch.Tensor, rois: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        """features [1, C, h, w], rois [N, 4] normalised xyxy, images [1, 3, H, W], extra taps
+        [1, C_i, h_i, w_i] -> masks [N, 3, H, W]."""
+        images = rest[0] if self.needs_images else None
+        extras = list(rest[1:]) if self.needs_images else []
+        taps = [features, *extras] if extras else features
         batch_idx = torch.zeros_like(rois[:, 0], dtype=torch.int64)
-        return self.head.predict_masks(features, rois, batch_idx, images if self.needs_images else None)
+        return self.head.predict_masks(taps, rois, batch_idx, images)
 
     def dummy_inputs(self, num_rois: int = len(TRACE_ROIS)) -> tuple[torch.Tensor, ...]:
         """Trace inputs: random features/image and ``num_rois`` (>= 2) real-looking boxes."""
@@ -83,7 +97,9 @@ class HeadOnnxWrapper(nn.Module):
         rois = torch.tensor(boxes, dtype=torch.float32)
         if not self.needs_images:
             return feats, rois
-        return feats, rois, torch.rand(1, 3, h, w, generator=gen)
+        extras = [torch.randn(1, c, h // s, w // s, generator=gen)
+                  for c, s in list(zip(cfg.extra_channels, cfg.extra_strides))[: self.num_extra_taps]]
+        return (feats, rois, torch.rand(1, 3, h, w, generator=gen), *extras)
 
 
 def check_roi_align(model: onnx.ModelProto, cfg: HeadConfig) -> None:
@@ -106,7 +122,7 @@ def check_roi_align(model: onnx.ModelProto, cfg: HeadConfig) -> None:
 
 @translate_graph_errors
 def export_head(
-    head: RoiMaskHead,
+    head: MaskHead,
     path: str | Path | None = None,
     opset: int = DEFAULT_HEAD_OPSET,
     extractor: dict | None = None,

@@ -12,7 +12,7 @@ from roiseg.conventions import DEFAULT_PREPROCESSING, HEAD_ONNX_SUFFIX, Preproce
 from roiseg.deploy.export import export_head
 from roiseg.deploy.metadata import head_config_of, head_extractor_of
 from roiseg.errors import translate_graph_errors
-from roiseg.modeling import HeadConfig, RoiMaskHead
+from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.training.checkpoint import load_head
 
 
@@ -27,7 +27,7 @@ class HeadSource:
     sha256: str
     cfg: HeadConfig
     extractor: dict | None
-    head: RoiMaskHead | None = None
+    head: MaskHead | None = None
     onnx: onnx.ModelProto | None = None
 
     @property

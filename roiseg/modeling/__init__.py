@@ -1,9 +1,12 @@
-"""Networks: the ROI mask head (training model) and the paste into full resolution."""
+"""Networks: the ROI mask heads (training models) and the paste into full resolution."""
 
+from roiseg.modeling.build import MaskHead, build_head, count_parameters
+from roiseg.modeling.config import VARIANTS, HeadConfig
 from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks
-from roiseg.modeling.roi_head import HeadConfig, RoiMaskHead, build_head, count_parameters
+from roiseg.modeling.query_head import QueryMaskHead
+from roiseg.modeling.roi_head import RoiMaskHead
 
 __all__ = [
-    "HeadConfig", "RoiMaskHead", "build_head", "count_parameters",
+    "VARIANTS", "HeadConfig", "MaskHead", "QueryMaskHead", "RoiMaskHead", "build_head", "count_parameters",
     "masks_from_logits", "paste_roi_logits", "roi_inside_masks",
 ]

@@ -1,0 +1,77 @@
+"""The head's configuration: which variant, its sizes, and the detector taps it reads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
+
+Variant = Literal["baseline", "detail", "query"]
+VARIANTS: tuple[str, ...] = ("baseline", "detail", "query")
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of the head.
+
+    ``in_channels``, ``stride`` (pixels per cell) and ``input_hw`` (pixels) describe the primary
+    tap, ``extra_channels`` / ``extra_strides`` the extra taps; all come from the extractor
+    (:data:`EXTRACTOR_FIELDS`), the rest is chosen by the user.
+    """
+
+    EXTRACTOR_FIELDS: ClassVar[tuple[str, ...]] = ("in_channels", "stride", "input_hw", "extra_channels", "extra_strides")
+
+    in_channels: int
+    stride: int
+    input_hw: tuple[int, int]
+    extra_channels: tuple[int, ...] = ()
+    """Channels of each extra detector tap (the ``query`` variant uses them; the others ignore them)."""
+    extra_strides: tuple[int, ...] = ()
+    """Stride of each extra tap in input pixels."""
+    variant: Variant = "detail"
+    roi_size: int = 14
+    """Side of the RoI-aligned feature grid (cells)."""
+    mask_size: int = 56
+    """Side of the output logit grid over the ROI (cells); ``roi_size * 2**k`` for baseline/detail."""
+    hidden: int = 256
+    num_convs: int = 4
+    detail_channels: int = 32
+    sampling_ratio: int = 2
+    """RoIAlign samples per bin along each axis (fixed, so torch and ONNX Runtime agree exactly)."""
+    groups: int = 32
+    embed_dim: int = 64
+    """``query``: channels of the per-image mask embedding (stride 4) and of the queries."""
+    query_layers: int = 3
+    """``query``: masked cross-attention decoder layers."""
+    query_heads: int = 4
+    """``query``: attention heads (must divide ``embed_dim``)."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("input_hw", "extra_channels", "extra_strides"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        d = dict(d)
+        for key in ("input_hw", "extra_channels", "extra_strides"):
+            if key in d:
+                d[key] = tuple(int(v) for v in d[key])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        """ValueError naming the field when a value cannot build a head."""
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown head variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if len(self.extra_channels) != len(self.extra_strides):
+            raise ValueError(f"extra_channels {list(self.extra_channels)} and extra_strides "
+                             f"{list(self.extra_strides)} differ in length")
+        if self.variant == "query":
+            if self.embed_dim % self.query_heads:
+                raise ValueError(f"query_heads ({self.query_heads}) must divide embed_dim ({self.embed_dim})")
+            return
+        ups = self.mask_size / self.roi_size
+        if ups < 1 or 2 ** round(math.log2(ups)) != ups:
+            raise ValueError(f"mask_size ({self.mask_size}) must be roi_size ({self.roi_size}) times a power of 2")

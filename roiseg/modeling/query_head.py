@@ -1,0 +1,188 @@
+"""The ``query`` head: one mask embedding per image, light per-ROI queries (Mask2Former / SAM shape).
+
+Per image (shared by all its ROIs), a pixel decoder fuses the detector taps (FPN-style: a 1x1
+projection of each tap, bilinear resize to stride 4, sum) with a small RGB stem (two stride-2
+convs) into one mask embedding ``E`` [B, D, H/4, W/4].
+
+Per ROI, everything is light:
+
+1. ``RoIAlign(E)`` to a ``G x G`` grid over the ROI (``G = mask_size``): the ROI's pixel tokens
+   [N, G*G, D], plus a learned embedding of each cell's position inside the ROI.
+2. A query from the RoI-aligned primary tap (average-pooled) and the box geometry (normalised
+   x1, y1, x2, y2, w, h), turned into three class queries (background, target, non-target).
+3. ``query_layers`` decoder layers (Mask2Former): masked cross-attention of the class queries over
+   the ROI's tokens (each query sees only the cells the previous prediction gives its class with
+   probability >= 0.5; a query that would see nothing sees everything), self-attention among the
+   three queries, an MLP.
+4. Class logits = dot products of the (projected) class queries with the ROI's tokens:
+   [N, 3, G, G], then the same exportable paste as the other heads.
+
+Standard ONNX ops only (RoiAlign, MatMul, Softmax, Resize...); the ROI count is dynamic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from roiseg.conventions import NUM_CLASSES
+from roiseg.modeling.config import HeadConfig
+from roiseg.modeling.layers import MaskHeadOutputs, conv_gn_relu, roi_boxes, roi_coordinate_channels
+
+EMBED_STRIDE: int = 4
+"""Stride of the mask embedding in input pixels."""
+MASK_NEG: float = -1e4
+"""Attention bias of a masked-out cell (added before the softmax)."""
+
+
+class PixelDecoder(nn.Module):
+    """Detector taps + image -> [B, D, H/4, W/4] mask embedding (module docstring)."""
+
+    def __init__(self, channels: Sequence[int], dim: int, groups: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList([conv_gn_relu(c, dim, 1, groups) for c in channels])
+        half = max(dim // 2, 8)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(8, half), half),
+            nn.ReLU(inplace=True), conv_gn_relu_strided(half, dim, groups),
+        )
+        self.out = nn.Sequential(conv_gn_relu(dim, dim, 3, groups), nn.Conv2d(dim, dim, 1))
+
+    def forward(self, taps: Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """taps: [B, C_i, h_i, w_i] at any strides; images [B, 3, H, W] -> [B, D, H/4, W/4]."""
+        x = self.stem(images)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        for proj, tap in zip(self.lateral, taps):
+            y = proj(tap)
+            if tuple(y.shape[-2:]) != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = x + y
+        return self.out(x)
+
+
+def conv_gn_relu_strided(cin: int, cout: int, groups: int) -> nn.Sequential:
+    """3x3 stride-2 conv, GroupNorm, ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                         nn.GroupNorm(math.gcd(groups, cout), cout), nn.ReLU(inplace=True))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head attention written with MatMul/Softmax (exports as plain ONNX).
+
+    q [N, Q, D], k and v [N, T, D], bias [N, Q, T] added to the logits of every head -> [N, Q, D].
+    """
+    n_q, dim = int(q.shape[1]), int(q.shape[2])
+    d = dim // heads
+    qh = q.reshape(-1, n_q, heads, d).transpose(1, 2)  # [N, h, Q, d]
+    kh = k.reshape(-1, int(k.shape[1]), heads, d).transpose(1, 2)  # [N, h, T, d]
+    vh = v.reshape(-1, int(v.shape[1]), heads, d).transpose(1, 2)
+    logits = torch.matmul(qh, kh.transpose(2, 3)) / math.sqrt(d)  # [N, h, Q, T]
+    if bias is not None:
+        logits = logits + bias[:, None]
+    out = torch.matmul(torch.softmax(logits, dim=-1), vh)  # [N, h, Q, d]
+    return out.transpose(1, 2).reshape(-1, n_q, dim)
+
+
+class DecoderLayer(nn.Module):
+    """Masked cross-attention -> self-attention -> MLP, each with a residual and LayerNorm."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_cross, self.k_cross, self.v_cross, self.o_cross = (nn.Linear(dim, dim) for _ in range(4))
+        self.qkv_self = nn.Linear(dim, 3 * dim)
+        self.o_self = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(3)])
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """queries [N, 3, D], tokens [N, T, D], bias [N, 3, T] -> [N, 3, D]."""
+        cross = attend(self.q_cross(queries), self.k_cross(tokens), self.v_cross(tokens), self.heads, bias)
+        x = self.norms[0](queries + self.o_cross(cross))
+        q, k, v = self.qkv_self(x).chunk(3, dim=-1)
+        x = self.norms[1](x + self.o_self(attend(q, k, v, self.heads, None)))
+        return self.norms[2](x + self.mlp(x))
+
+
+def attention_bias(logits: torch.Tensor) -> torch.Tensor:
+    """[N, 3, T] class logits -> [N, 3, T] bias: 0 where the class has p >= 0.5, else ``MASK_NEG``.
+
+    A query whose class has no such cell gets no mask at all (Mask2Former's rule for empty masks).
+    """
+    keep = (torch.softmax(logits, dim=1) >= 0.5).to(logits.dtype)  # [N, 3, T]
+    none = (keep.sum(dim=-1, keepdim=True) == 0).to(logits.dtype)  # [N, 3, 1]
+    keep = torch.maximum(keep, none)
+    return (1.0 - keep) * MASK_NEG
+
+
+class QueryMaskHead(MaskHeadOutputs, nn.Module):
+    """Detector taps + ROIs + image -> [N, 3, G, G] logits on each ROI's grid (module docstring)."""
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.pixel_decoder = PixelDecoder([cfg.in_channels, *cfg.extra_channels], dim, cfg.groups)
+        self.query = nn.Sequential(nn.Linear(cfg.in_channels + 6, 2 * dim), nn.ReLU(inplace=True),
+                                   nn.Linear(2 * dim, dim))
+        self.class_embed = nn.Parameter(torch.randn(NUM_CLASSES, dim) * 0.02)
+        self.position = nn.Linear(2, dim)
+        self.token_proj = nn.Linear(dim, dim)
+        self.layers = nn.ModuleList([DecoderLayer(dim, cfg.query_heads) for _ in range(cfg.query_layers)])
+        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """[B, D, H/4, W/4]: the per-image mask embedding (shared by every ROI of the image)."""
+        taps = [features] if isinstance(features, torch.Tensor) else list(features)
+        return self.pixel_decoder(taps, images)
+
+    def _queries(self, primary: torch.Tensor, rois: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        pooled = roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
+                           sampling_ratio=cfg.sampling_ratio, aligned=True).mean(dim=(2, 3))  # [N, C]
+        geometry = torch.cat([rois, rois[:, 2:4] - rois[:, 0:2]], dim=1)  # [N, 6] normalised
+        return self.query(torch.cat([pooled, geometry], dim=1))[:, None] + self.class_embed[None]  # [N, 3, D]
+
+    def _logits(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[N, 3, D] x [N, T, D] -> [N, 3, T]."""
+        return torch.matmul(self.mask_embed(queries), tokens.transpose(1, 2))
+
+    def forward(
+        self,
+        features: torch.Tensor | Sequence[torch.Tensor],
+        rois: torch.Tensor,
+        batch_idx: torch.Tensor,
+        images: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            features: [B, C, h, w] primary tap at ``cfg.stride``, or [primary, *extra taps].
+            rois: [N, 4] normalised ``x1, y1, x2, y2``; batch_idx: [N] int64.
+            images: [B, 3, H, W] preprocessed input images (required).
+
+        Returns:
+            [N, 3, G, G] logits over the ROI, ``G = cfg.mask_size``.
+        """
+        if images is None:
+            raise ValueError("the 'query' head variant needs the input images")
+        cfg = self.cfg
+        taps = [features] if isinstance(features, torch.Tensor) else list(features)
+        boxes = roi_boxes(rois, batch_idx, cfg.input_hw)
+        emb = self.embedding(taps, images)
+        g = cfg.mask_size
+        grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
+                         aligned=True)  # [N, D, G, G]
+        pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D]
+        tokens = self.token_proj(grid.flatten(2).transpose(1, 2) + pos[None])  # [N, T, D]
+        queries = self._queries(taps[0], rois, boxes)
+        logits = self._logits(queries, tokens)
+        for layer in self.layers:
+            queries = layer(queries, tokens, attention_bias(logits))
+            logits = self._logits(queries, tokens)
+        return logits.reshape(-1, NUM_CLASSES, g, g)
