@@ -43,6 +43,8 @@ AREAS = torch.tensor([500.0, 5000.0, 20000.0])
 # class 0: inter 0+2 = 2, |pred| 1+3 = 4, |gt| 1+2 = 3 -> 2 / 5
 # per-ROI target IoU: ROI 0 2/4, ROI 1 1/3, ROI 2 empty union -> skipped
 # box baseline (target = whole inside): ROI 0 3/5, ROI 1 2/6, ROI 2 no inside pixel -> skipped
+# boundary IoU: on a 2x3 grid d = max(1, round(0.02 * sqrt(13))) = 1 and every pixel is within 1 of
+# the border, so a mask's boundary is the whole mask: the same as the per-ROI target IoU
 EXPECTED = {
     "iou_background": 2 / 5,
     "iou_target": 3 / 7,
@@ -53,6 +55,7 @@ EXPECTED = {
     "roi_target_iou_medium": 1 / 3,
     "roi_target_iou_large": None,
     "box_baseline_roi_target_iou": (3 / 5 + 2 / 6) / 2,
+    "mean_roi_target_boundary_iou": (2 / 4 + 1 / 3) / 2,
     "num_rois": 3,
 }
 
@@ -116,6 +119,31 @@ def test_missed_target_counts_as_zero_and_reset_clears() -> None:
     m.reset()
     r = m.compute()
     assert r["num_rois"] == 0 and r["miou"] is None and r["mean_roi_target_iou"] is None
+
+
+def test_boundary_iou_matches_the_reference_boundary_on_a_larger_grid() -> None:
+    """Boundary IoU (Cheng et al. 2021) of a one-pixel shift, against boundary-iou-api's cv2 code."""
+    import cv2
+    import numpy as np
+
+    hw = (100, 100)  # d = round(0.02 * 141.4) = 3
+
+    def ref_boundary(mask: np.ndarray) -> np.ndarray:
+        padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=3)[1:-1, 1:-1]
+        return mask & ~eroded.astype(bool)
+
+    gt = np.zeros(hw, bool)
+    gt[20:80, 30:70] = True
+    shifted = np.roll(gt, 1, axis=1)
+    bg, bs = ref_boundary(gt), ref_boundary(shifted)
+    expected = (bg & bs).sum() / (bg | bs).sum()
+    m = SegMetrics()
+    targets = torch.from_numpy(gt.astype(np.uint8))[None]
+    m.update(torch.from_numpy(shifted.astype(np.int64))[None], targets, torch.tensor([2400.0]))
+    r = m.compute()
+    assert r["mean_roi_target_boundary_iou"] == pytest.approx(expected, abs=1e-12)
+    assert r["mean_roi_target_boundary_iou"] < r["mean_roi_target_iou"] == pytest.approx(39 / 41)
 
 
 def test_bad_inputs_are_rejected() -> None:

@@ -9,6 +9,7 @@ checkpoints live elsewhere; they wrap a model as a :class:`MaskModel`)::
 
     Evaluation.report: dict   # JSON-ready; see below
     Evaluation.worst: list[WorstRoi]   # the ``worst`` ROIs of lowest target IoU, lowest first
+                                       # (WorstRoi: roiseg.deploy.evaluate_report, crops for the picture)
 
 Output: :func:`roiseg.deploy.evaluate_report.format_table`, ``write_report_json``,
 ``write_markdown`` and ``write_worst_picture`` (all files written atomically).
@@ -76,7 +77,7 @@ from roiseg.errors import InputError
 from roiseg.metrics.coco_ap import coco_mask_ap, detection
 from roiseg.metrics.masks import (
     DEFAULT_DILATION_RATIO, boundary_dilation, boundary_intersection_union, class_intersection_union,
-    intersection_union, iou, per_roi_confusion,
+    intersection_union, iou, per_roi_confusion, single_threaded,
 )
 from roiseg.utils.progress import get_logger, progress
 
@@ -227,15 +228,19 @@ def _check_output(probs: Any, n: int, input_hw: tuple[int, int], file_name: str)
 def probabilities_to_original(probs: np.ndarray, orig_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """[N, 3, H, W] -> ([N, H0, W0] uint8 argmax labels, [N, H0, W0] float32 target probability).
 
-    Each ROI's maps are resized bilinearly with ``cv2.resize`` (as ``predict``), then argmaxed.
+    Each ROI's maps are resized bilinearly with ``cv2.resize`` (as ``predict``), then argmaxed
+    (the first class wins a tie, as ``np.argmax``; done by comparisons, 3x faster on [H, W, 3]).
     """
     h0, w0 = orig_hw
-    labels = np.empty((len(probs), h0, w0), dtype=np.uint8)
+    labels = np.zeros((len(probs), h0, w0), dtype=np.uint8)
     target = np.empty((len(probs), h0, w0), dtype=np.float32)
     for k in range(len(probs)):
         hwk = cv2.resize(np.ascontiguousarray(probs[k].transpose(1, 2, 0)), (w0, h0), interpolation=cv2.INTER_LINEAR)
         hwk = hwk.reshape(h0, w0, -1)
-        labels[k] = hwk.argmax(axis=2)
+        best = hwk[:, :, 0].copy()
+        for c in range(1, hwk.shape[2]):
+            labels[k][hwk[:, :, c] > best] = c
+            np.maximum(best, hwk[:, :, c], out=best)
         target[k] = hwk[:, :, TARGET]
     return labels, target
 
@@ -286,6 +291,11 @@ class _Accumulator:
     def add_image(self, item: _Item, labels: np.ndarray, target_prob: np.ndarray, dilation: int) -> None:
         img = item.record
         self.gt_images.append(img)
+        with single_threaded():  # small per-ROI tensors (roiseg.metrics.masks.single_threaded)
+            self._add_rois(item, labels, target_prob, dilation)
+
+    def _add_rois(self, item: _Item, labels: np.ndarray, target_prob: np.ndarray, dilation: int) -> None:
+        img = item.record
         for k, ann in enumerate(item.anns):
             self.gt_anns.append(ann)
             det = detection(img["id"], labels[k] == TARGET, target_prob[k])

@@ -18,7 +18,14 @@ Definitions (``P`` = predicted pixels of a class, ``G`` = target pixels of that 
   :func:`roiseg.conventions.size_bucket`); ``None`` for an empty bucket.
 * ``box_baseline_roi_target_iou`` = ``mean_roi_target_iou`` of the trivial prediction "every pixel
   inside the ROI is target" (needs ``inside``; ``None`` without it). A head must beat it clearly.
+* ``mean_roi_target_boundary_iou`` = mean over ROIs of the Boundary IoU (Cheng et al. 2021) of the
+  ROI's predicted and target target masks (both restricted to the inside pixels when ``inside`` is
+  given), boundary width ``max(1, round(dilation_ratio * diagonal))`` of the ``(H, W)`` grid;
+  ROIs whose two boundaries are both empty are skipped (:mod:`roiseg.metrics.masks`).
 * ``num_rois`` = ROIs seen.
+
+The per-ROI counts come from :mod:`roiseg.metrics.masks`, the implementation ``roiseg evaluate``
+uses at original resolution.
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ import torch
 from torch import Tensor
 
 from roiseg.conventions import BACKGROUND, NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, size_bucket
+from roiseg.metrics.masks import (
+    DEFAULT_DILATION_RATIO,
+    boundary_dilation,
+    boundary_intersection_union,
+    class_intersection_union,
+    iou,
+    per_roi_confusion,
+)
 
 ROI_CHUNK: int = 32
 """ROIs processed at a time in :meth:`SegMetrics.update` (bounds temporary memory at full resolution)."""
@@ -39,7 +54,8 @@ _ROI = NUM_CLASSES * NUM_CLASSES  # (sum of per-ROI target IoU, number of scored
 _BUCKET = {b: _ROI + 2 + 2 * i for i, b in enumerate(SIZE_BUCKETS)}  # (sum, count) per size bucket
 _BOX = _ROI + 2 + 2 * len(SIZE_BUCKETS)  # (sum, count) of the box baseline
 _NUM_ROIS = _BOX + 2
-STATE_SIZE: int = _NUM_ROIS + 1
+_BOUNDARY = _NUM_ROIS + 1  # (sum of per-ROI target boundary IoU, number of scored ROIs)
+STATE_SIZE: int = _BOUNDARY + 2
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -53,7 +69,8 @@ class SegMetrics:
     ``t = m.state().to(device); dist.all_reduce(t); m.load_state(t)`` and :meth:`compute`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dilation_ratio: float = DEFAULT_DILATION_RATIO) -> None:
+        self.dilation_ratio = float(dilation_ratio)
         self._state = torch.zeros(STATE_SIZE, dtype=torch.float64)
 
     def reset(self) -> None:
@@ -88,38 +105,31 @@ class SegMetrics:
         self._state[_NUM_ROIS] += n
 
     def _update_chunk(self, pred: Tensor, tgt: Tensor, valid: Tensor | None, buckets: list[str]) -> None:
-        """One histogram pass: per ROI, the pixel counts of each (target, predicted) pair."""
-        for name, t in (("pred", pred), ("targets", tgt)):
-            if t.numel() and t.dtype != torch.bool:
-                lo, hi = torch.aminmax(t)
-                if int(lo) < 0 or int(hi) >= NUM_CLASSES:
-                    raise ValueError(f"{name} holds class ids outside 0..{NUM_CLASSES - 1}")
-        n, bins = pred.shape[0], NUM_CLASSES * NUM_CLASSES + 1  # last bin: pixels outside the ROI
-        pairs = tgt.to(torch.uint8) * NUM_CLASSES + pred.to(torch.uint8)
-        if valid is not None:
-            pairs = torch.where(valid, pairs, torch.tensor(bins - 1, dtype=torch.uint8, device=pairs.device))
-        pairs = pairs.flatten(1).to(torch.int32) + (torch.arange(n, dtype=torch.int32, device=pairs.device) * bins)[:, None]
-        hist = torch.bincount(pairs.reshape(-1), minlength=n * bins).reshape(n, bins)[:, :-1]
-        hist = hist.double().cpu().reshape(n, NUM_CLASSES, NUM_CLASSES)  # [n, target, pred]
-
+        """One histogram pass (per ROI, the pixel counts of each (target, predicted) pair) + boundaries."""
+        hist = per_roi_confusion(pred, tgt, valid).double()  # [n, target, pred]
         s = self._state
         s[_CM] += hist.sum(0).reshape(-1)
-        inter = hist[:, TARGET, TARGET]
-        gt_t = hist[:, TARGET, :].sum(1)
-        union = hist[:, :, TARGET].sum(1) + gt_t - inter
-        scored = union > 0
-        iou = torch.where(scored, inter / union.clamp(min=1), torch.zeros_like(inter))
-        s[_ROI] += iou.sum()
+        inter, union = class_intersection_union(hist, TARGET)
+        roi_iou = iou(inter, union)
+        scored = ~roi_iou.isnan()
+        roi_iou = roi_iou.nan_to_num(0.0)
+        s[_ROI] += roi_iou.sum()
         s[_ROI + 1] += scored.sum()
         for k, b in enumerate(buckets):
             if scored[k]:
-                s[_BUCKET[b]] += iou[k]
+                s[_BUCKET[b]] += roi_iou[k]
                 s[_BUCKET[b] + 1] += 1
         if valid is not None:  # box baseline: prediction = every inside pixel is target
-            box_union = hist.sum((1, 2))  # all inside pixels
-            box_scored = box_union > 0
-            s[_BOX] += torch.where(box_scored, gt_t / box_union.clamp(min=1), torch.zeros_like(gt_t)).sum()
-            s[_BOX + 1] += box_scored.sum()
+            box_iou = iou(hist[:, TARGET, :].sum(1), hist.sum((1, 2)))  # target pixels / inside pixels
+            s[_BOX] += box_iou.nan_to_num(0.0).sum()
+            s[_BOX + 1] += (~box_iou.isnan()).sum()
+        pred_t, tgt_t = pred == TARGET, tgt == TARGET
+        if valid is not None:
+            pred_t, tgt_t = pred_t & valid, tgt_t & valid
+        d = boundary_dilation(tuple(pred.shape[1:]), self.dilation_ratio)
+        b_iou = iou(*boundary_intersection_union(pred_t, tgt_t, d))
+        s[_BOUNDARY] += b_iou.nan_to_num(0.0).sum()
+        s[_BOUNDARY + 1] += (~b_iou.isnan()).sum()
 
     def state(self) -> Tensor:
         """1-D float64 tensor of sums; summing the states of several instances merges them."""
@@ -154,6 +164,7 @@ class SegMetrics:
         for b in SIZE_BUCKETS:
             out[f"roi_target_iou_{b}"] = _ratio(float(s[_BUCKET[b]]), float(s[_BUCKET[b] + 1]))
         out["box_baseline_roi_target_iou"] = _ratio(float(s[_BOX]), float(s[_BOX + 1]))
+        out["mean_roi_target_boundary_iou"] = _ratio(float(s[_BOUNDARY]), float(s[_BOUNDARY + 1]))
         out["num_rois"] = int(s[_NUM_ROIS])
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
