@@ -141,14 +141,14 @@ def test_whole_box_model_scores_exactly_the_floor(synth) -> None:
     assert 0.0 <= ev.report["mask_ap"]["AP50"] < 1.0
 
 
-def test_missing_and_unreadable_images_are_skipped_and_counted(synth, tmp_path, caplog) -> None:
+def test_missing_and_unreadable_images_are_skipped_and_counted(synth, tmp_path, caplog, monkeypatch) -> None:
     images = tmp_path / "images"
     shutil.copytree(synth["images"], images)
     persons = _persons(synth["ann"], synth["crowd"])
     (images / persons[0][0]["file_name"]).unlink()
     (images / persons[1][0]["file_name"]).write_bytes(b"not a jpeg")
+    monkeypatch.setattr(logging.getLogger("roiseg"), "propagate", True)  # setup_logging turns it off
     with caplog.at_level(logging.WARNING, logger="roiseg"):
-        logging.getLogger("roiseg").propagate = True
         ev = evaluate(WholeBoxModel((64, 80)), synth["ann"], images, show_progress=False)
     r = ev.report
     assert r["images"]["selected"] == 3 and r["images"]["evaluated"] == 1
