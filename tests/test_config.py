@@ -138,7 +138,8 @@ def test_head_section_has_every_head_config_field_but_the_extractor_ones():
     from roiseg.modeling import HeadConfig
 
     keys = set(TrainConfig().to_dict()["head"])
-    assert keys == {f.name for f in dataclasses.fields(HeadConfig)} - {"in_channels", "stride", "input_hw"}
+    fixed = {"in_channels", "stride", "input_hw"} | set(HeadConfig.EXTRACTOR_FIELDS)
+    assert keys == {f.name for f in dataclasses.fields(HeadConfig)} - fixed
     assert all(getattr(TrainConfig().head, k) == HeadConfig.__dataclass_fields__[k].default for k in keys)
 
 

@@ -126,6 +126,8 @@ def test_resume_check_rejects_other_channels_other_extractor_and_other_head():
     head = HeadConfig(in_channels=32, stride=8, input_hw=(64, 64))
     state = {"extractor": info.to_dict(), "head_config": head.to_dict()}
     check_resumable(state, head, info, "ck.pth")
+    older = {k: v for k, v in head.to_dict().items() if k not in ("extra_channels", "embed_dim")}
+    check_resumable({**state, "head_config": older}, head, info, "ck.pth")  # fields added since take their defaults
     with pytest.raises(InputError, match=r"ck\.pth.*64 feature channels"):
         check_resumable({**state, "head_config": {**head.to_dict(), "in_channels": 64}}, head, info, "ck.pth")
     other = {**info.to_dict(), "sha256": "b" * 64}

@@ -36,7 +36,7 @@ import torch
 from roiseg import __version__
 from roiseg.conventions import BEST_CHECKPOINT, CHECKPOINT_GLOB, CHECKPOINT_PATTERN
 from roiseg.errors import InputError
-from roiseg.modeling import HeadConfig, RoiMaskHead, build_head
+from roiseg.modeling import HeadConfig, MaskHead, build_head
 from roiseg.utils.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "roiseg-checkpoint-v1"
@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def head_from_state(state: dict[str, Any], source: str | Path = "checkpoint") -> RoiMaskHead:
+def head_from_state(state: dict[str, Any], source: str | Path = "checkpoint") -> MaskHead:
     """Build the head described by a checkpoint dict and load its weights (eval mode)."""
     try:
         cfg = HeadConfig.from_dict(state["head_config"])
@@ -82,7 +82,7 @@ def head_from_state(state: dict[str, Any], source: str | Path = "checkpoint") ->
     return head.eval()
 
 
-def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[RoiMaskHead, dict[str, Any]]:
+def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[MaskHead, dict[str, Any]]:
     """``(head in eval mode, checkpoint dict)`` from a checkpoint file."""
     state = load_checkpoint(path, map_location)
     return head_from_state(state, path), state

@@ -128,7 +128,7 @@ class FeaturesConfig:
         return parse_cache_dir(self.cache)
 
 
-EXTRACTOR_FIXED: tuple[str, ...] = ("in_channels", "stride", "input_hw")
+EXTRACTOR_FIXED: tuple[str, ...] = HeadConfig.EXTRACTOR_FIELDS
 """:class:`HeadConfig` fields the extractor determines; every other field is a ``[head]`` key."""
 HEAD_FLAGS: dict[str, dict[str, Any]] = {"variant": flag("--variant", "head variant")}
 
@@ -145,9 +145,12 @@ def _head_section() -> type:
         default = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
         specs.append((f.name, hints[f.name], field(**default, metadata=HEAD_FLAGS.get(f.name, {}))))
 
-    def head_config(self, in_channels: int, stride: int, input_hw: tuple[int, int]) -> HeadConfig:
+    def head_config(self, in_channels: int, stride: int, input_hw: tuple[int, int],
+                    extra_channels: tuple[int, ...] = (), extra_strides: tuple[int, ...] = ()) -> HeadConfig:
         """The full :class:`HeadConfig`: these keys plus what the extractor fixes."""
-        return HeadConfig(in_channels=in_channels, stride=stride, input_hw=tuple(input_hw), **dataclasses.asdict(self))
+        return HeadConfig(in_channels=in_channels, stride=stride, input_hw=tuple(input_hw),
+                          extra_channels=tuple(extra_channels), extra_strides=tuple(extra_strides),
+                          **dataclasses.asdict(self))
 
     doc = ":class:`roiseg.modeling.HeadConfig` fields the user chooses (channels/stride/input come from the extractor)."
     cls = dataclasses.make_dataclass("HeadSection", specs, namespace={"head_config": head_config, "__doc__": doc})

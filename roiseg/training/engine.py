@@ -27,7 +27,7 @@ from roiseg.conventions import CURVES_FILE, METRICS_FILE, checkpoint_name, valid
 from roiseg.data.dataset import CocoPersonImages, ImageBatch, collate_images
 from roiseg.features.cache import FeatureCache
 from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor
-from roiseg.modeling import RoiMaskHead, build_head, count_parameters
+from roiseg.modeling import MaskHead, build_head, count_parameters
 from roiseg.modeling.paste import masks_from_logits, roi_inside_masks
 from roiseg.training.checkpoint import load_checkpoint, prune_checkpoints, record_best, save_checkpoint
 from roiseg.training.config import TrainConfig
@@ -121,7 +121,7 @@ def build_loaders(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImage
     return sampler, train_loader, val_loader
 
 
-def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: RoiMaskHead, loss_fn: SegLoss,
+def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: MaskHead, loss_fn: SegLoss,
                      steps_per_epoch: int) -> StepSetup:
     """Model (DDP-wrapped when distributed), AdamW, the per-step schedule and the scaler of a run."""
     o, device = cfg.optim, ctx.device
@@ -149,7 +149,7 @@ class Trainer:
     cache: FeatureCache
     train_set: CocoPersonImages
     val_set: CocoPersonImages
-    head: RoiMaskHead
+    head: MaskHead
     step: StepSetup
     train_sampler: ShardSampler
     train_loader: DataLoader
@@ -358,7 +358,7 @@ class Trainer:
                 "best": dict(self.best), "history": history}
 
 
-def _log_head(head: RoiMaskHead, info: ExtractorInfo) -> None:
+def _log_head(head: MaskHead, info: ExtractorInfo) -> None:
     LOG.info("head %s: %.2fM parameters, input %dx%d, %d-channel features at stride %d", head.cfg.variant,
              count_parameters(head) / 1e6, *info.input_hw, info.channels, info.stride)
 

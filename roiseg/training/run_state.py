@@ -19,12 +19,14 @@ import torch
 from roiseg.errors import InputError
 from roiseg.features.compat import check_head_features
 from roiseg.features.extractor import ExtractorInfo
-from roiseg.modeling import HeadConfig, RoiMaskHead
+from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.training.checkpoint import load_checkpoint, resolve_resume
-from roiseg.training.config import EXTRACTOR_FIXED, TrainConfig, load_config
+from roiseg.training.config import TrainConfig, load_config
 from roiseg.training.step import StepSetup
 
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "rng")
+GEOMETRY_KEYS = ("in_channels", "stride", "input_hw")
+"""Head-config fields :func:`roiseg.features.compat.check_head_features` compares with the extractor."""
 """What a checkpoint needs beyond the head to be resumed (export needs only the head)."""
 
 
@@ -59,7 +61,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 # Checkpoint contents
 # --------------------------------------------------------------------------------------------
-def checkpoint_state(epoch: int, head: RoiMaskHead, extractor: ExtractorInfo, config: TrainConfig, step: StepSetup,
+def checkpoint_state(epoch: int, head: MaskHead, extractor: ExtractorInfo, config: TrainConfig, step: StepSetup,
                      record: dict[str, Any], best: Mapping[str, Any]) -> dict[str, Any]:
     """What a checkpoint of ``epoch`` holds (see :mod:`roiseg.training.checkpoint`)."""
     return {
@@ -110,6 +112,11 @@ class _RecordedGeometry:
         self.in_channels, self.stride, self.input_hw = values["in_channels"], values["stride"], values["input_hw"]
 
 
+def _default_head_dict() -> dict[str, Any]:
+    """:meth:`HeadConfig.to_dict` of the defaults (geometry fields zero)."""
+    return HeadConfig(in_channels=0, stride=0, input_hw=(0, 0)).to_dict()
+
+
 def check_resumable(state: Mapping[str, Any], head_cfg: HeadConfig, info: ExtractorInfo, source: str | Path) -> None:
     """InputError naming the checkpoint when a run with ``head_cfg`` on ``info`` cannot continue it.
 
@@ -118,9 +125,9 @@ def check_resumable(state: Mapping[str, Any], head_cfg: HeadConfig, info: Extrac
     """
     where = f"checkpoint {source}"
     check_head_features(_RecordedGeometry(state, where), state.get("extractor"), info, where, strict=True)
-    saved = state.get("head_config") or {}
+    saved = {**_default_head_dict(), **(state.get("head_config") or {})}  # fields added since: their defaults
     diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in head_cfg.to_dict().items()
-            if k not in EXTRACTOR_FIXED and saved.get(k) != v]
+            if k not in GEOMETRY_KEYS and saved.get(k) != v]
     if diff:
         raise InputError(f"{where}: head differs from the configured one ({'; '.join(diff)})")
 
