@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "fuse",
     "parity_check",
     "predict",
+    "evaluate",
     "demo",
 )
 

@@ -107,6 +107,8 @@ METRICS_FILE: str = "metrics.jsonl"
 CURVES_FILE: str = "curves.png"
 PARITY_REPORT: str = "parity.json"
 """Default file of the ``parity-check`` JSON report."""
+EVALUATE_WORST_PICTURE: str = "models/evaluate_worst_rois.png"
+"""Default file of ``roiseg evaluate --worst K`` (under the git-ignored ``models/``)."""
 HEAD_ONNX_SUFFIX: str = ".onnx"
 """A ``--head`` file with this suffix is an exported head ONNX; anything else is a checkpoint."""
 

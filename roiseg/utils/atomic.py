@@ -24,6 +24,26 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return p
 
 
+def check_output_file(path: str | Path) -> Path:
+    """InputError, before any work, when ``path`` cannot become an output file.
+
+    Refused: an existing folder at ``path``; a parent that is a file; an existing parent that is not
+    writable. A missing parent is fine (it is created when the file is written). Nothing is created.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"output {p} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    for folder in [parent, *parent.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"output {p}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"output {p}: folder {folder} is not writable")
+            break
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it to ``final`` (fsynced).
