@@ -11,9 +11,9 @@ from graph_tools.batch import batch_consistent, make_batch_dynamic
 from graph_tools.errors import GraphError
 from graph_tools.inspect import (
     Dim, describe_io, dims, elem_type_of, graph_inputs, infer_shapes, nearest_tensors, node_attributes,
-    nodes_of_type, opset_version, require_tensor, tensor_shapes,
+    nodes_of_type, opset_version, require_tensor, tensor_shapes, upstream_tensors,
 )
-from graph_tools.io import atomic_path, file_sha256, load_model, needs_external_data, save_model
+from graph_tools.io import atomic_path, clean_stale_temps, file_sha256, load_model, needs_external_data, save_model
 from graph_tools.metadata import read_props, set_prop, write_props
 from graph_tools.opset import (
     choose_ir_version, convert_opset, default_opset, max_supported_opset, ort_max_ir_version, validate_opset,
@@ -26,11 +26,12 @@ from graph_tools.trim import copy_model_fields, trim_at_tensor
 
 __all__ = [
     "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "GraphError", "ProviderSpec", "SimplifyResult", "atomic_path",
+    "clean_stale_temps",
     "batch_consistent", "choose_ir_version", "class_map", "convert_opset", "copy_model_fields",
     "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "file_sha256", "graph_inputs",
     "infer_shapes", "load_model", "make_batch_dynamic", "max_output_difference", "max_supported_opset",
     "nearest_tensors", "needs_external_data", "node_attributes", "nodes_of_type", "opset_version",
     "ort_max_ir_version", "read_props", "rename_tensors", "require_tensor", "run_feeds", "save_model", "set_prop",
-    "simplify_verified", "splice", "tensor_names", "tensor_shapes", "trim_at_tensor", "validate_opset",
+    "simplify_verified", "splice", "tensor_names", "tensor_shapes", "trim_at_tensor", "upstream_tensors", "validate_opset",
     "write_props",
 ]

@@ -139,3 +139,26 @@ def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
         v = helper.get_attribute_value(a)
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
+
+
+def upstream_tensors(model: onnx.ModelProto, name: str) -> dict[str, int]:
+    """Every activation tensor that ``name`` depends on, with its distance in nodes (``name`` itself: 0).
+
+    Breadth-first through the producing nodes; weights (initializers) are left out.
+    """
+    producer = {o: node for node in model.graph.node for o in node.output}
+    weights = {i.name for i in model.graph.initializer}
+    dist = {name: 0}
+    frontier = [name]
+    while frontier:
+        nxt = []
+        for t in frontier:
+            node = producer.get(t)
+            if node is None:
+                continue
+            for i in node.input:
+                if i and i not in weights and i not in dist:
+                    dist[i] = dist[t] + 1
+                    nxt.append(i)
+        frontier = nxt
+    return dist

@@ -131,9 +131,9 @@ class _LargeFeatures:
         self.out_shape = (info.channels, *info.feature_hw)
         self.preprocessing = None
 
-    def __call__(self, images):
+    def extract(self, images):
         self.calls += 1
-        return torch.full((len(images), *self.out_shape), 1.0e5)
+        return [torch.full((len(images), *self.out_shape), 1.0e5)]
 
 
 def test_values_beyond_fp16_are_stored_as_float32(tmp_path, stand_in_featext, images):

@@ -70,7 +70,7 @@ class HeadOnnxWrapper(nn.Module):
     @property
     def num_extra_taps(self) -> int:
         """Extra detector taps fed to the head (only the ``query`` variant reads them)."""
-        return len(self.cfg.extra_channels) if self.cfg.variant == "query" else 0
+        return self.cfg.num_extra_taps
 
     @property
     def input_names(self) -> list[str]:

@@ -22,7 +22,7 @@ import onnx
 import graph_tools as gt
 from roiseg.conventions import (
     DEFAULT_FEATURE_TENSOR, DEFAULT_FUSED_MODEL, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DETECTOR_PREFIX,
-    FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET,
+    FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET, extra_features_input,
 )
 from roiseg.deploy.export import HEAD_OPSET_REASON
 from roiseg.deploy.fuse_report import FuseReport
@@ -53,18 +53,21 @@ class FusedBuild:
 
 
 @translate_graph_errors
-def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str) -> onnx.ModelProto:
+def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str,
+                extra_tensors: Sequence[str] = ()) -> onnx.ModelProto:
     """The trimmed detector and the exported head as one graph: ``images`` + ``rois`` -> ``masks``.
 
     The detector's only input becomes ``images`` (batch pinned to 1: every ROI refers to the one
-    image) and also feeds the head's image input (detail variant), so the detector runs once.
+    image) and also feeds the head's image input (detail, query), so the detector runs once. The
+    feature tensor feeds the head's ``features``, extra tap ``i`` its ``features_i``.
     """
     inputs = gt.graph_inputs(detector)
     if len(inputs) != 1:
         names = ", ".join(vi.name for vi in inputs)
         raise InputError(f"the trimmed detector has {len(inputs)} inputs ({names}); expected one image input")
     return gt.splice(
-        detector, head, {feature_tensor: HEAD_FEATURES_INPUT},
+        detector, head, {feature_tensor: HEAD_FEATURES_INPUT,
+                         **{t: extra_features_input(i) for i, t in enumerate(extra_tensors, start=1)}},
         rename_first_inputs={inputs[0].name: DEFAULT_IMAGE_INPUT},
         share_inputs={DEFAULT_IMAGE_INPUT: DEFAULT_IMAGE_INPUT},
         public={FUSED_ROIS_INPUT: FUSED_ROIS_INPUT, FUSED_MASKS_OUTPUT: FUSED_MASKS_OUTPUT},
@@ -89,21 +92,22 @@ def build_fused(
     source = head if isinstance(head, HeadSource) else load_head_source(head)
     path = Path(detector)
     tensor = feature_tensor or source.feature_tensor or DEFAULT_FEATURE_TENSOR
-    info = describe_extractor(path, tensor, source.preprocessing)
+    extras = source.extra_tensors
+    info = describe_extractor(path, tensor, source.preprocessing, extra_tensors=extras)
     warnings = check_head_features(source.cfg, source.extractor, info, source.path, strict)
     for note in warnings:
         LOG.warning(note)
 
     original = gt.load_model(path)
-    LOG.info("trimming %s at %s", path.name, tensor)
-    trimmed = gt.trim_at_tensor(original, tensor)
+    LOG.info("trimming %s at %s", path.name, ", ".join([tensor, *extras]))
+    trimmed = gt.trim_at_tensor(original, [tensor, *extras])
     head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
     trimmed = gt.convert_opset(trimmed, target, f"detector {path}")
     LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
-    fused = splice_head(trimmed, source.to_onnx(target), tensor)
+    fused = splice_head(trimmed, source.to_onnx(target), tensor, extras)
     meta = FusedMetadata(
-        extractor_file=path.name, extractor_sha256=info.sha256, feature_tensor=tensor,
+        extractor_file=path.name, extractor_sha256=info.sha256, feature_tensor=tensor, extra_tensors=tuple(extras),
         input_hw=info.input_hw, stride=info.stride, preprocessing=source.preprocessing,
         head_config=source.cfg, head_sha256=source.sha256, extra=detector_props(original),
     )

@@ -11,7 +11,7 @@ from graph_tools import convert_opset, file_sha256, load_model
 from roiseg.conventions import DEFAULT_PREPROCESSING, HEAD_ONNX_SUFFIX, Preprocessing
 from roiseg.deploy.export import export_head
 from roiseg.deploy.metadata import head_config_of, head_extractor_of
-from roiseg.errors import translate_graph_errors
+from roiseg.errors import InputError, translate_graph_errors
 from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.training.checkpoint import load_head
 
@@ -42,6 +42,17 @@ class HeadSource:
         """The detector tensor the head was trained on, when recorded."""
         rec = self.extractor or {}
         return rec.get("feature_tensor") or rec.get("tensor")
+
+    @property
+    def extra_tensors(self) -> list[str]:
+        """The extra detector taps the head reads (recorded with it), in input order."""
+        if not self.cfg.num_extra_taps:
+            return []
+        names = list((self.extractor or {}).get("extra_tensors") or [])
+        if len(names) != self.cfg.num_extra_taps:
+            raise InputError(f"{self.path}: the head reads {self.cfg.num_extra_taps} extra tap(s) but records "
+                             f"{len(names)} extra tensor name(s)")
+        return names
 
     @translate_graph_errors
     def to_onnx(self, opset: int) -> onnx.ModelProto:

@@ -12,6 +12,7 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.extractor_file``       file name of the detector ONNX the model was built from
 ``roiseg.extractor_sha256``     sha256 of that file
 ``roiseg.feature_tensor``       tensor the detector was cut at (e.g. ``/model.34/Concat_output_0``)
+``roiseg.extra_tensors``        JSON list of the extra taps the head reads (``[]`` for one tap)
 ``roiseg.input_hw``             JSON ``[H, W]``: size of ``images`` in pixels
 ``roiseg.stride``               pixels per feature cell
 ``roiseg.preprocessing``        :meth:`roiseg.conventions.Preprocessing.to_json`
@@ -51,6 +52,7 @@ KEY_FORMAT = PREFIX + "format"
 KEY_EXTRACTOR_FILE = PREFIX + "extractor_file"
 KEY_EXTRACTOR_SHA256 = PREFIX + "extractor_sha256"
 KEY_TENSOR = PREFIX + "feature_tensor"
+KEY_EXTRA_TENSORS = PREFIX + "extra_tensors"
 KEY_INPUT_HW = PREFIX + "input_hw"
 KEY_STRIDE = PREFIX + "stride"
 KEY_PREPROCESSING = PREFIX + "preprocessing"
@@ -80,6 +82,7 @@ class FusedMetadata:
     head_config: HeadConfig
     head_sha256: str = ""
     simplified: bool = False
+    extra_tensors: tuple[str, ...] = ()
     class_names: tuple[str, ...] = CLASS_NAMES
     version: str = __version__
     roi_format: str = ROI_FORMAT
@@ -94,6 +97,7 @@ class FusedMetadata:
             KEY_EXTRACTOR_FILE: self.extractor_file,
             KEY_EXTRACTOR_SHA256: self.extractor_sha256,
             KEY_TENSOR: self.feature_tensor,
+            KEY_EXTRA_TENSORS: json.dumps(list(self.extra_tensors)),
             KEY_INPUT_HW: json.dumps(list(self.input_hw)),
             KEY_STRIDE: str(int(self.stride)),
             KEY_PREPROCESSING: self.preprocessing.to_json(),
@@ -123,6 +127,8 @@ class FusedMetadata:
             head_cfg = HeadConfig.from_dict(json.loads(props[KEY_HEAD_CONFIG]))
             key = KEY_CLASS_NAMES
             names = tuple(json.loads(props[KEY_CLASS_NAMES]))
+            key = KEY_EXTRA_TENSORS
+            extra_tensors = tuple(str(t) for t in json.loads(props.get(KEY_EXTRA_TENSORS, "[]")))
         except (ValueError, TypeError, KeyError) as exc:
             raise InputError(f"{source}: malformed metadata {key}: {exc}") from exc
         if len(input_hw) != 2:
@@ -132,7 +138,7 @@ class FusedMetadata:
             extractor_file=props.get(KEY_EXTRACTOR_FILE, ""), extractor_sha256=props.get(KEY_EXTRACTOR_SHA256, ""),
             feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
             preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
-            simplified=props.get(KEY_SIMPLIFIED, "false") == "true", class_names=names,
+            simplified=props.get(KEY_SIMPLIFIED, "false") == "true", class_names=names, extra_tensors=extra_tensors,
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
         )
 
@@ -140,7 +146,8 @@ class FusedMetadata:
         """JSON-able dict for reports."""
         return {
             "extractor_file": self.extractor_file, "extractor_sha256": self.extractor_sha256,
-            "feature_tensor": self.feature_tensor, "input_hw": list(self.input_hw), "stride": self.stride,
+            "feature_tensor": self.feature_tensor, "extra_tensors": list(self.extra_tensors),
+            "input_hw": list(self.input_hw), "stride": self.stride,
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
             "head_config": self.head_config.to_dict(), "simplified": self.simplified, "version": self.version,
         }

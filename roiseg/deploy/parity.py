@@ -91,34 +91,36 @@ def failure_summary(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # The two paths
 # --------------------------------------------------------------------------------------------
-def exposed_feature_model(detector: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
-    """The original detector, unchanged, with ``tensor`` listed as an extra output.
+def exposed_feature_model(detector: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """The original detector, unchanged, with ``tensors`` listed as extra outputs.
 
     Every original output is kept (``trim_at_tensor(keep_original_outputs=True)``), so no node is
     removed: the features are computed by the original graph.
     """
-    if tensor in {o.name for o in detector.graph.output}:
+    if set(tensors) <= {o.name for o in detector.graph.output}:
         return detector
-    return gt.trim_at_tensor(detector, tensor, keep_original_outputs=True)
+    return gt.trim_at_tensor(detector, list(tensors), keep_original_outputs=True)
 
 
 class TorchPath:
-    """Reference path: detector ONNX (onnxruntime) features -> head in torch -> [N, 3, H, W] probabilities."""
+    """Reference path: detector ONNX (onnxruntime) taps -> head in torch -> [N, 3, H, W] probabilities."""
 
-    def __init__(self, detector: onnx.ModelProto, tensor: str, head) -> None:
-        self.tensor = tensor
-        self.session = gt.create_session(exposed_feature_model(detector, tensor))
+    def __init__(self, detector: onnx.ModelProto, tensors: Sequence[str], head) -> None:
+        self.tensors = list(tensors)
+        self.session = gt.create_session(exposed_feature_model(detector, self.tensors))
         self.input_name = self.session.get_inputs()[0].name
         self.head = head.eval()
 
-    def features(self, image: np.ndarray) -> np.ndarray:
-        return self.session.run([self.tensor], {self.input_name: image})[0]
+    def features(self, image: np.ndarray) -> list[np.ndarray]:
+        """Every tap of the original detector for one preprocessed image, primary first."""
+        return self.session.run(self.tensors, {self.input_name: image})
 
     @torch.no_grad()
-    def masks(self, features: np.ndarray, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
+    def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
         r = torch.from_numpy(rois)
         idx = torch.zeros(len(r), dtype=torch.int64)
-        return self.head.predict_masks(torch.from_numpy(features), r, idx, torch.from_numpy(image)).numpy()
+        taps = [torch.from_numpy(f) for f in features]
+        return self.head.predict_masks(taps if len(taps) > 1 else taps[0], r, idx, torch.from_numpy(image)).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ def run_parity(
                 LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
         fused_model = gt.load_model(fused_path)
         meta = read_metadata(fused_model)
-        reference = TorchPath(gt.load_model(detector), meta.feature_tensor, source.head)
+        reference = TorchPath(gt.load_model(detector), [meta.feature_tensor, *meta.extra_tensors], source.head)
         probes = _probe_images(meta, annotations, images, max_images)
         report = compare_paths(
             fused_model, build.detector, build.model if meta.simplified else None, reference, probes,
@@ -198,7 +200,7 @@ def compare_paths(
     """Run every stage on every probe image and ROI set; the report dict (see module docstring)."""
     fused_s = gt.create_session(fused)
     trim_s = gt.create_session(trimmed_detector)
-    trim_in, trim_out = trim_s.get_inputs()[0].name, trim_s.get_outputs()[0].name
+    trim_in = trim_s.get_inputs()[0].name
     unsimp_s = gt.create_session(unsimplified) if unsimplified is not None else None
     stages = {
         "trim": ErrorStats("trim", "trimmed detector (fused model's detector path) vs the tensor inside the "
@@ -211,7 +213,8 @@ def compare_paths(
     n_sets = n_rois = 0
     for i, probe in enumerate(progress(probes, desc="parity", unit="img")):
         feats = reference.features(probe.image)
-        stages["trim"].update(feats, trim_s.run([trim_out], {trim_in: probe.image})[0])
+        for ref, got in zip(feats, trim_s.run(reference.tensors, {trim_in: probe.image})):
+            stages["trim"].update(ref, got)
         for rois in roi_sets(probe, input_hw, large_set if i == 0 else 0):
             feeds = {DEFAULT_IMAGE_INPUT: probe.image, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
             got = fused_s.run(None, feeds)[0]

@@ -1,11 +1,14 @@
-"""Per-image cache of frozen detector features (fp16 ``.npy`` files).
+"""Per-image cache of frozen detector features (fp16 ``.npy`` / ``.npz`` files).
 
-The detector is frozen and training images are not augmented, so an image's features never change
-while the extractor, the tensor, the preprocessing and the image file stay the same. The cache key
-is the sha256 of exactly these: extractor file sha256, tensor name, preprocessing JSON, absolute
-image path and its mtime (ns). Files live at ``<root>/<key[:2]>/<key>.npy`` ([C, h, w] float16;
-``C * h * w * 2`` bytes, 13.1 MB for 1024 x 80 x 80). They are written atomically, so several
-data-loader workers may share one cache; an unreadable or mis-shaped file is recomputed.
+The detector is frozen, so an image's features never change while the extractor, the taps, the
+preprocessing, the image file and its orientation stay the same. The cache key is the sha256 of
+exactly these: extractor file sha256, tap names (primary tensor first), preprocessing JSON,
+absolute image path, its mtime (ns), and for a horizontally flipped image the word ``"hflip"``
+(the flipped image's features are a second entry). Files live at ``<root>/<key[:2]>/<key>.npy``
+([C, h, w] float16; ``C * h * w * 2`` bytes, 13.1 MB for 1024 x 80 x 80) or, with extra taps,
+``<key>.npz`` holding every tap under one key (``tap0`` primary, ``tap1`` ...). They are written
+atomically, so several data-loader workers may share one cache; an unreadable or mis-shaped file
+is recomputed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from roiseg.utils.progress import get_logger
 LOG = get_logger(__name__)
 
 CACHE_SUFFIX = ".npy"
+MULTI_TAP_SUFFIX = ".npz"
+FLIP_KEY = "hflip"
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -55,99 +60,122 @@ class FeatureCache:
         self.hits: int = 0
         self.misses: int = 0
         info = extractor.info
-        self._key_head = [info.sha256, info.feature_tensor, info.preprocessing]
+        # One tap: [sha, tensor, pre] as in roiseg 0.1, so existing caches stay valid.
+        self._key_head = [info.sha256, *info.tensors, info.preprocessing]
+        self._shapes = info.tap_shapes
         if self.root is not None:
-            LOG.info("feature cache at %s: %.1f MB per image (fp16 [%d, %d, %d])", self.root,
-                     info.feature_bytes_fp16 / 1e6, info.channels, *info.feature_hw)
+            LOG.info("feature cache at %s: %.1f MB per image (fp16 %s)", self.root, info.feature_bytes_fp16 / 1e6,
+                     ", ".join(str(list(s)) for s in self._shapes))
 
     @property
     def enabled(self) -> bool:
         return self.root is not None
 
-    def key(self, path: str | Path) -> str:
-        """sha256 hex of (extractor sha256, tensor, preprocessing JSON, absolute image path, mtime_ns)."""
+    def key(self, path: str | Path, flipped: bool = False) -> str:
+        """sha256 hex of (extractor sha256, taps, preprocessing JSON, absolute image path, mtime_ns[, "hflip"])."""
         p = os.path.abspath(path)
         try:
             mtime = os.stat(p).st_mtime_ns
         except FileNotFoundError:
             raise InputError(f"image not found: {path}") from None
-        payload = json.dumps(self._key_head + [p, mtime])
+        payload = json.dumps(self._key_head + [p, mtime] + ([FLIP_KEY] if flipped else []))
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def file_for(self, path: str | Path) -> Path:
+    def file_for(self, path: str | Path, flipped: bool = False) -> Path:
         """The cache file of image ``path`` (whether or not it exists yet)."""
         if self.root is None:
             raise ValueError("the feature cache is disabled (root=None)")
-        key = self.key(path)
-        return self.root / key[:2] / f"{key}{CACHE_SUFFIX}"
+        key = self.key(path, flipped)
+        return self.root / key[:2] / f"{key}{CACHE_SUFFIX if len(self._shapes) == 1 else MULTI_TAP_SUFFIX}"
 
-    def features(
-        self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None
-    ) -> torch.Tensor:
-        """[B, C, h, w] float32 features on ``extractor.device`` for the images at ``paths``.
+    def features(self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None,
+                 flipped: bool = False) -> torch.Tensor:
+        """[B, C, h, w] float32 primary-tap features on ``extractor.device`` (see :meth:`taps`)."""
+        return self.taps(paths, images, flipped)[0]
 
-        ``images`` are those images preprocessed ([B, 3, H, W], ``conventions.preprocess``);
-        with ``None`` only the misses are read from disk and preprocessed. Misses run the
-        extractor as one batch and are stored; they are returned as stored (fp16-rounded), so
-        every epoch sees the same values.
+    def taps(self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None,
+             flipped: bool = False) -> list[torch.Tensor]:
+        """Every tap [B, C_i, h_i, w_i] float32 on ``extractor.device`` for the images at ``paths``.
+
+        ``images`` are those images preprocessed ([B, 3, H, W], ``conventions.preprocess``), already
+        flipped when ``flipped``; with ``None`` only the misses are read from disk, preprocessed (and
+        flipped). Misses run the extractor as one batch and are stored; they are returned as stored
+        (fp16-rounded), so every epoch sees the same values.
         """
         if images is not None and len(images) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(images)} images")
         if self.root is None:
             self.misses += len(paths)
-            return self.extractor(images if images is not None else self._load_images(paths))
+            return self.extractor.extract(images if images is not None else self._load_images(paths, flipped))
         ext = self.extractor
-        out = torch.empty((len(paths), *ext.out_shape), dtype=torch.float32, device=ext.device)
-        files = [self.file_for(p) for p in paths]
+        outs = [torch.empty((len(paths), *shape), dtype=torch.float32, device=ext.device) for shape in self._shapes]
+        files = [self.file_for(p, flipped) for p in paths]
         missing: list[int] = []
         for i, f in enumerate(files):
-            arr = self._read(f)
-            if arr is None:
+            arrays = self._read(f)
+            if arrays is None:
                 missing.append(i)
-            else:
+                continue
+            for out, arr in zip(outs, arrays):
                 out[i] = torch.from_numpy(arr).to(ext.device, non_blocking=True)
         self.hits += len(paths) - len(missing)
         if missing:
-            x = images[missing] if images is not None else self._load_images([paths[i] for i in missing])
-            feats = ext(x)
+            x = images[missing] if images is not None else self._load_images([paths[i] for i in missing], flipped)
+            feats = ext.extract(x)
             for j, i in enumerate(missing):
-                out[i] = torch.from_numpy(self._write(files[i], feats[j])).to(ext.device)
+                for out, arr in zip(outs, self._write(files[i], [f[j] for f in feats])):
+                    out[i] = torch.from_numpy(arr).to(ext.device)
             self.misses += len(missing)
-        return out
+        return outs
 
     # ---------------------------------------------------------------------------------------
-    def _load_images(self, paths: Sequence[str | Path]) -> np.ndarray:
+    def _load_images(self, paths: Sequence[str | Path], flipped: bool = False) -> np.ndarray:
         ext = self.extractor
-        return np.concatenate([preprocess(read_image(p), ext.info.input_hw, ext.preprocessing) for p in paths])
+        images = [read_image(p) for p in paths]
+        if flipped:
+            images = [np.ascontiguousarray(img[:, ::-1]) for img in images]
+        return np.concatenate([preprocess(img, ext.info.input_hw, ext.preprocessing) for img in images])
 
-    def _read(self, file: Path) -> np.ndarray | None:
-        """A cached [C, h, w] array, or None when absent or unusable (an unusable file is removed)."""
+    def _read(self, file: Path) -> list[np.ndarray] | None:
+        """The cached [C_i, h_i, w_i] arrays, or None when absent or unusable (an unusable file is removed)."""
         if not file.is_file():
             return None
         try:
-            arr = np.load(file, allow_pickle=False)
-            if arr.shape != self.extractor.out_shape or arr.dtype not in (np.float16, np.float32):
-                raise ValueError(f"shape {arr.shape} dtype {arr.dtype}, expected {self.extractor.out_shape}")
-        except (ValueError, OSError, EOFError) as exc:
+            if file.suffix == MULTI_TAP_SUFFIX:
+                with np.load(file, allow_pickle=False) as npz:
+                    arrays = [npz[f"tap{k}"] for k in range(len(self._shapes))]
+            else:
+                arrays = [np.load(file, allow_pickle=False)]
+            for arr, shape in zip(arrays, self._shapes):
+                if arr.shape != shape or arr.dtype not in (np.float16, np.float32):
+                    raise ValueError(f"shape {arr.shape} dtype {arr.dtype}, expected {shape}")
+        except (ValueError, OSError, EOFError, KeyError) as exc:
             LOG.warning("unusable feature-cache file %s (%s); recomputing", file, str(exc)[:120])
             file.unlink(missing_ok=True)
             return None
-        return arr
+        return arrays
 
-    def _write(self, file: Path, feats: torch.Tensor) -> np.ndarray:
-        """Store one image's [C, h, w] features as fp16 (fp32 if fp16 would overflow), atomically.
+    def _write(self, file: Path, feats: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        """Store one image's taps [C_i, h_i, w_i] as fp16 (fp32 if fp16 would overflow), atomically.
 
-        Returns the stored array, so a miss yields exactly what later hits will read.
+        Returns the stored arrays, so a miss yields exactly what later hits will read.
         """
-        t = feats.detach()
-        lo, hi = torch.aminmax(t)
-        if float(hi) <= _FP16_MAX and float(lo) >= -_FP16_MAX:  # False for NaN too
-            arr = t.to(torch.float16).cpu().numpy()  # cast where the features are (GPU: half the bytes to copy)
-        else:
-            LOG.warning("features not representable in fp16 (range %.3g..%.3g); caching %s as float32",
-                        float(lo), float(hi), file.name)
-            arr = t.to("cpu", torch.float32).numpy()
+        arrays = [_storable(t, file) for t in feats]
         with atomic_path(file) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-        return arr
+                if file.suffix == MULTI_TAP_SUFFIX:
+                    np.savez(fh, **{f"tap{k}": a for k, a in enumerate(arrays)})
+                else:
+                    np.save(fh, arrays[0], allow_pickle=False)
+        return arrays
+
+
+def _storable(feats: torch.Tensor, file: Path) -> np.ndarray:
+    """fp16 copy of ``feats`` on the host, or float32 when fp16 would overflow (or hold NaN)."""
+    t = feats.detach()
+    lo, hi = torch.aminmax(t)
+    if float(hi) <= _FP16_MAX and float(lo) >= -_FP16_MAX:  # False for NaN too
+        return t.to(torch.float16).cpu().numpy()  # cast where the features are (GPU: half the bytes to copy)
+    LOG.warning("features not representable in fp16 (range %.3g..%.3g); caching %s as float32",
+                float(lo), float(hi), file.name)
+    return t.to("cpu", torch.float32).numpy()

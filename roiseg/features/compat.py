@@ -28,6 +28,8 @@ class HeadGeometry(Protocol):
     in_channels: int
     stride: int
     input_hw: Sequence[int]
+    extra_channels: Sequence[int]
+    extra_strides: Sequence[int]
 
 
 def check_geometry(head: HeadGeometry, info: ExtractorInfo, source: str | Path) -> None:
@@ -40,6 +42,11 @@ def check_geometry(head: HeadGeometry, info: ExtractorInfo, source: str | Path) 
                          f"{list(info.input_hw)}")
     if int(head.stride) != info.stride:
         raise InputError(f"{source}: head expects stride {head.stride} but {where} has stride {info.stride}")
+    want = [(int(c), int(s)) for c, s in zip(getattr(head, "extra_channels", ()), getattr(head, "extra_strides", ()))]
+    have = list(zip(info.extra_channels, info.extra_strides))
+    if want and want != have:
+        raise InputError(f"{source}: head reads extra taps (channels, stride) {want} but the extra taps "
+                         f"{list(info.extra_tensors)} of {info.path} give {have}")
 
 
 def identity_notes(recorded: Mapping[str, Any] | None, info: ExtractorInfo, source: str | Path) -> list[str]:

@@ -46,6 +46,11 @@ class HeadConfig:
     query_heads: int = 4
     """``query``: attention heads (must divide ``embed_dim``)."""
 
+    @property
+    def num_extra_taps(self) -> int:
+        """Extra detector taps the head reads: those of ``extra_channels`` for ``query``, none otherwise."""
+        return len(self.extra_channels) if self.variant == "query" else 0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for key in ("input_hw", "extra_channels", "extra_strides"):

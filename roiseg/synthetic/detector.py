@@ -55,35 +55,64 @@ class _Detect(nn.Module):
         return torch.cat(outs, dim=2).sigmoid()
 
 
-class StandInYolo(nn.Module):
-    """``images`` [B, 3, H, W] in [0, 1] -> detections [B, 4 + nc, A] (and features [B, C, H/8, W/8]).
+REFERENCE_TAPS: tuple[str, ...] = (
+    "/model.3/Concat_output_0", "/model.5/Concat_output_0", "/model.19/Concat_output_0",
+    "/model.22/Concat_output_0", DEFAULT_FEATURE_TENSOR,
+)
+"""The reference featext model's five taps; the stand-in has them with the same names and strides."""
 
-    ``self.model`` mirrors YOLO's layer list: index 34 is the stride-8 ``Concat``. Exported as the
-    top-level module, its nodes are scoped ``/model.N/...`` like the reference YOLOv9 ONNX.
+
+class StandInYolo(nn.Module):
+    """``images`` [B, 3, H, W] in [0, 1] -> detections [B, 4 + nc, A] (and the taps of the reference).
+
+    ``self.model`` mirrors YOLO's layer list; exported as the top-level module its nodes are scoped
+    ``/model.N/...`` like the reference YOLOv9 ONNX. With ``C = channels`` (1024 in the reference):
+    ``model.3`` Concat [C/4, H/4, W/4], ``model.5`` Concat [C/2, H/8, W/8], ``model.8`` stride 16,
+    upsampled by ``model.10`` into the neck, ``model.19`` Concat [C/4, H/4, W/4] (stride 4, fed by the
+    upsampled stride-8 map), ``model.22`` Concat [C/2, H/8, W/8] and ``model.34`` Concat [C, H/8, W/8],
+    the stride-8 feature map, fed by ``model.22`` and ``model.5``.
     """
 
     def __init__(self, channels: int = 1024, num_classes: int = 25, features_output: bool = False) -> None:
         super().__init__()
-        if channels % 2:
-            raise ValueError("channels must be even (two concatenated halves)")
+        if channels % 8:
+            raise ValueError("channels must be a multiple of 8 (the taps have C/8 .. C channels)")
+        c2, c4, c8 = channels // 2, channels // 4, channels // 8
         layers: list[nn.Module] = [nn.Identity() for _ in range(36)]
-        layers[0] = _ConvAct(3, 32, 3, 2)  # stride 2
-        layers[1] = _ConvAct(32, 64, 3, 2)  # stride 4
-        layers[2] = _ConvAct(64, 96, 3, 2)  # stride 8
-        layers[3] = _ConvAct(96, 96, 3, 1)
-        layers[32] = _ConvAct(96, channels // 2, 1, 1)
-        layers[33] = _ConvAct(96, channels // 2, 3, 1)
-        layers[34] = _Concat()
+        layers[0] = _ConvAct(3, 16, 3, 2)  # stride 2
+        layers[1] = _ConvAct(16, c8, 3, 2)  # stride 4
+        layers[2] = _ConvAct(c8, c8, 3, 1)
+        layers[3] = _Concat()  # [C/4] stride 4
+        layers[4] = _ConvAct(c4, c4, 3, 2)  # stride 8
+        layers[5] = _Concat()  # [C/2] stride 8
+        layers[8] = _ConvAct(c2, c2, 3, 2)  # stride 16
+        layers[9] = _ConvAct(c2, c8, 1, 1)
+        layers[10] = nn.Upsample(scale_factor=2.0, mode="nearest")  # back to stride 8
+        layers[11] = nn.Upsample(scale_factor=2.0, mode="nearest")  # stride 8 -> 4
+        layers[17] = _ConvAct(c4, c8, 1, 1)
+        layers[19] = _Concat()  # [C/4] stride 4
+        layers[20] = _ConvAct(c4, c4, 3, 2)  # stride 8
+        layers[21] = _ConvAct(c8, c4, 3, 1)
+        layers[22] = _Concat()  # [C/2] stride 8
+        layers[32] = _ConvAct(c2, c2, 1, 1)
+        layers[33] = _ConvAct(c2, c2, 3, 1)
+        layers[34] = _Concat()  # [C] stride 8
         layers[35] = _Detect(channels, num_classes)
         self.model = nn.ModuleList(layers)
         self.features_output = features_output
 
     def forward(self, images: torch.Tensor):
-        x = self.model[2](self.model[1](self.model[0](images)))
-        y = self.model[3](x)
-        feats = self.model[34]([self.model[32](x), self.model[33](y)])
-        det = self.model[35](feats)
-        return (det, feats) if self.features_output else det
+        m = self.model
+        s4 = m[1](m[0](images))
+        p3 = m[3]([s4, m[2](s4)])
+        s8 = m[4](p3)
+        p5 = m[5]([s8, s8 * 0.5])
+        up16 = m[10](m[9](m[8](p5)))  # stride 16, back to 8
+        p19 = m[19]([m[17](p3), m[11](up16)])
+        p22 = m[22]([m[20](p19), m[21](up16)])
+        feats = m[34]([m[32](p22), m[33](p5)])
+        det = m[35](feats)
+        return (det, p3, p5, p19, p22, feats) if self.features_output else det
 
 
 def build_stand_in_detector(
@@ -98,14 +127,14 @@ def build_stand_in_detector(
     """Export the stand-in detector to ``out`` (written atomically) and return the path.
 
     ``mode="full"``: one output ``output0`` (detections); the feature tensor is internal.
-    ``mode="featext"``: outputs ``output0`` and ``/model.34/Concat_output_0``, like the reference
-    ``*_featext.onnx``. The input ``images`` has a static batch of 1, like the reference.
+    ``mode="featext"``: outputs ``output0`` and the five taps of :data:`REFERENCE_TAPS`, like the
+    reference ``*_featext.onnx``. The input ``images`` has a static batch of 1, like the reference.
     Weights are drawn from ``seed``, so the same arguments give the same model.
     """
     torch.manual_seed(seed)
     model = StandInYolo(channels, num_classes, features_output=(mode == "featext")).eval()
     dummy = torch.rand(1, 3, *input_hw)
-    outputs = [DETECTION_OUTPUT] + ([DEFAULT_FEATURE_TENSOR] if mode == "featext" else [])
+    outputs = [DETECTION_OUTPUT] + (list(REFERENCE_TAPS) if mode == "featext" else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with atomic_path(out) as tmp:

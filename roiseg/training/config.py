@@ -118,6 +118,9 @@ class FeaturesConfig:
     feature_tensor: str = _opt(DEFAULT_FEATURE_TENSOR, "--feature-tensor",
                                f"feature tensor name (default {DEFAULT_FEATURE_TENSOR})")
     """The tensor the head reads (its shape gives channels and stride); ``tensor`` in older configs."""
+    extra_tensors: str | list[str] = "auto"
+    """Extra taps read in the same detector run by the heads that use them (``query``): tensor names,
+    or ``"auto"`` (the tensors feeding the primary at strides 4 and 16, :mod:`roiseg.features.taps`)."""
     cache: str = _opt(DEFAULT_FEATURE_CACHE, "--cache", "feature-cache folder, or none to extract every epoch",
                       metavar="DIR|none")
     """Feature-cache folder (fp16 per image), or ``"none"`` to extract on the fly every epoch."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 from torch.utils.data import DataLoader
@@ -54,13 +54,16 @@ from roiseg.training.visualize import (
     render_validation_picture,
     select_validation_images,
 )
-from roiseg.utils.atomic import ensure_writable_dir
+from roiseg.utils.atomic import check_output_dir, ensure_writable_dir
 from roiseg.utils.progress import get_logger, progress
 
 LOG = get_logger(__name__)
 
-FeatureSource = Callable[[ImageBatch], torch.Tensor]
-"""Features [B, C, h, w] of a batch on the training device."""
+Features = Union[torch.Tensor, list[torch.Tensor]]
+"""A batch's features on the training device: the primary tap [B, C, h, w], or every tap (primary first)."""
+FeatureSource = Callable[[ImageBatch], Features]
+TAP_VARIANTS: tuple[str, ...] = ("query",)
+"""Head variants that read the extra taps of ``features.extra_tensors``."""
 
 
 @dataclass
@@ -72,6 +75,7 @@ class EpochStats:
     dice: float = 0.0
     rois: int = 0
     steps: int = 0
+    skipped: int = 0  # unreadable images left out of the epoch's batches
 
     def add(self, parts: dict[str, float], n: int) -> None:
         self.loss += parts["total"] * n
@@ -81,12 +85,19 @@ class EpochStats:
         self.steps += 1
 
     def tensor(self) -> torch.Tensor:
-        return torch.tensor([self.loss, self.ce, self.dice, self.rois, self.steps], dtype=torch.float64)
+        return torch.tensor([self.loss, self.ce, self.dice, self.rois, self.steps, self.skipped], dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
 # Pieces of a run, built from the config
 # --------------------------------------------------------------------------------------------
+def build_extractor(cfg: TrainConfig, ctx: DistContext) -> OnnxFeatureExtractor:
+    """The extractor of the run; with the extra taps of ``features.extra_tensors`` when the head reads them."""
+    extras = cfg.features.extra_tensors if cfg.head.variant in TAP_VARIANTS else ()
+    return OnnxFeatureExtractor(cfg.features.extractor, cfg.features.feature_tensor, device=str(ctx.device),
+                                extra_tensors=extras)
+
+
 def build_datasets(cfg: TrainConfig, extractor: OnnxFeatureExtractor) -> tuple[CocoPersonImages, CocoPersonImages]:
     """The train set (with ROI jitter) and the val set at the extractor's input size."""
     d, hw = cfg.data, extractor.info.input_hw
@@ -132,7 +143,8 @@ def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: MaskHead, loss_fn
              o.amp_dtype if amp_enabled(device, o) else "off", cfg.features.cache_dir or "off")
     return StepSetup(model=wrap_model(head, ctx), loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                      scaler=build_scaler(device, o), input_hw=head.cfg.input_hw, grad_clip=o.grad_clip,
-                     max_rois=cfg.data.max_rois_per_step, device_type=device.type, amp=amp_enabled(device, o),
+                     max_rois=cfg.data.max_rois_per_step, points=cfg.loss.points, oversample=cfg.loss.oversample,
+                     importance=cfg.loss.importance, device_type=device.type, amp=amp_enabled(device, o),
                      amp_dtype=amp_dtype(o))
 
 
@@ -176,11 +188,12 @@ class Trainer:
         """Extractor, cache, datasets, head, loss, optimizer, schedule; restored from ``resume`` when given."""
         out = Path(cfg.train.out)
         if ctx.is_main:
-            ensure_writable_dir(out)
+            check_output_dir(out)  # refused now; created only once everything below is built
         state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
-        extractor = OnnxFeatureExtractor(cfg.features.extractor, cfg.features.feature_tensor, device=str(ctx.device))
+        extractor = build_extractor(cfg, ctx)
         info = extractor.info
-        head_cfg = cfg.head.head_config(info.channels, info.stride, info.input_hw)
+        head_cfg = cfg.head.head_config(info.channels, info.stride, info.input_hw, info.extra_channels,
+                                        info.extra_strides)
         if state is not None:
             check_resumable(state, head_cfg, info, resume)
         cache = FeatureCache(extractor, cfg.features.cache_dir)
@@ -198,6 +211,8 @@ class Trainer:
         trainer = cls(cfg=cfg, ctx=ctx, extractor=extractor, cache=cache, train_set=train_set, val_set=val_set,
                       head=head, step=step, train_sampler=sampler, train_loader=train_loader, val_loader=val_loader,
                       out=out)
+        if ctx.is_main:
+            ensure_writable_dir(out)
         if cfg.train.picture and ctx.is_main:
             trainer.picture_indices = select_validation_images(val_set, cfg.data.validation_images)
         if state is not None:
@@ -215,9 +230,15 @@ class Trainer:
             write_epoch_record(self.out / METRICS_FILE, done, record if record.get("epoch") == done else None)
 
     # ---------------------------------------------------------------------------------------
-    def features(self, batch: ImageBatch) -> torch.Tensor:
-        """[B, C, h, w] features of a batch on the training device (cache first, extractor on misses)."""
-        return self.cache.features(batch.paths, batch.images).to(self.device, non_blocking=True)
+    def features(self, batch: ImageBatch) -> Features:
+        """A batch's features on the training device (cache first, extractor on misses): the primary tap
+        [B, C, h, w], or every tap (primary first) when the head reads extra taps."""
+        return self.image_features(batch.paths, batch.images)
+
+    def image_features(self, paths: list[str], images: torch.Tensor) -> Features:
+        """Features of preprocessed ``images`` [B, 3, H, W] read from the files ``paths`` (see :meth:`features`)."""
+        taps = [t.to(self.device, non_blocking=True) for t in self.cache.taps(paths, images)]
+        return taps if len(taps) > 1 else taps[0]
 
     def train_one_epoch(self, epoch: int, features: FeatureSource | None = None) -> dict[str, float]:
         """One pass over this rank's shard; returns the epoch's train record (summed over ranks).
@@ -234,6 +255,9 @@ class Trainer:
         bar = progress(self.train_loader, desc=f"epoch {epoch}/{self.cfg.train.epochs}", total=len(self.train_loader),
                        unit="step", disable=not self.ctx.is_main)
         for i, batch in enumerate(bar):
+            stats.skipped += len(batch.skipped)
+            if not batch.paths:  # every image of the batch was unreadable
+                continue
             batch = batch.to(self.device)
             parts, n = train_step(self.step, features(batch), batch.images, batch.rois, batch.batch_idx,
                                   batch.targets, seed=step_seed(self.cfg.train.seed, epoch, i, self.ctx.rank))
@@ -249,19 +273,23 @@ class Trainer:
         rois = max(totals[3], 1.0)
         return {"train_loss": totals[0] / rois, "train_ce": totals[1] / rois, "train_dice": totals[2] / rois,
                 "train_rois": int(totals[3]), "train_steps": int(stats.steps), "rois_per_s": totals[3] / max(elapsed, 1e-9),
-                "train_time_s": elapsed, "lr": float(self.step.scheduler.get_last_lr()[0])}
+                "train_time_s": elapsed, "lr": float(self.step.scheduler.get_last_lr()[0]),
+                "skipped_images": int(totals[5])}
 
     @torch.no_grad()
     def validate(self, epoch: int | None = None) -> dict[str, Any]:
         """Metrics of the head on the whole val set (all ranks' shards summed) plus ``val_loss``."""
         head = self.head.eval()
         metrics = SegMetrics()
-        loss_sum = torch.zeros(2, dtype=torch.float64)
+        loss_sum = torch.zeros(3, dtype=torch.float64)  # loss * ROIs, ROIs, skipped images
         cap = self.cfg.data.max_rois_per_step
         start = time.perf_counter()
         desc = "validate" if epoch is None else f"validate {epoch}"
         for batch in progress(self.val_loader, desc=desc, total=len(self.val_loader), unit="batch",
                               disable=not self.ctx.is_main):
+            loss_sum[2] += len(batch.skipped)
+            if not batch.paths:
+                continue
             batch = batch.to(self.device)
             feats = self.features(batch)
             for lo in range(0, len(batch.rois), cap):
@@ -273,12 +301,13 @@ class Trainer:
                     loss, _ = self.step.loss_fn(logits, targets, inside)
                 pred = masks_from_logits(logits.float(), inside).argmax(dim=1)
                 metrics.update(pred, targets, batch.areas[sl], inside)
-                loss_sum += torch.tensor([float(loss) * len(rois), len(rois)], dtype=torch.float64)
+                loss_sum += torch.tensor([float(loss) * len(rois), len(rois), 0.0], dtype=torch.float64)
         metrics.load_state(all_reduce_sum(metrics.state(), self.ctx))
         loss_sum = all_reduce_sum(loss_sum, self.ctx)
         result = metrics.compute()
         result["val_loss"] = float(loss_sum[0] / max(float(loss_sum[1]), 1.0))
         result["val_time_s"] = time.perf_counter() - start
+        result["val_skipped_images"] = int(loss_sum[2])
         return result
 
     @torch.no_grad()
@@ -291,7 +320,7 @@ class Trainer:
         for i in self.picture_indices:
             item = self.val_set[i]
             image = item.image[None].to(self.device)
-            feats = self.cache.features([item.path], image).to(self.device)
+            feats = self.image_features([item.path], image)
             rois = item.rois.to(self.device)
             with self.autocast():
                 probs = head.predict_masks(feats, rois, torch.zeros(len(rois), dtype=torch.int64, device=self.device), image)
@@ -338,6 +367,9 @@ class Trainer:
             LOG.info("epoch %d: loss %.4f, mIoU %s, mean ROI target IoU %s (box baseline %s) -> %s", epoch,
                      record["train_loss"], fmt_metric(record.get("miou")), fmt_metric(record.get("mean_roi_target_iou")),
                      fmt_metric(record.get("box_baseline_roi_target_iou")), path.name)
+            if record["skipped_images"] or record["val_skipped_images"]:
+                LOG.warning("epoch %d: skipped %d unreadable train image(s) and %d validation image(s) (named above)",
+                            epoch, record["skipped_images"], record["val_skipped_images"])
         barrier(self.ctx)
         return record
 

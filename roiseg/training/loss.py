@@ -61,8 +61,18 @@ class LossConfig:
     """Focal exponent on the cross-entropy; 0 = plain (weighted) cross-entropy."""
     class_weights: list[float] | None = field(default=None)
     """Cross-entropy weight per class (background, target, non_target); ``None`` = all 1."""
+    points: int = 0
+    """0: loss on every pixel inside each ROI at the full input resolution (the ROI logits are pasted
+    to [N, 3, H, W]); K > 0: loss on K points per ROI, importance-sampled (:mod:`roiseg.training.points`)."""
+    oversample: float = 3.0
+    """Point loss: uniform candidates drawn per point kept."""
+    importance: float = 0.75
+    """Point loss: fraction of the points taken where the head is least certain (the rest uniform)."""
 
     def validate(self) -> None:
+        if self.points < 0 or self.oversample < 1 or not 0 <= self.importance <= 1:
+            raise ValueError(f"points must be >= 0, oversample >= 1 and importance in [0, 1] (points={self.points}, "
+                             f"oversample={self.oversample}, importance={self.importance})")
         if self.ce_weight < 0 or self.dice_weight < 0 or self.ce_weight + self.dice_weight <= 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0 (ce={self.ce_weight}, dice={self.dice_weight})")
         bad = [c for c in self.dice_classes if not 0 <= int(c) < NUM_CLASSES]
@@ -181,6 +191,8 @@ def target_pixel_counts(dataset: Any, max_images: int = DEFAULT_WEIGHT_SAMPLE) -
     indices = _sample_indices(len(dataset), max_images)
     for i in progress(indices, desc="class weights", total=len(indices), unit="img"):
         item = dataset[i]
+        if not hasattr(item, "targets"):  # a skipped (unreadable) image
+            continue
         targets = np.asarray(item.targets)
         rois = np.asarray(item.rois, dtype=np.float32).reshape(-1, 4)
         for roi, target in zip(rois, targets):

@@ -2,8 +2,9 @@
 
 A step takes a batch's features, images, ROIs and targets on the training device, keeps at most
 ``max_rois`` of the ROIs (a deterministic sample, :func:`sample_rois`, seeded per step with
-:func:`step_seed`), runs the head, pastes its ROI-grid logits to the full input resolution,
-computes the loss on the pixels inside each ROI, back-propagates through the GradScaler (a no-op
+:func:`step_seed`), runs the head, and computes the loss either on K importance-sampled points per
+ROI (``loss.points``, :mod:`roiseg.training.points`) or, with ``points = 0``, on every pixel inside
+each ROI after pasting the ROI-grid logits to the full input resolution; back-propagates through the GradScaler (a no-op
 unless fp16 autocast runs on CUDA), clips the global gradient norm, and steps the optimiser and
 the per-step learning-rate schedule.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from roiseg.modeling.paste import paste_roi_logits, roi_inside_masks
+from roiseg.training.points import point_batch
 
 
 def step_seed(*parts: int) -> int:
@@ -46,6 +48,10 @@ class StepSetup:
     """Max global gradient norm (0 = no clipping)."""
     max_rois: int = 0
     """Cap on the ROIs of a step (0 = no cap)."""
+    points: int = 0
+    """Point-sampled loss: K points per ROI (0 = loss on all pixels at full resolution)."""
+    oversample: float = 3.0
+    importance: float = 0.75
     device_type: str = "cpu"
     amp: bool = False
     amp_dtype: torch.dtype = torch.float16
@@ -57,7 +63,7 @@ class StepSetup:
 
 def train_step(
     setup: StepSetup,
-    feats: torch.Tensor,
+    feats: torch.Tensor | list[torch.Tensor],
     images: torch.Tensor,
     rois: torch.Tensor,
     batch_idx: torch.Tensor,
@@ -68,16 +74,22 @@ def train_step(
 
     ``feats`` [B, C, h, w], ``images`` [B, 3, H, W], ``rois`` [K, 4] normalised xyxy, ``batch_idx``
     [K], ``targets`` [K, H, W], all on the training device; ``seed`` draws the ROI sample when
-    ``K > setup.max_rois``.
+    ``K > setup.max_rois`` and the points of a point-sampled loss. ``feats`` may be every tap (primary first).
     """
     pick = sample_rois(len(rois), setup.max_rois, seed) if setup.max_rois > 0 else None
     if pick is not None:
         pick = pick.to(rois.device)
         rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
-    inside = roi_inside_masks(rois, setup.input_hw)
     with setup.autocast():
-        logits = paste_roi_logits(setup.model(feats, rois, batch_idx, images), rois, setup.input_hw)
-        loss, parts = setup.loss_fn(logits, targets, inside)
+        roi_logits = setup.model(feats, rois, batch_idx, images)
+        if setup.points > 0:  # K points per ROI; no [N, 3, H, W] tensor in the step
+            gen = torch.Generator().manual_seed(seed)
+            logits, tgt, valid = point_batch(roi_logits, rois, targets, setup.input_hw, setup.points,
+                                             setup.oversample, setup.importance, gen)
+            loss, parts = setup.loss_fn(logits, tgt, valid)
+        else:
+            logits = paste_roi_logits(roi_logits, rois, setup.input_hw)
+            loss, parts = setup.loss_fn(logits, targets, roi_inside_masks(rois, setup.input_hw))
     setup.optimizer.zero_grad(set_to_none=True)
     setup.scaler.scale(loss).backward()
     if setup.grad_clip > 0:

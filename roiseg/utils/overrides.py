@@ -125,7 +125,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None or (isinstance(value, list) and not value and type(None) in args):
             return None  # TOML has no null: an empty list stands for "not set"
         inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], where)
+        for candidate in inner[:-1]:  # e.g. ``str | list[str]``: the first type the value fits
+            try:
+                return coerce(value, candidate, where)
+            except InputError:
+                continue
+        return coerce(value, inner[-1], where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where} must be a list, got {value!r}")
