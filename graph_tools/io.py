@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -13,11 +15,70 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graph_tools.errors import GraphError
+from graph_tools.log import get_logger
+
+LOG = get_logger(__name__)
 
 PROTOBUF_LIMIT_BYTES: int = 2**31 - 1
 EXTERNAL_MARGIN_BYTES: int = 64 * 2**20
 TEMP_SUFFIX: str = ".tmp"
-"""Temporary files are ``.<final name>.<random>.tmp`` beside the final file."""
+"""Temporary files are ``.<final name>.pid<pid>.<random>.tmp`` beside the final file (``<pid>``: the
+writer's process id; ``<random>``: :func:`tempfile.mkstemp`'s 8 characters)."""
+STALE_TEMP_AGE_S: float = 24 * 3600.0
+"""A temporary file of ours untouched for this long is stale whatever its process id says."""
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's name sequence
+
+
+def _temp_pattern(final_name: str) -> re.Pattern[str]:
+    """``.<name>.pid<pid>.<random>.tmp`` (group 1: pid) or the pid-less ``.<name>.<random>.tmp`` of older writers."""
+    return re.compile(rf"^\.{re.escape(final_name)}\.(?:pid(\d+)\.)?{_RANDOM}{re.escape(TEMP_SUFFIX)}$")
+
+
+def _process_running(pid: int) -> bool:
+    """True when a process ``pid`` exists on this machine (also one of another user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: keep the file
+    return True
+
+
+def clean_stale_temps(final: str | Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left beside ``final`` when a writer was killed.
+
+    Only names of our own pattern for this very ``final`` are considered. One is stale when the
+    process id in its name is not running on this machine, or when it was not modified for
+    ``max_age_s`` seconds (also for pid-less names of older versions, and in case the pid was reused
+    or belongs to another machine sharing the folder). A live writer keeps its file: its pid runs
+    and it writes the file now. Each removal is logged (warning). Returns the removed paths.
+    """
+    final = Path(final)
+    folder = final.parent if str(final.parent) else Path(".")
+    if not folder.is_dir():
+        return []
+    pattern, now, removed = _temp_pattern(final.name), time.time(), []
+    for entry in folder.iterdir():
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_file():
+            continue
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue  # its writer just renamed or removed it
+        pid = int(match.group(1)) if match.group(1) else None
+        dead = pid is not None and not _process_running(pid)
+        if not (dead or now - stat.st_mtime > max_age_s):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+            why = f"process {pid} is not running" if dead else f"untouched for {(now - stat.st_mtime) / 3600:.1f} h"
+            LOG.warning("removed stale temporary file %s (%.1f MB; %s)", entry, stat.st_size / 1e6, why)
+    return removed
 
 
 def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
@@ -54,11 +115,16 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success fsync it and rename it to ``final``.
 
     On any exception the temporary file is removed and ``final`` is left untouched. The folder is
-    created when missing.
+    created when missing; a folder at ``final`` is refused (:class:`GraphError`) before anything is
+    written. Stale temporary files of ``final`` left by a killed writer are removed first
+    (:func:`clean_stale_temps`).
     """
     final = Path(final)
+    if final.is_dir():
+        raise GraphError(f"output {final} is a folder; give a file name")
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent)
+    clean_stale_temps(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.pid{os.getpid()}.", suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -44,14 +44,33 @@ def check_output_file(path: str | Path) -> Path:
     return p
 
 
+def check_output_dir(path: str | Path) -> Path:
+    """InputError, before any work, when ``path`` cannot become an output folder.
+
+    Refused: an existing file at ``path`` (or at one of its parents); an existing ancestor that is
+    not writable. A missing folder is fine. Nothing is created.
+    """
+    p = Path(path)
+    for folder in [p, *p.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == p else f"lies under the file {folder}"
+                raise InputError(f"output folder {p} {what}; give a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"output folder {p}: {folder} is not writable")
+            break
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it to ``final`` (fsynced).
 
-    The folder is created (InputError when it cannot be); on any exception the temporary file is
-    removed and ``final`` is left untouched (:func:`graph_tools.atomic_path`).
+    The folder is created (InputError when it cannot be, or when ``final`` is a folder); on any
+    exception the temporary file is removed and ``final`` is left untouched; stale temporary files
+    of ``final`` left by a killed writer are removed first (:func:`graph_tools.atomic_path`).
     """
-    final = Path(final)
+    final = check_output_file(final)
     ensure_writable_dir(final.parent if str(final.parent) else Path("."))
     with graph_tools.atomic_path(final) as tmp:
         yield tmp
