@@ -252,11 +252,42 @@ def preprocess(
     return chw[None]
 
 
+JPEG_SOI, JPEG_SOS, JPEG_EOI = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_truncation(data: bytes) -> str | None:
+    """Why the bytes of a JPEG or PNG file are cut short, or ``None`` when complete (other formats: ``None``).
+
+    JPEG: the last scan (``FF DA``) must be followed by the end-of-image marker ``FF D9`` (inside
+    a scan ``FF`` is always stuffed, so ``FF D9`` cannot occur there; trailing bytes after the
+    marker are allowed). PNG: an ``IEND`` chunk must follow the last ``IDAT`` chunk. OpenCV decodes
+    such files without an error, filling the missing part with grey.
+    """
+    if data.startswith(JPEG_SOI):
+        last_scan = data.rfind(JPEG_SOS)
+        if last_scan < 0:
+            return "JPEG without image data"
+        if data.rfind(JPEG_EOI) < last_scan:
+            return "truncated JPEG (no end-of-image marker after the last scan)"
+    elif data.startswith(PNG_SIGNATURE) and data.rfind(b"IEND") < data.rfind(b"IDAT"):
+        return "truncated PNG (no IEND chunk after the image data)"
+    return None
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as [H, W, 3] uint8 BGR; raises ``FileNotFoundError`` naming the path."""
+    """Read an image file as [H, W, 3] uint8 BGR.
+
+    Raises ``FileNotFoundError`` naming the path when it is absent, ``ValueError`` naming it when
+    it is not a readable image or is truncated (:func:`image_truncation`).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image not found: {p}")
+    data = p.read_bytes()
+    why = image_truncation(data)
+    if why is not None:
+        raise ValueError(f"corrupt image: {p} ({why})")
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"not a readable image: {p}")

@@ -52,9 +52,12 @@ def _pick_columns(ds) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # Image choice
 # --------------------------------------------------------------------------------------------
-def test_select_skips_missing_images_with_a_warning(val_set, warnings_seen) -> None:
+def test_select_skips_missing_images_with_a_warning_and_fills_up_to_four(val_set, warnings_seen) -> None:
     indices = vis.select_validation_images(val_set, DEFAULT_VALIDATION_IMAGES)
-    assert [val_set.record(i)["file_name"] for i in indices] == [DEFAULT_VALIDATION_IMAGES[0]]
+    # The one default image coco-tiny has comes first; the picture is filled up to four columns with
+    # the other validation images in dataset order (a fixed order: the same every epoch and run).
+    first = val_set.find(DEFAULT_VALIDATION_IMAGES[0])
+    assert indices == [first] + [i for i in range(len(val_set)) if i != first][:3]
     assert len(warnings_seen) == 1
     assert all(name in warnings_seen[0] for name in DEFAULT_VALIDATION_IMAGES[1:])
 
@@ -66,7 +69,8 @@ def test_select_falls_back_to_the_first_four_images(val_set, warnings_seen) -> N
 
 def test_select_keeps_order_and_drops_duplicates(val_set) -> None:
     a, b = val_set.record(5)["file_name"], val_set.record(2)["file_name"]
-    assert vis.select_validation_images(val_set, [a, b, a]) == [5, 2]
+    assert vis.select_validation_images(val_set, [a, b, a]) == [5, 2, 0, 1]
+    assert vis.select_validation_images(val_set, [a, b, a], count=2) == [5, 2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,12 +8,17 @@ Per image: the image is read with OpenCV and turned into the model input by
 resolution by pycocotools and resized to the input ``(H, W)`` with nearest neighbour; ROIs are the
 persons' COCO boxes normalised to ``[0, 1]`` (``x1, y1, x2, y2``), optionally jittered; targets are
 built by :func:`roiseg.data.targets.roi_targets` on the input grid.
+
+An image file that is truncated or corrupt (:func:`roiseg.conventions.read_image`) is skipped with
+a warning naming it: ``dataset[i]`` is ``None`` and :func:`collate_images` leaves it out and counts
+it in ``ImageBatch.skipped``, so an epoch trains on the readable images and reports how many it skipped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +50,15 @@ class ImageItem:
 
 
 @dataclass
+class SkippedImage:
+    """What ``dataset[i]`` gives for an image file that cannot be decoded (truncated, corrupt)."""
+
+    index: int
+    path: str
+    reason: str
+
+
+@dataclass
 class ImageBatch:
     """A batch of images with their ROIs concatenated; ``batch_idx`` maps each ROI to its image."""
 
@@ -58,6 +72,8 @@ class ImageBatch:
     image_ids: list[int]
     orig_hw: list[tuple[int, int]]
     indices: list[int]
+    skipped: list[str] = field(default_factory=list)
+    """Paths of the batch's images that were skipped as unreadable (not in the tensors above)."""
 
     def _map(self, fn) -> "ImageBatch":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -72,10 +88,18 @@ class ImageBatch:
         return self._map(lambda t: t.pin_memory())
 
 
-def collate_images(items: list[ImageItem]) -> ImageBatch:
-    """Stack images and concatenate their ROIs, targets, areas and ids (``DataLoader`` collate_fn)."""
+def collate_images(items: list[ImageItem | SkippedImage]) -> ImageBatch:
+    """Stack images and concatenate their ROIs, targets, areas and ids (``DataLoader`` collate_fn).
+
+    Skipped (unreadable) images are left out and listed in ``skipped``; when every image of the
+    batch was skipped, the batch is empty (``paths == []``, tensors with 0 rows).
+    """
     if not items:
         raise ValueError("cannot collate an empty list of items")
+    skipped = [it.path for it in items if isinstance(it, SkippedImage)]
+    items = [it for it in items if isinstance(it, ImageItem)]
+    if not items:
+        return _empty_batch(skipped)
     counts = torch.tensor([len(it.rois) for it in items], dtype=torch.int64)
     return ImageBatch(
         images=torch.stack([it.image for it in items]),
@@ -88,7 +112,28 @@ def collate_images(items: list[ImageItem]) -> ImageBatch:
         image_ids=[it.image_id for it in items],
         orig_hw=[it.orig_hw for it in items],
         indices=[it.index for it in items],
+        skipped=skipped,
     )
+
+
+class SkipCounter:
+    """``for batch in counter(loader)``: the batches that hold an image; ``count``: images left out so far."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, batches: Iterable[ImageBatch]) -> Iterator[ImageBatch]:
+        for batch in batches:
+            self.count += len(batch.skipped)
+            if batch.paths:
+                yield batch
+
+
+def _empty_batch(skipped: list[str]) -> ImageBatch:
+    none = torch.zeros(0, dtype=torch.int64)
+    return ImageBatch(images=torch.zeros(0, 3, 0, 0), rois=torch.zeros(0, 4), batch_idx=none,
+                      targets=torch.zeros(0, 0, 0, dtype=torch.uint8), areas=torch.zeros(0), ann_ids=none,
+                      paths=[], image_ids=[], orig_hw=[], indices=[], skipped=skipped)
 
 
 class CocoPersonImages(Dataset):
@@ -103,7 +148,9 @@ class CocoPersonImages(Dataset):
     Every kept image must exist on disk: the constructor raises :class:`InputError` naming the
     file and the image id otherwise (run ``prepare-coco --images-dir`` to drop absent images).
     The jitter of item ``i`` is drawn from ``(seed, epoch, i)``: call :meth:`set_epoch` once per
-    epoch (before creating the ``DataLoader`` iterator, so worker processes see it).
+    epoch (before creating the ``DataLoader`` iterator, so worker processes see it). An image file
+    that exists but cannot be decoded (truncated, corrupt) gives a :class:`SkippedImage`, with a
+    warning naming the file.
     """
 
     def __init__(
@@ -190,12 +237,23 @@ class CocoPersonImages(Dataset):
             raise InputError(f"{self.annotations}: {exc}") from exc
         return masks, self.rois(i)
 
-    def _read(self, i: int) -> np.ndarray:
+    def readable(self, i: int) -> bool:
+        """True when image ``i`` decodes (no warning otherwise)."""
+        try:
+            read_image(self.record(i)["path"])
+        except (FileNotFoundError, ValueError):
+            return False
+        return True
+
+    def _read(self, i: int) -> np.ndarray | SkippedImage:
         rec = self.record(i)
         try:
             image = read_image(rec["path"])
-        except (FileNotFoundError, ValueError) as exc:
+        except FileNotFoundError as exc:
             raise InputError(f"{exc} (image id {rec['id']})") from exc
+        except ValueError as exc:  # truncated or corrupt: skip it, say so
+            LOG.warning("skipping image id %s: %s", rec["id"], exc)
+            return SkippedImage(i, rec["path"], str(exc))
         if image.shape[:2] != (rec["height"], rec["width"]):
             raise InputError(
                 f"{rec['path']}: image id {rec['id']} is {image.shape[0]}x{image.shape[1]} on disk but "
@@ -203,11 +261,14 @@ class CocoPersonImages(Dataset):
             )
         return image
 
-    def __getitem__(self, i: int) -> ImageItem:
+    def __getitem__(self, i: int) -> ImageItem | SkippedImage:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
         rec = self.record(i)
-        image = preprocess(self._read(i), self.input_hw, self.preprocessing)[0]
+        bgr = self._read(i)
+        if isinstance(bgr, SkippedImage):
+            return bgr
+        image = preprocess(bgr, self.input_hw, self.preprocessing)[0]
         masks, rois = self.instance_masks(i, self.input_hw)
         if self.jitter > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i))

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from roiseg.conventions import CURVES_FILE, METRICS_FILE, checkpoint_name, validation_picture_name
-from roiseg.data.dataset import CocoPersonImages, ImageBatch, collate_images
+from roiseg.data.dataset import CocoPersonImages, ImageBatch, SkipCounter, collate_images
 from roiseg.features.cache import FeatureCache
 from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor
 from roiseg.modeling import MaskHead, build_head, count_parameters
@@ -47,7 +47,7 @@ from roiseg.training.metrics_log import write_epoch_record
 from roiseg.training.optim import amp_dtype, amp_enabled, build_optimizer, build_scaler, build_scheduler
 from roiseg.training.run_state import check_resumable, checkpoint_state, restore_training_state, seed_everything
 from roiseg.training.step import StepSetup, step_seed, train_step
-from roiseg.training.summary import fmt_metric
+from roiseg.training.summary import fmt_metric, skipped_note
 from roiseg.training.visualize import (
     plot_curves,
     predictions_to_original,
@@ -211,10 +211,9 @@ class Trainer:
         trainer = cls(cfg=cfg, ctx=ctx, extractor=extractor, cache=cache, train_set=train_set, val_set=val_set,
                       head=head, step=step, train_sampler=sampler, train_loader=train_loader, val_loader=val_loader,
                       out=out)
-        if ctx.is_main:
+        if ctx.is_main:  # inputs checked: the run starts
             ensure_writable_dir(out)
-        if cfg.train.picture and ctx.is_main:
-            trainer.picture_indices = select_validation_images(val_set, cfg.data.validation_images)
+            trainer.picture_indices = select_validation_images(val_set, cfg.data.validation_images) if cfg.train.picture else []
         if state is not None:
             trainer._restore(state, resume)
         return trainer
@@ -250,14 +249,11 @@ class Trainer:
         self.step.model.train()
         self.train_sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        stats = EpochStats()
+        stats, skips = EpochStats(), SkipCounter()  # skips: unreadable images left out of the batches
         start = time.perf_counter()
         bar = progress(self.train_loader, desc=f"epoch {epoch}/{self.cfg.train.epochs}", total=len(self.train_loader),
                        unit="step", disable=not self.ctx.is_main)
-        for i, batch in enumerate(bar):
-            stats.skipped += len(batch.skipped)
-            if not batch.paths:  # every image of the batch was unreadable
-                continue
+        for i, batch in enumerate(skips(bar)):
             batch = batch.to(self.device)
             parts, n = train_step(self.step, features(batch), batch.images, batch.rois, batch.batch_idx,
                                   batch.targets, seed=step_seed(self.cfg.train.seed, epoch, i, self.ctx.rank))
@@ -266,6 +262,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{stats.loss / stats.rois:.4f}",
                                 rois_s=f"{stats.rois / (time.perf_counter() - start):.1f}",
                                 lr=f"{self.step.scheduler.get_last_lr()[0]:.2e}", refresh=False)
+        stats.skipped = skips.count
         return self._train_record(stats, time.perf_counter() - start)
 
     def _train_record(self, stats: EpochStats, elapsed: float) -> dict[str, float]:
@@ -281,15 +278,12 @@ class Trainer:
         """Metrics of the head on the whole val set (all ranks' shards summed) plus ``val_loss``."""
         head = self.head.eval()
         metrics = SegMetrics()
-        loss_sum = torch.zeros(3, dtype=torch.float64)  # loss * ROIs, ROIs, skipped images
+        loss_sum, skips = torch.zeros(3, dtype=torch.float64), SkipCounter()  # loss * ROIs, ROIs, skipped images
         cap = self.cfg.data.max_rois_per_step
         start = time.perf_counter()
         desc = "validate" if epoch is None else f"validate {epoch}"
-        for batch in progress(self.val_loader, desc=desc, total=len(self.val_loader), unit="batch",
-                              disable=not self.ctx.is_main):
-            loss_sum[2] += len(batch.skipped)
-            if not batch.paths:
-                continue
+        for batch in skips(progress(self.val_loader, desc=desc, total=len(self.val_loader), unit="batch",
+                                    disable=not self.ctx.is_main)):
             batch = batch.to(self.device)
             feats = self.features(batch)
             for lo in range(0, len(batch.rois), cap):
@@ -303,6 +297,7 @@ class Trainer:
                 metrics.update(pred, targets, batch.areas[sl], inside)
                 loss_sum += torch.tensor([float(loss) * len(rois), len(rois), 0.0], dtype=torch.float64)
         metrics.load_state(all_reduce_sum(metrics.state(), self.ctx))
+        loss_sum[2] = skips.count
         loss_sum = all_reduce_sum(loss_sum, self.ctx)
         result = metrics.compute()
         result["val_loss"] = float(loss_sum[0] / max(float(loss_sum[1]), 1.0))
@@ -364,12 +359,9 @@ class Trainer:
             path = self.save_epoch(epoch, record)
             if self.cfg.train.picture:
                 self.draw_validation_picture(epoch)
-            LOG.info("epoch %d: loss %.4f, mIoU %s, mean ROI target IoU %s (box baseline %s) -> %s", epoch,
+            LOG.info("epoch %d: loss %.4f, mIoU %s, mean ROI target IoU %s (box baseline %s) -> %s%s", epoch,
                      record["train_loss"], fmt_metric(record.get("miou")), fmt_metric(record.get("mean_roi_target_iou")),
-                     fmt_metric(record.get("box_baseline_roi_target_iou")), path.name)
-            if record["skipped_images"] or record["val_skipped_images"]:
-                LOG.warning("epoch %d: skipped %d unreadable train image(s) and %d validation image(s) (named above)",
-                            epoch, record["skipped_images"], record["val_skipped_images"])
+                     fmt_metric(record.get("box_baseline_roi_target_iou")), path.name, skipped_note(record))
         barrier(self.ctx)
         return record
 

@@ -57,26 +57,38 @@ def instance_color(k: int) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------------------------
 # Image choice and predictions
 # --------------------------------------------------------------------------------------------
-def select_validation_images(dataset: Any, names: Sequence[str]) -> list[int]:
-    """Dataset indices of the named validation images (duplicates dropped, order kept).
+def select_validation_images(dataset: Any, names: Sequence[str], count: int = NUM_FALLBACK_IMAGES) -> list[int]:
+    """Dataset indices of the validation images to draw: the named ones first, then filled up to ``count``.
 
-    ``dataset``: a :class:`roiseg.data.dataset.CocoPersonImages` (``find(file_name) -> index | None``).
-    Names not in the dataset are skipped with a warning; when none is found, the first
-    :data:`NUM_FALLBACK_IMAGES` images are used (every image of a person-only set has persons).
+    ``dataset``: a :class:`roiseg.data.dataset.CocoPersonImages` (``find(file_name) -> index | None``,
+    ``readable(i)``). Named images are kept in order (duplicates dropped); names not in the dataset,
+    or whose file cannot be decoded, are skipped with a warning. When fewer than ``count`` remain,
+    the other images are added in dataset order (every image of a person-only set has persons;
+    unreadable ones are passed over), so the picture has ``count`` columns whenever the set has them.
     """
+    readable = getattr(dataset, "readable", lambda i: True)
     found: list[int] = []
     missing: list[str] = []
     for name in names:
         idx = dataset.find(name)
-        if idx is None:
+        if idx is None or not readable(idx):
             missing.append(name)
         elif idx not in found:
             found.append(int(idx))
     if missing:
-        LOG.warning("validation picture: %d image(s) not in the validation set, skipped: %s", len(missing), ", ".join(missing))
-    if not found:
-        found = list(range(min(NUM_FALLBACK_IMAGES, len(dataset))))
+        LOG.warning("validation picture: %d image(s) not in the validation set or unreadable, skipped: %s",
+                    len(missing), ", ".join(missing))
+    named = len(found)
+    for idx in range(len(dataset)):
+        if len(found) >= count:
+            break
+        if idx not in found and readable(idx):
+            found.append(idx)
+    if named == 0:
         LOG.warning("validation picture: none of the named images found; using the first %d validation images", len(found))
+    elif len(found) > named:
+        added = ", ".join(dataset.record(i)["file_name"] for i in found[named:])
+        LOG.info("validation picture: %d named image(s) found; added %s to show %d", named, added, len(found))
     return found
 
 
