@@ -94,8 +94,8 @@ class ErrorStats:
         a, b = class_map(ref), class_map(got)  # [N, H, W]
         self.agree += int(np.count_nonzero(a == b))
         self.pixels += a.size
-        ta = (a == self.positive_class).reshape(len(a), -1)
-        tb = (b == self.positive_class).reshape(len(b), -1)
+        ta = (a == self.positive_class).reshape(len(a), int(np.prod(a.shape[1:])))  # also for 0 items
+        tb = (b == self.positive_class).reshape(len(b), int(np.prod(b.shape[1:])))
         inter = np.count_nonzero(ta & tb, axis=1)
         union = np.count_nonzero(ta | tb, axis=1)
         self.inter += int(inter.sum())

@@ -108,8 +108,8 @@ def test_fused_model_matches_the_pytorch_path(name, simplify, checkpoints, work,
         assert st["simplify"]["passed"] and st["simplify"]["elements"] > 0
     else:
         assert "skipped" in st["simplify"]
-    # 1 ROI, GT + edge cases, and (stand-in) 64 ROIs were all compared.
-    assert report["roi_sets"] == (3 if large else 2) and report["rois"] >= 1 + 16 + large
+    # 1 ROI, GT + edge cases, (stand-in) 64 ROIs, and the contract sets (0 ROIs, awkward boxes) were compared.
+    assert report["roi_sets"] == (3 if large else 2) + 2 and report["rois"] >= 1 + 16 + large + 6
     assert len(report["image_names"]) == 1
 
 

@@ -4,11 +4,15 @@
 training model) into the deployment signature::
 
     features [1, C, h, w] float32   detector features at stride cfg.stride
-    rois     [N, 4]       float32   normalised x1, y1, x2, y2 in [0, 1]
+    rois     [N, 4]       float32   normalised x1, y1, x2, y2 in [0, 1]; N may be 0
     images   [1, 3, H, W] float32   preprocessed input (only for the "detail" variant)
     ->
     masks    [N, 3, H, W] float32   per-class probabilities at input resolution,
                                     background (class 0) with p = 1 outside each ROI
+
+The ROIs are sanitised inside the graph (:func:`sanitize_rois`): clipped to [0, 1], each axis
+ordered, and a ROI with a non-finite coordinate becomes all background without touching the others.
+The PyTorch reference of parity runs the same function (:func:`deployed_masks`).
 
 ``torchvision.ops.roi_align(aligned=True)`` exports (legacy TorchScript exporter, opset >= 16) to a
 native ``RoiAlign`` with ``coordinate_transformation_mode="half_pixel"`` and
@@ -29,7 +33,7 @@ from torch import nn
 
 from graph_tools import convert_opset, node_attributes, nodes_of_type, set_prop, validate_opset
 from roiseg.conventions import (
-    DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
+    BACKGROUND, DEFAULT_HEAD_OPSET, NUM_CLASSES, DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
     MIN_HEAD_OPSET, ROI_AXIS, extra_features_input,
 )
 from roiseg.deploy.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG
@@ -47,6 +51,46 @@ TRACE_ROIS: tuple[tuple[float, float, float, float], ...] = (
     (0.00, 0.00, 1.00, 1.00),
 )
 """Normalised boxes used to trace the export (more than one, so the ROI axis stays symbolic)."""
+AWKWARD_ROIS: tuple[tuple[float, float, float, float], ...] = (
+    (-0.20, 0.10, 0.50, 1.30),  # partly outside the image: clipped
+    (0.80, 0.90, 0.30, 0.20),  # corners given in reverse order: ordered
+    (float("nan"), 0.10, 0.50, 0.50),  # non-finite: all background
+    (0.10, float("inf"), 0.50, 0.50),
+    (1.20, 1.10, 1.50, 1.40),  # wholly outside: empty after clipping, all background
+    (0.20, 0.20, 0.60, 0.70),  # a plain box among them
+)
+"""Boxes the contract sanitises (:func:`sanitize_rois`); fuse and parity run them with the plain ones."""
+
+
+def sanitize_rois(rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 4] ROIs as given -> ([N, 4] boxes the head can take, [N] bool: the ROI was finite).
+
+    A ROI with a NaN or infinite coordinate becomes the empty box ``(0, 0, 0, 0)`` (and is flagged);
+    the others are clipped to [0, 1] and ordered so that ``x1 <= x2`` and ``y1 <= y2``. Exports to
+    ``IsNaN``/``IsInf``/``Where``/``Clip``/``Min``/``Max``, so the fused graph does the same.
+    """
+    finite = torch.isfinite(rois).all(dim=1, keepdim=True)  # [N, 1]
+    r = torch.where(finite, rois, torch.zeros_like(rois)).clamp(0.0, 1.0)
+    lo = torch.minimum(r[:, 0:2], r[:, 2:4])
+    hi = torch.maximum(r[:, 0:2], r[:, 2:4])
+    return torch.cat([lo, hi], dim=1), finite[:, 0]
+
+
+def background_where_invalid(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[N, K, ...] class probabilities with every ROI whose ``valid`` [N] is false set to background (p = 1)."""
+    onehot = (torch.arange(NUM_CLASSES, device=masks.device) == BACKGROUND).to(masks.dtype)
+    shape = [1, NUM_CLASSES] + [1] * (masks.dim() - 2)
+    return torch.where(valid.reshape([-1] + [1] * (masks.dim() - 1)), masks, onehot.reshape(shape))
+
+
+def deployed_masks(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+    """What the fused model computes for one image: sanitised ROIs -> [N, 3, H, W] probabilities.
+
+    ``taps``: the primary feature map [1, C, h, w] or [primary, *extra taps]; ``rois`` [N, 4] as given.
+    """
+    boxes, valid = sanitize_rois(rois)
+    batch_idx = torch.zeros_like(boxes[:, 0], dtype=torch.int64)
+    return background_where_invalid(head.predict_masks(taps, boxes, batch_idx, images), valid)
 
 
 class HeadOnnxWrapper(nn.Module):
@@ -84,8 +128,7 @@ class HeadOnnxWrapper(nn.Module):
         images = rest[0] if self.needs_images else None
         extras = list(rest[1:]) if self.needs_images else []
         taps = [features, *extras] if extras else features
-        batch_idx = torch.zeros_like(rois[:, 0], dtype=torch.int64)
-        return self.head.predict_masks(taps, rois, batch_idx, images)
+        return deployed_masks(self.head, taps, rois, images)
 
     def dummy_inputs(self, num_rois: int = len(TRACE_ROIS)) -> tuple[torch.Tensor, ...]:
         """Trace inputs: random features/image and ``num_rois`` (>= 2) real-looking boxes."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import onnx
 
 import graph_tools as gt
@@ -24,7 +25,7 @@ from roiseg.conventions import (
     DEFAULT_FEATURE_TENSOR, DEFAULT_FUSED_MODEL, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DETECTOR_PREFIX,
     FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET, extra_features_input,
 )
-from roiseg.deploy.export import HEAD_OPSET_REASON
+from roiseg.deploy.export import AWKWARD_ROIS, HEAD_OPSET_REASON
 from roiseg.deploy.fuse_report import FuseReport
 from roiseg.deploy.head_source import HeadSource, load_head_source
 from roiseg.deploy.metadata import FusedMetadata, detector_props, write_metadata
@@ -125,6 +126,16 @@ def full_check(model: onnx.ModelProto, path: str | Path | None = None) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
+def contract_roi_sets() -> list[np.ndarray]:
+    """ROI sets of the robust contract: zero ROIs, and the awkward boxes (outside, reversed, non-finite)."""
+    return [np.zeros((0, 4), np.float32), np.asarray(AWKWARD_ROIS, np.float32)]
+
+
+def contract_feeds(image: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """:func:`contract_roi_sets` on ``image``, as feeds of the fused model."""
+    return [{DEFAULT_IMAGE_INPUT: image, FUSED_ROIS_INPUT: rois} for rois in contract_roi_sets()]
+
+
 def finish_fused(
     build: FusedBuild, simplify: bool = True, check_images: Sequence[str | Path] | None = None,
 ) -> tuple[onnx.ModelProto, str]:
@@ -132,6 +143,7 @@ def finish_fused(
     model = build.model
     if simplify:
         feeds = check_feeds(build.meta.input_hw, build.meta.preprocessing, check_images)
+        feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT])
         result = gt.simplify_verified(model, feeds)
         model, note = result.model, result.note
         if not result.simplified:

@@ -7,8 +7,9 @@ Stages (each compares a candidate with a reference on the same inputs):
   onnxruntime on both sides.
 * ``simplify``: the simplified fused model vs the unsimplified one (skipped when not simplified).
 * ``fused``: the fused model in onnxruntime vs the PyTorch path: features from the original
-  detector ONNX through onnxruntime, then the head in torch (``RoiMaskHead.predict_masks``), same
-  preprocessing.
+  detector ONNX through onnxruntime, then the head in torch (:func:`roiseg.deploy.export.deployed_masks`:
+  the same ROI sanitising as the graph), same preprocessing. The first image also runs the contract's
+  ROI sets (zero ROIs; boxes outside, reversed, non-finite).
 
 Per stage (:class:`graph_tools.ErrorStats`): max, mean and p99 absolute error, max relative error
 ``|got - ref| / max(|ref|, 1e-6)``, and for probability maps the fraction of pixels whose argmax
@@ -38,7 +39,8 @@ from graph_tools import ErrorStats
 from roiseg.conventions import (
     DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX, TARGET,
 )
-from roiseg.deploy.fuse import build_fused, finish_fused
+from roiseg.deploy.export import deployed_masks
+from roiseg.deploy.fuse import build_fused, contract_roi_sets, finish_fused
 from roiseg.deploy.head_source import load_head_source
 from roiseg.deploy.metadata import read_metadata
 from roiseg.deploy.probes import (
@@ -117,10 +119,9 @@ class TorchPath:
 
     @torch.no_grad()
     def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
-        r = torch.from_numpy(rois)
-        idx = torch.zeros(len(r), dtype=torch.int64)
         taps = [torch.from_numpy(f) for f in features]
-        return self.head.predict_masks(taps if len(taps) > 1 else taps[0], r, idx, torch.from_numpy(image)).numpy()
+        return deployed_masks(self.head, taps if len(taps) > 1 else taps[0], torch.from_numpy(rois),
+                              torch.from_numpy(image)).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +216,8 @@ def compare_paths(
         feats = reference.features(probe.image)
         for ref, got in zip(feats, trim_s.run(reference.tensors, {trim_in: probe.image})):
             stages["trim"].update(ref, got)
-        for rois in roi_sets(probe, input_hw, large_set if i == 0 else 0):
+        sets = roi_sets(probe, input_hw, large_set if i == 0 else 0) + (contract_roi_sets() if i == 0 else [])
+        for rois in sets:
             feeds = {DEFAULT_IMAGE_INPUT: probe.image, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
             got = fused_s.run(None, feeds)[0]
             stages["fused"].update(reference.masks(feats, probe.image, feeds[FUSED_ROIS_INPUT]), got)

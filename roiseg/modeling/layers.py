@@ -11,9 +11,34 @@ from torch import nn
 from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks, rois_to_pixels
 
 
+class ExportableGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict) whose ONNX export also runs on zero ROIs.
+
+    The exporter's own GroupNorm reshapes ``[N, C, H, W]`` to ``[0, G, -1]`` (0 = copy the
+    dimension), which cannot be resolved when ``N = 0``. While exporting, this module computes the
+    same normalisation with a ``[-1, G, C/G*H*W]`` reshape (the spatial size is static per layer).
+    In PyTorch it is ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        c, g = self.num_channels, self.num_groups
+        spatial = [int(s) for s in x.shape[2:]]
+        y = x.reshape(-1, g, (c // g) * math.prod(spatial))
+        mean = y.mean(dim=2, keepdim=True)
+        centred = y - mean
+        var = (centred * centred).mean(dim=2, keepdim=True)
+        y = (centred / torch.sqrt(var + self.eps)).reshape(-1, c, *spatial)
+        if self.affine:
+            shape = [1, c] + [1] * len(spatial)
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
+
+
 def gn(channels: int, groups: int) -> nn.GroupNorm:
-    """GroupNorm with as many groups as divide ``channels`` (at most ``groups``)."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels)
+    """GroupNorm with as many groups as divide ``channels`` (at most ``groups``); exportable for N = 0."""
+    return ExportableGroupNorm(math.gcd(groups, channels), channels)
 
 
 def conv_gn_relu(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:

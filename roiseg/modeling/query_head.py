@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 
 from roiseg.conventions import NUM_CLASSES
 from roiseg.modeling.config import HeadConfig
-from roiseg.modeling.layers import MaskHeadOutputs, conv_gn_relu, roi_boxes, roi_coordinate_channels
+from roiseg.modeling.layers import MaskHeadOutputs, conv_gn_relu, gn, roi_boxes, roi_coordinate_channels
 
 EMBED_STRIDE: int = 4
 """Stride of the mask embedding in input pixels."""
@@ -48,7 +48,7 @@ class PixelDecoder(nn.Module):
         self.lateral = nn.ModuleList([conv_gn_relu(c, dim, 1, groups) for c in channels])
         half = max(dim // 2, 8)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(8, half), half),
+            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), gn(half, 8),
             nn.ReLU(inplace=True), conv_gn_relu_strided(half, dim, groups),
         )
         self.out = nn.Sequential(conv_gn_relu(dim, dim, 3, groups), nn.Conv2d(dim, dim, 1))
@@ -68,7 +68,7 @@ class PixelDecoder(nn.Module):
 def conv_gn_relu_strided(cin: int, cout: int, groups: int) -> nn.Sequential:
     """3x3 stride-2 conv, GroupNorm, ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-                         nn.GroupNorm(math.gcd(groups, cout), cout), nn.ReLU(inplace=True))
+                         gn(cout, groups), nn.ReLU(inplace=True))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None) -> torch.Tensor:
@@ -179,7 +179,8 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
                          aligned=True)  # [N, D, G, G]
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D]
-        tokens = self.token_proj(grid.flatten(2).transpose(1, 2) + pos[None])  # [N, T, D]
+        tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
+        tokens = self.token_proj(tokens + pos[None])
         queries = self._queries(taps[0], rois, boxes)
         logits = self._logits(queries, tokens)
         for layer in self.layers:
