@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Sequence
 
@@ -43,6 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NUMBER_LIST = re.compile(r"^-\s*[0-9.]+(?:[eE][-+]?\d+)?(?:\s*,\s*[-+]?[0-9.]+(?:[eE][-+]?\d+)?)+$")
+"""A comma-separated list of numbers that starts with a negative one, e.g. ``-50,-50,100,100``."""
+
+
+def glue_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--opt -50,-50,100,100`` -> ``--opt=-50,-50,100,100``.
+
+    argparse takes a value that starts with ``-`` (and is not a single number) for an option and
+    stops with "expected one argument"; a comma-separated list of numbers is never an option.
+    """
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        if NUMBER_LIST.match(token) and prev.startswith("--") and "=" not in prev:
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def _wants_debug(argv: Sequence[str]) -> bool:
     return "--debug" in argv
 
@@ -51,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere on the line, also after the subcommand.
     debug = _wants_debug(argv)
-    argv = [a for a in argv if a != "--debug"]
+    argv = glue_negative_values([a for a in argv if a != "--debug"])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))

@@ -35,8 +35,8 @@ def test_parse_roi():
 def test_clip_rois_warns_and_refuses_empty_boxes():
     clipped, notes = clip_rois(np.array([[10, 20, 50, 60], [-5, 30, 120, 200]], np.float32), (100, 80))
     np.testing.assert_array_equal(clipped, [[10, 20, 50, 60], [0, 30, 80, 100]])
-    assert len(notes) == 1 and notes[0].startswith("ROI #1") and "clipped to 0,30,80,100" in notes[0]
-    with pytest.raises(InputError, match="ROI #0 .* is empty"):
+    assert len(notes) == 1 and notes[0].startswith("ROI #2") and "clipped to 0,30,80,100" in notes[0]  # numbered from 1
+    with pytest.raises(InputError, match="ROI #1 .* is empty"):
         clip_rois(np.array([[10, 10, 10, 50]], np.float32), (100, 80))
     with pytest.raises(InputError, match="outside the 80x100 image"):
         clip_rois(np.array([[90, 10, 120, 50]], np.float32), (100, 80))
@@ -61,7 +61,7 @@ def test_predict_image_end_to_end(fused, coco_tiny, tmp_path):
     rois = [[60.0, 40.0, 300.0, 320.0], [200.0, -30.0, w0 + 50.0, 200.0]]
     pred, written = predict_image(fused, image, rois, out=tmp_path / "overlay.png", masks_dir=tmp_path / "masks")
     assert pred.labels.shape == (2, h0, w0) and pred.probs.shape == (2, 3, h0, w0)
-    assert len(pred.warnings) == 1 and "ROI #1" in pred.warnings[0]
+    assert len(pred.warnings) == 1 and "ROI #2" in pred.warnings[0]
     np.testing.assert_array_equal(pred.rois_px[1], [200, 0, w0, 200])
     # Independent path: the session by hand on the same normalised boxes, each class resized on its own.
     meta_hw = tuple(json.loads(read_props(onnx.load(str(fused)))["roiseg.input_hw"]))
@@ -71,15 +71,15 @@ def test_predict_image_end_to_end(fused, coco_tiny, tmp_path):
                         for n in range(2)])
     np.testing.assert_allclose(pred.probs, resized, atol=1e-6)
     np.testing.assert_array_equal(pred.labels, resized.argmax(1))
-    # Far outside ROI #0 everything is background.
+    # Far outside ROI #1 everything is background.
     assert np.all(pred.labels[0, :, 310:] == BACKGROUND) and np.all(pred.labels[0, :30] == BACKGROUND)
     overlay = cv2.imread(str(tmp_path / "overlay.png"))
     assert overlay.shape == bgr.shape and not np.array_equal(overlay, bgr)
     names = sorted(p.name for p in (tmp_path / "masks").iterdir())
-    assert names == [f"000000020992_roi{i}_{k}.png" for i in (0, 1) for k in ("classes", "target")]
-    classes = cv2.imread(str(tmp_path / "masks" / "000000020992_roi0_classes.png"), cv2.IMREAD_UNCHANGED)
+    assert names == [f"000000020992_roi{i}_{k}.png" for i in (1, 2) for k in ("classes", "target")]
+    classes = cv2.imread(str(tmp_path / "masks" / "000000020992_roi1_classes.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(classes, pred.labels[0])
-    target = cv2.imread(str(tmp_path / "masks" / "000000020992_roi0_target.png"), cv2.IMREAD_UNCHANGED)
+    target = cv2.imread(str(tmp_path / "masks" / "000000020992_roi1_target.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(target, np.where(pred.labels[0] == TARGET, 255, 0))
     assert len(written) == 5
 
@@ -127,5 +127,5 @@ def test_predict_cli_prints_and_writes(fused, coco_tiny, tmp_path, capsys):
     assert main(["predict", "--model", str(fused), "--image", str(coco_tiny / IMAGE), "--roi", "20,20,200,300",
                  "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "#0 box 20,20,200,300" in printed and f"wrote {out}" in printed
+    assert "#1 box 20,20,200,300" in printed and f"wrote {out}" in printed
     assert cv2.imread(str(out)) is not None  # a real JPEG, named .jpg

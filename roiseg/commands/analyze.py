@@ -27,8 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from roiseg.data.analyze import analyze
-    from roiseg.utils.atomic import write_json
+    from roiseg.utils.atomic import check_output_file, write_json
 
+    check_output_file(args.out)  # before the (long) count
     result = analyze(args.annotations, workers=args.workers)
     write_json(args.out, result)
     ratios = ", ".join(f"{n} {result['pixel_ratios'][n]:.4f}" for n in CLASS_NAMES)

@@ -37,7 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from roiseg.deploy.fuse import fuse
+    from roiseg.deploy.probes import read_probe_image
+    from roiseg.utils.atomic import check_output_file
 
+    check_output_file(args.out)  # refuse a folder or an unwritable place before any work
+    for image in args.check_image or []:
+        read_probe_image(image)  # absent, truncated or corrupt: stop now, naming the file
     report = fuse(args.detector, args.head, feature_tensor=args.feature_tensor, out=args.out, opset=args.opset,
                   simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image)
     print(report.summary())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import PARITY_ATOL, PARITY_MIN_ARGMAX, PARITY_REPORT
+from roiseg.conventions import DEFAULT_PARITY_REPORT, PARITY_ATOL, PARITY_MIN_ARGMAX
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,15 +32,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=PARITY_ATOL, help=f"max absolute error on probabilities (default {PARITY_ATOL:g})")
     p.add_argument("--min-argmax", type=float, default=PARITY_MIN_ARGMAX,
                    help=f"min fraction of pixels whose argmax class agrees (default {PARITY_MIN_ARGMAX})")
-    p.add_argument("--report", type=Path, default=Path(PARITY_REPORT), help=f"JSON report (default {PARITY_REPORT})")
+    p.add_argument("--report", type=Path, default=Path(DEFAULT_PARITY_REPORT),
+                   help=f"JSON report (default {DEFAULT_PARITY_REPORT})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from roiseg.deploy.parity import failure_summary, format_table, run_parity
-    from roiseg.errors import CheckFailed
-    from roiseg.utils.atomic import write_json
+    from roiseg.errors import CheckFailed, InputError
+    from roiseg.utils.atomic import check_output_file, write_json
 
+    if args.max_images is not None and args.max_images < 1:
+        raise InputError(f"--max-images must be >= 1, got {args.max_images}")
+    check_output_file(args.report)  # before any work
     report = run_parity(args.detector, args.head, fused=args.fused, annotations=args.annotations, images=args.images,
                         atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
                         feature_tensor=args.feature_tensor)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import DEVICE_CHOICES
+from roiseg.conventions import DEFAULT_PREDICT_OVERLAY, DEVICE_CHOICES
+from roiseg.utils.progress import get_logger
 
-DEFAULT_OVERLAY = "overlay.png"
+DEFAULT_OVERLAY = DEFAULT_PREDICT_OVERLAY
+LOG = get_logger("roiseg.commands.predict")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,8 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="segment the persons in given boxes of an image with the fused model",
         description=(
-            "ROIs are pixel boxes x1,y1,x2,y2 of the original image; they are clipped to the image (with a "
-            "warning), empty ones are refused. The image is preprocessed as the model's metadata says; "
+            "ROIs are pixel boxes x1,y1,x2,y2 of the original image (or normalised 0..1 boxes with --normalized; "
+            "negative numbers work as --roi -50,-50,100,100); they are clipped to the image (with a "
+            "warning), empty ones are refused; they are numbered from 1. Every output path is checked before "
+            "any work. The image is preprocessed as the model's metadata says; "
             "masks are resized back to the original size (bilinear probabilities, then argmax)."
         ),
     )
@@ -24,9 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, required=True, help="image file")
     p.add_argument("--roi", action="append", required=True, metavar="X1,Y1,X2,Y2",
                    help="ROI in pixels of the original image (repeatable)")
+    p.add_argument("--normalized", action="store_true",
+                   help="the --roi numbers are normalised to [0, 1] (fractions of the width and height)")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OVERLAY), help=f"overlay picture (default {DEFAULT_OVERLAY})")
     p.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
-                   help="also write per-ROI class-id and target PNGs into DIR")
+                   help="also write per-ROI class-id and target PNGs into the folder DIR")
     p.add_argument("--device", default="auto", help=f"onnxruntime device: {', '.join(DEVICE_CHOICES)}, cuda:N (default auto)")
     p.set_defaults(func=run)
 
@@ -36,11 +42,14 @@ def run(args: argparse.Namespace) -> int:
     from roiseg.deploy.predict import parse_roi, predict_image
 
     rois = [parse_roi(r) for r in args.roi]
+    if not args.normalized and max(max(r) for r in rois) <= 1.0:
+        LOG.warning("every --roi coordinate is <= 1: these are pixels of the image, so the box is at most 1 pixel; "
+                    "if they are fractions of the image size, pass --normalized")
     pred, written = predict_image(args.model, args.image, rois, out=args.out, masks_dir=args.save_masks,
-                                  device=args.device)
+                                  device=args.device, normalized=args.normalized)
     h, w = pred.labels.shape[1:]
     print(f"{len(pred.rois_px)} ROI(s) on {args.image} ({w}x{h})")
-    for i, (box, labels) in enumerate(zip(pred.rois_px, pred.labels)):
+    for i, (box, labels) in enumerate(zip(pred.rois_px, pred.labels), start=1):
         box_text = ",".join(f"{v:g}" for v in box)
         print(f"  #{i} box {box_text}: target {(labels == TARGET).sum()} px, non-target {(labels == NON_TARGET).sum()} px")
     for path in written:

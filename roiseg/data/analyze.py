@@ -25,7 +25,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roiseg.conventions import CLASS_NAMES, NUM_CLASSES, SIZE_BUCKETS, roi_pixel_span, size_bucket
+from roiseg.conventions import (
+    CLASS_NAMES, COCO_PERSON_CATEGORY_ID, NUM_CLASSES, SIZE_BUCKETS, roi_pixel_span, size_bucket,
+)
 from roiseg.data.coco import Rle, box_rle, load_coco_json, segmentation_to_rle
 from roiseg.data.prepare import select_persons
 from roiseg.errors import InputError
@@ -185,6 +187,14 @@ def _ratios(counts: np.ndarray) -> dict[str, float]:
     return {name: (float(c) / total if total else 0.0) for name, c in zip(CLASS_NAMES, counts)}
 
 
+def _reasons(selection) -> str:
+    """``"; dropped images: crowd 2, no_person 3; skipped annotations: ..."`` (empty when nothing was)."""
+    parts = [f"{what}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+             for what, counts in (("dropped images", selection.dropped_images), ("skipped annotations", selection.skipped))
+             if counts]
+    return "".join(f"; {p}" for p in parts)
+
+
 def analyze(annotations: str | Path, workers: int | None = None) -> dict:
     """Pixel counts and ratios of the 3-class ROI targets, ROI size statistics and class weights.
 
@@ -205,6 +215,9 @@ def analyze(annotations: str | Path, workers: int | None = None) -> dict:
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
+    if n_instances == 0:
+        raise InputError(f"{annotations}: no person ROI to analyze (no annotation with category_id "
+                         f"{COCO_PERSON_CATEGORY_ID} and iscrowd 0 that has a box and a mask{_reasons(selection)})")
     LOG.info("analyzing %d ROIs of %d images in %s", n_instances, len(jobs), annotations)
     parts = _run_jobs(jobs, n_instances, workers)
 
@@ -212,6 +225,8 @@ def analyze(annotations: str | Path, workers: int | None = None) -> dict:
     by_bucket = {b: sum((p["by_bucket"][b] for p in parts), np.zeros(NUM_CLASSES, dtype=np.int64)) for b in SIZE_BUCKETS}
     rois_by_bucket = sum((p["rois_by_bucket"] for p in parts), Counter())
     sizes = np.concatenate([p["sizes"] for p in parts]) if parts else np.zeros((0, 3))
+    if not totals.any():
+        raise InputError(f"{annotations}: the {n_instances} person ROIs have no pixel centre inside their boxes (every bbox is under one pixel)")
     ratios = _ratios(totals)
     weights = class_weights([ratios[n] for n in CLASS_NAMES])
     return {

@@ -165,6 +165,11 @@ def prepare_coco(
             raise InputError(f"subset must be a positive number of images, got {n}")
     data = load_coco_json(instances)
     selection = select_persons(data, instances, images_dir)
+    if not selection.images:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(selection.dropped_images.items())) or "none"
+        raise InputError(f"{instances}: no image with a usable person annotation (category_id "
+                         f"{COCO_PERSON_CATEGORY_ID}, iscrowd 0) among its {len(data['images'])} images "
+                         f"(dropped: {dropped}); nothing written")
     out_dir = ensure_writable_dir(out_dir)
     full = person_only_dataset(data, selection.images, selection.annotations)
     outputs: list[tuple[Path, dict]] = [(out_dir / person_only_name(instances.stem), full)]

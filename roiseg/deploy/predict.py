@@ -2,9 +2,10 @@
 
 ROIs are given in pixels of the original image (``x1, y1, x2, y2``). They are clipped to the image
 (with a warning) and normalised to the model's ``rois`` format; a ROI that is empty after clipping
-is refused. The image is preprocessed as the model's metadata says (``roiseg.preprocessing``).
-The model returns per-class probabilities [N, 3, H, W] at its input size; each ROI's three maps are
-resized to the original ``(H0, W0)`` bilinearly (``cv2.resize``) and the class is their argmax.
+is refused; ROIs are numbered from 1 in messages, on the overlay and in mask file names. The image
+is preprocessed as the model's metadata says (``roiseg.preprocessing``). The model returns
+per-class probabilities [N, 3, H, W] at its input size; each ROI's three maps are resized to the
+original ``(H0, W0)`` bilinearly (``cv2.resize``) and the class is their argmax.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import numpy as np
 from graph_tools import create_session
 from roiseg.deploy.metadata import FusedMetadata, read_metadata
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, pixel_rois_to_normalised, preprocess, read_image,
+    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, normalised_rois_to_pixels, pixel_rois_to_normalised,
+    preprocess, read_image,
 )
 from roiseg.errors import InputError, graph_errors
 from roiseg.features.providers import choose_providers
-from roiseg.utils.atomic import ensure_writable_dir, write_bytes
+from roiseg.utils.atomic import check_output_dir, check_output_file, ensure_writable_dir, write_bytes
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -56,7 +58,7 @@ def clip_rois(rois_px: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarra
     """Clip [N, 4] pixel ``x1, y1, x2, y2`` boxes to an image of ``(H, W)``.
 
     Returns the clipped boxes and one warning per box that was changed. InputError for a box that
-    is empty (``x2 <= x1`` or ``y2 <= y1``) before or after clipping.
+    is empty (``x2 <= x1`` or ``y2 <= y1``) before or after clipping. Messages number ROIs from 1.
     """
     h, w = image_hw
     rois = np.asarray(rois_px, dtype=np.float32).reshape(-1, 4)
@@ -66,7 +68,7 @@ def clip_rois(rois_px: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarra
     clipped[:, [0, 2]] = np.clip(rois[:, [0, 2]], 0.0, float(w))
     clipped[:, [1, 3]] = np.clip(rois[:, [1, 3]], 0.0, float(h))
     notes = []
-    for i, (orig, new) in enumerate(zip(rois, clipped)):
+    for i, (orig, new) in enumerate(zip(rois, clipped), start=1):
         text = ",".join(f"{v:g}" for v in orig)
         if orig[2] <= orig[0] or orig[3] <= orig[1]:
             raise InputError(f"ROI #{i} ({text}) is empty: needs x2 > x1 and y2 > y1")
@@ -151,7 +153,7 @@ def draw_overlay(image_bgr: np.ndarray, pred: Prediction) -> np.ndarray:
         colour = PALETTE_BGR[i % len(PALETTE_BGR)]
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x1, y1), (max(x2 - 1, x1), max(y2 - 1, y1)), colour, thickness)
-        cv2.putText(out, f"#{i}", (x1 + 2, max(y1 + 14, 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(out, f"#{i + 1}", (x1 + 2, max(y1 + 14, 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     return out
 
 
@@ -168,13 +170,29 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
 
 
 def save_masks(pred: Prediction, folder: str | Path, stem: str) -> list[Path]:
-    """Per ROI ``<stem>_roi<i>_classes.png`` (class ids 0/1/2) and ``<stem>_roi<i>_target.png`` (0/255)."""
+    """Per ROI ``<stem>_roi<i>_classes.png`` (class ids 0/1/2) and ``<stem>_roi<i>_target.png`` (0/255), ``i`` from 1."""
     folder = ensure_writable_dir(folder)
+    names = mask_file_names(stem, len(pred.labels))
     written = []
-    for i, labels in enumerate(pred.labels):
-        written.append(write_image(folder / f"{stem}_roi{i}_classes.png", labels))
-        written.append(write_image(folder / f"{stem}_roi{i}_target.png", np.where(labels == TARGET, 255, 0).astype(np.uint8)))
+    for labels, classes_name, target_name in zip(pred.labels, names[0::2], names[1::2]):
+        written.append(write_image(folder / classes_name, labels))
+        written.append(write_image(folder / target_name, np.where(labels == TARGET, 255, 0).astype(np.uint8)))
     return written
+
+
+def mask_file_names(stem: str, n: int) -> list[str]:
+    """The file names :func:`save_masks` writes for ``n`` ROIs of an image named ``stem``."""
+    return [f"{stem}_roi{i}_{kind}.png" for i in range(1, n + 1) for kind in ("classes", "target")]
+
+
+def check_outputs(out: str | Path | None, masks_dir: str | Path | None, stem: str, n: int) -> None:
+    """InputError, before any work, when the overlay file or a mask file cannot be written."""
+    if out is not None:
+        check_output_file(out)
+    if masks_dir is not None:
+        check_output_dir(masks_dir)
+        for name in mask_file_names(stem, n):
+            check_output_file(Path(masks_dir) / name)
 
 
 def predict_image(
@@ -184,12 +202,20 @@ def predict_image(
     out: str | Path | None = None,
     masks_dir: str | Path | None = None,
     device: str = "auto",
+    normalized: bool = False,
 ) -> tuple[Prediction, list[Path]]:
-    """Library function behind ``roiseg predict``: returns the prediction and the files written."""
+    """Library function behind ``roiseg predict``: returns the prediction and the files written.
+
+    ``rois_px``: pixel boxes of the image, or normalised ``[0, 1]`` boxes when ``normalized``.
+    Every output path is checked before the image or the model is read.
+    """
+    check_outputs(out, masks_dir, Path(image).stem, len(rois_px))
     try:
         bgr = read_image(image)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from exc
+    if normalized:
+        rois_px = normalised_rois_to_pixels(np.asarray(rois_px, dtype=np.float32), bgr.shape[:2])
     clip_rois(np.asarray(rois_px, dtype=np.float32), bgr.shape[:2])  # refuse bad ROIs before loading the model
     pred = FusedPredictor(model, device).predict(bgr, np.asarray(rois_px, dtype=np.float32))
     written: list[Path] = []

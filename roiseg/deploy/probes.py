@@ -27,6 +27,20 @@ MANY_ROIS: int = 16
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+def read_probe_image(path: str | Path) -> np.ndarray:
+    """[H, W, 3] uint8 BGR of an image file; :class:`InputError` naming the file when it is absent,
+    unreadable, truncated or corrupt."""
+    try:
+        return read_image(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _check_max_images(max_images: int | None) -> None:
+    if max_images is not None and max_images < 1:
+        raise InputError(f"max_images must be at least 1, got {max_images}")
+
+
 def smooth_image(input_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
     """[1, 3, H, W] float32 in [0, 1]: low-frequency colour noise (a stand-in for a photo)."""
     rng = np.random.default_rng(seed)
@@ -87,6 +101,7 @@ def coco_probe_images(
 ) -> Iterator[ProbeImage]:
     """Images with person (non-crowd) GT boxes from a COCO instances JSON (rules of ``prepare-coco``)."""
     images_dir = Path(images_dir)
+    _check_max_images(max_images)
     if not images_dir.is_dir():
         raise InputError(f"image folder not found: {images_dir}")
     sel = select_persons(load_coco_json(annotations), annotations, images_dir)
@@ -96,18 +111,21 @@ def coco_probe_images(
     for rec in sel.images[:max_images]:
         hw = (int(rec["height"]), int(rec["width"]))
         boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in by_image[rec["id"]]])
-        img = preprocess(read_image(images_dir / rec["file_name"]), input_hw, preprocessing)
+        img = preprocess(read_probe_image(images_dir / rec["file_name"]), input_hw, preprocessing)
         yield ProbeImage(rec["file_name"], img, np.clip(boxes, 0.0, 1.0))
 
 
 def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
                         max_images: int | None = None) -> Iterator[ProbeImage]:
     """Every image file in a folder (sorted), with plausible boxes instead of GT."""
+    _check_max_images(max_images)
+    if not Path(images_dir).is_dir():
+        raise InputError(f"image folder not found: {images_dir}")
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
     for i, p in enumerate(files[:max_images]):
-        yield ProbeImage(p.name, preprocess(read_image(p), input_hw, preprocessing), plausible_rois(3, seed=i))
+        yield ProbeImage(p.name, preprocess(read_probe_image(p), input_hw, preprocessing), plausible_rois(3, seed=i))
 
 
 def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], large: int = 0) -> list[np.ndarray]:
@@ -129,7 +147,7 @@ def check_feeds(
     cases (never uniform random boxes, which are degenerate).
     """
     if images:
-        arrays = [preprocess(read_image(p), input_hw, preprocessing) for p in images]
+        arrays = [preprocess(read_probe_image(p), input_hw, preprocessing) for p in images]
     else:
         arrays = [smooth_image(input_hw, seed=0)]
     feeds = []
