@@ -39,7 +39,7 @@ class HeadConfig:
     sampling_ratio: int = 2
     """RoIAlign samples per bin along each axis (fixed, so torch and ONNX Runtime agree exactly)."""
     groups: int = 32
-    embed_dim: int = 64
+    embed_dim: int = 32
     """``query``: channels of the per-image mask embedding (stride 4) and of the queries."""
     query_layers: int = 3
     """``query``: masked cross-attention decoder layers."""

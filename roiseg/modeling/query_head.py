@@ -7,7 +7,9 @@ convs) into one mask embedding ``E`` [B, D, H/4, W/4].
 Per ROI, everything is light:
 
 1. ``RoIAlign(E)`` to a ``G x G`` grid over the ROI (``G = mask_size``): the ROI's pixel tokens
-   [N, G*G, D], plus a learned embedding of each cell's position inside the ROI.
+   [N, G*G, D]. Keys are the tokens plus a learned embedding of each cell's position inside the ROI
+   (one [G*G, D] table, computed once); values are the tokens. No per-token projection runs per
+   ROI: everything per ROI is a RoIAlign, a few [3 x G*G] attention maps and dot products.
 2. A query from the RoI-aligned primary tap (average-pooled) and the box geometry (normalised
    x1, y1, x2, y2, w, h), turned into three class queries (background, target, non-target).
 3. ``query_layers`` decoder layers (Mask2Former): masked cross-attention of the class queries over
@@ -89,20 +91,25 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: 
 
 
 class DecoderLayer(nn.Module):
-    """Masked cross-attention -> self-attention -> MLP, each with a residual and LayerNorm."""
+    """Masked cross-attention -> self-attention -> MLP, each with a residual and LayerNorm.
+
+    The cross-attention projects only the queries: keys and values are the ROI's tokens as they
+    are (keys with the position table added), so its cost per ROI is ``O(3 * T * D)``.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.q_cross, self.k_cross, self.v_cross, self.o_cross = (nn.Linear(dim, dim) for _ in range(4))
+        self.q_cross, self.o_cross = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.qkv_self = nn.Linear(dim, 3 * dim)
         self.o_self = nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
         self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(3)])
 
-    def forward(self, queries: torch.Tensor, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """queries [N, 3, D], tokens [N, T, D], bias [N, 3, T] -> [N, 3, D]."""
-        cross = attend(self.q_cross(queries), self.k_cross(tokens), self.v_cross(tokens), self.heads, bias)
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        """queries [N, 3, D], keys and values [N, T, D], bias [N, 3, T] -> [N, 3, D]."""
+        cross = attend(self.q_cross(queries), keys, values, self.heads, bias)
         x = self.norms[0](queries + self.o_cross(cross))
         q, k, v = self.qkv_self(x).chunk(3, dim=-1)
         x = self.norms[1](x + self.o_self(attend(q, k, v, self.heads, None)))
@@ -133,7 +140,6 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
                                    nn.Linear(2 * dim, dim))
         self.class_embed = nn.Parameter(torch.randn(NUM_CLASSES, dim) * 0.02)
         self.position = nn.Linear(2, dim)
-        self.token_proj = nn.Linear(dim, dim)
         self.layers = nn.ModuleList([DecoderLayer(dim, cfg.query_heads) for _ in range(cfg.query_layers)])
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
 
@@ -178,12 +184,12 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         g = cfg.mask_size
         grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
                          aligned=True)  # [N, D, G, G]
-        pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D]
+        pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
-        tokens = self.token_proj(tokens + pos[None])
+        keys = tokens + pos[None]
         queries = self._queries(taps[0], rois, boxes)
         logits = self._logits(queries, tokens)
         for layer in self.layers:
-            queries = layer(queries, tokens, attention_bias(logits))
+            queries = layer(queries, keys, tokens, attention_bias(logits))
             logits = self._logits(queries, tokens)
         return logits.reshape(-1, NUM_CLASSES, g, g)

@@ -1,0 +1,153 @@
+"""Per-ROI cost of each head variant at the reference shapes, in the fused model and in training.
+
+Builds the stand-in detector at the reference shapes (1024 channels, 640x640, the five reference
+taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps), a head with default
+sizes and random weights, fuses them (``roiseg fuse``) and times in one process, round-robin:
+
+* ``detector``: the trimmed detector alone (image -> the taps the head reads);
+* ``fused 1`` and ``fused N``: the fused model with 1 and N ROIs.
+
+Ratios: fused(1) / detector and the per-extra-ROI cost (fused(N) - fused(1)) / (N - 1) / detector.
+Then one training step per variant on random features of the right shapes (``--train-rois`` ROIs,
+``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss,
+``query`` with the point loss (K points per ROI); training ROIs/s and the ratio query / detail.
+
+    uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import graph_tools as gt
+from roiseg.conventions import DEFAULT_FEATURE_TENSOR
+from roiseg.deploy.fuse import fuse
+from roiseg.deploy.probes import plausible_rois, probe_rois, smooth_image
+from roiseg.features.extractor import describe_extractor
+from roiseg.modeling import HeadConfig, build_head, count_parameters
+from roiseg.synthetic.detector import build_stand_in_detector
+from roiseg.training.checkpoint import save_checkpoint
+from roiseg.training.loss import LossConfig, SegLoss
+from roiseg.training.step import StepSetup, train_step
+
+VARIANTS = {"detail": {"variant": "detail"}, "query": {"variant": "query"}}
+POINTS = {"detail": 0, "query": 12544}
+
+
+def head_config(detector: Path, variant: str) -> tuple[HeadConfig, dict]:
+    extras = "auto" if variant == "query" else ()
+    info = describe_extractor(detector, DEFAULT_FEATURE_TENSOR, extra_tensors=extras)
+    cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw, variant=variant,
+                     extra_channels=info.extra_channels, extra_strides=info.extra_strides)
+    return cfg, info.to_dict()
+
+
+def build(root: Path, detector: Path, variant: str) -> tuple[Path, Path, HeadConfig]:
+    """Fused model and trimmed detector (at every tap the head reads) of one variant."""
+    cfg, info = head_config(detector, variant)
+    torch.manual_seed(0)
+    head = build_head(cfg).eval()
+    ckpt = save_checkpoint(root / f"{variant}.pth", {"epoch": 0, "head_config": cfg.to_dict(),
+                                                     "model": head.state_dict(), "extractor": info,
+                                                     "metrics": {}, "config": {}})
+    fused = fuse(detector, ckpt, out=root / f"{variant}.onnx", simplify=False).out
+    taps = [DEFAULT_FEATURE_TENSOR, *info["extra_tensors"]]
+    trimmed = gt.save_model(gt.trim_at_tensor(gt.load_model(detector), taps), root / f"{variant}_trimmed.onnx")
+    return fused, trimmed, cfg
+
+
+def time_inference(paths: dict[str, tuple[Path, Path]], hw: tuple[int, int], n: int, reps: int) -> dict:
+    image = smooth_image(hw, seed=0)
+    rois = {k: probe_rois(plausible_rois(min(k, 3)), hw, k)[:k] for k in (1, n)}
+    calls = {}
+    for variant, (fused, trimmed) in paths.items():
+        fs, ts = gt.create_session(fused), gt.create_session(trimmed)
+        calls[f"{variant} detector"] = lambda ts=ts: ts.run(None, {"images": image})
+        for k in (1, n):
+            calls[f"{variant} fused {k}"] = lambda fs=fs, k=k: fs.run(None, {"images": image, "rois": rois[k]})
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(reps):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def train_rois_per_s(cfg: HeadConfig, points: int, rois_per_step: int, steps: int) -> float:
+    """ROIs/s of ``train_step`` on random taps (batch of 2 images) with the given loss."""
+    torch.manual_seed(0)
+    h, w = cfg.input_hw
+    head = build_head(cfg).train()
+    taps = [torch.randn(2, cfg.in_channels, h // cfg.stride, w // cfg.stride)]
+    taps += [torch.randn(2, c, h // s, w // s) for c, s in zip(cfg.extra_channels, cfg.extra_strides)]
+    feats = taps if cfg.num_extra_taps else taps[0]
+    images = torch.rand(2, 3, h, w)
+    rois = torch.from_numpy(plausible_rois(rois_per_step, seed=1))
+    batch_idx = torch.arange(rois_per_step) % 2
+    targets = torch.randint(0, 3, (rois_per_step, h, w), dtype=torch.uint8)
+    setup = StepSetup(model=head, loss_fn=SegLoss(LossConfig()), optimizer=torch.optim.AdamW(head.parameters()),
+                      scheduler=None, scaler=torch.amp.GradScaler("cuda", enabled=False), input_hw=(h, w),
+                      grad_clip=1.0, points=points)
+    train_step(setup, feats, images, rois, batch_idx, targets)  # warm-up
+    t0 = time.perf_counter()
+    for s in range(steps):
+        train_step(setup, feats, images, rois, batch_idx, targets, seed=s)
+    return rois_per_step * steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rois", type=int, default=33, help="ROIs of the larger fused run")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--channels", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--train-rois", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    hw = (args.size, args.size)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    with tempfile.TemporaryDirectory(prefix="roiseg_bench_head_") as tmp:
+        root = Path(tmp)
+        detector = build_stand_in_detector(root / "detector.onnx", channels=args.channels, input_hw=hw)
+        built = {v: build(root, detector, v) for v in VARIANTS}
+        med = time_inference({v: (f, t) for v, (f, t, _) in built.items()}, hw, args.rois, args.reps)
+        cfgs = {v: c for v, (_, _, c) in built.items()}
+    n = args.rois
+    out: dict[str, dict] = {}
+    for v, cfg in cfgs.items():
+        det = med[f"{v} detector"]
+        out[v] = {
+            "parameters": count_parameters(build_head(cfg)),
+            "detector_ms": 1000 * det, "fused_1_ms": 1000 * med[f"{v} fused 1"], f"fused_{n}_ms": 1000 * med[f"{v} fused {n}"],
+            "fused_1_over_detector": med[f"{v} fused 1"] / det,
+            "per_extra_roi_over_detector": (med[f"{v} fused {n}"] - med[f"{v} fused 1"]) / (n - 1) / det,
+            "train_rois_per_s": train_rois_per_s(cfg, POINTS[v], args.train_rois, args.train_steps),
+            "train_loss": "points" if POINTS[v] else "full resolution",
+        }
+    ratio = out["query"]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
+    print(f"stand-in {args.channels} ch, {hw[0]}x{hw[1]}, CPU; median of {args.reps} reps")
+    for v, r in out.items():
+        print(f"{v:<7} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
+              f"  fused({n}) {r[f'fused_{n}_ms']:.0f} ms  fused(1)/detector {r['fused_1_over_detector']:.3f}"
+              f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}"
+              f"  train {r['train_rois_per_s']:.2f} ROIs/s ({r['train_loss']})")
+    print(f"training ROIs/s, query (points) / detail (full resolution): {ratio:.2f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"variants": out, "train_ratio_query_over_detail": ratio,
+                                         "channels": args.channels, "input_hw": list(hw)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
