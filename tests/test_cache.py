@@ -149,3 +149,21 @@ def test_values_beyond_fp16_are_stored_as_float32(tmp_path, stand_in_featext, im
 def test_parse_cache_dir():
     assert parse_cache_dir("none") is None and parse_cache_dir("None") is None and parse_cache_dir(None) is None
     assert parse_cache_dir("runs/feature_cache") == Path("runs/feature_cache")
+
+
+def test_mirrored_images_are_a_second_entry_and_all_taps_share_one_key(tmp_path, stand_in_featext, images):
+    paths, x = images
+    ext = OnnxFeatureExtractor(stand_in_featext, device="cpu", extra_tensors="auto")
+    cache = FeatureCache(ext, tmp_path / "cache")
+    mirrored = torch.from_numpy(np.ascontiguousarray(np.asarray(x)[:, :, :, ::-1]))
+    plain = cache.taps(paths[:2], x[:2])
+    flipped = cache.taps(paths[:2], None, flipped=[True, True])  # read and mirrored from disk on the miss
+    assert cache.file_for(paths[0]) != cache.file_for(paths[0], flipped=True)
+    assert cache.file_for(paths[0]).suffix == ".npz" and len(plain) == 1 + len(ext.info.extra_tensors)
+    want = ext.extract(mirrored[:2])
+    for got, ref in zip(flipped, want):
+        torch.testing.assert_close(got, ref.half().float())  # stored as fp16
+    calls = ext.calls
+    mixed = cache.taps(paths[:2], None, flipped=[False, True])
+    assert ext.calls == calls  # both entries were hits
+    torch.testing.assert_close(mixed[0][0], plain[0][0]) and torch.testing.assert_close(mixed[0][1], flipped[0][1])

@@ -27,11 +27,14 @@ from torch.utils.data import Dataset
 from roiseg.conventions import DEFAULT_PREPROCESSING, Preprocessing, coco_bbox_to_roi, preprocess, read_image
 from roiseg.data.coco import decode_mask, load_coco_json
 from roiseg.data.prepare import select_persons
-from roiseg.data.targets import jitter_rois, roi_targets
+from roiseg.data.targets import hflip_rois, jitter_rois, roi_targets
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
+
+FLIP_STREAM: int = 1
+"""Extra seed word of the flip draw, so it never shares a stream with the ROI jitter."""
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ImageItem:
     targets: torch.Tensor  # [K, H, W] uint8 class ids (0/1/2) for the (possibly jittered) rois
     areas: torch.Tensor  # [K] float32 COCO annotation area (original pixels)
     ann_ids: torch.Tensor  # [K] int64
+    flipped: bool = False  # the image (and its ROIs, targets) is horizontally mirrored
 
 
 @dataclass
@@ -74,6 +78,8 @@ class ImageBatch:
     indices: list[int]
     skipped: list[str] = field(default_factory=list)
     """Paths of the batch's images that were skipped as unreadable (not in the tensors above)."""
+    flipped: list[bool] = field(default_factory=list)
+    """Per image: horizontally mirrored (its features are another feature-cache entry)."""
 
     def _map(self, fn) -> "ImageBatch":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +119,7 @@ def collate_images(items: list[ImageItem | SkippedImage]) -> ImageBatch:
         orig_hw=[it.orig_hw for it in items],
         indices=[it.index for it in items],
         skipped=skipped,
+        flipped=[it.flipped for it in items],
     )
 
 
@@ -142,12 +149,13 @@ class CocoPersonImages(Dataset):
     ``annotations``: person-only COCO JSON (an original instances JSON works too: the rules of
     :func:`roiseg.data.prepare.select_persons` are applied; skipped annotations are counted in
     ``self.skipped``). ``images_dir``: folder of the image files. ``input_hw``: model input
-    ``(H, W)``. ``jitter``: ROI jitter amplitude (0 = off, for validation). ``max_images``: keep
-    the first N images of the file.
+    ``(H, W)``. ``jitter``: ROI jitter amplitude (0 = off, for validation). ``hflip``: probability
+    that an item is mirrored horizontally (image, instance masks and ROIs together, so the targets
+    are built on the mirrored data; 0 = off). ``max_images``: keep the first N images of the file.
 
     Every kept image must exist on disk: the constructor raises :class:`InputError` naming the
     file and the image id otherwise (run ``prepare-coco --images-dir`` to drop absent images).
-    The jitter of item ``i`` is drawn from ``(seed, epoch, i)``: call :meth:`set_epoch` once per
+    The jitter and the flip of item ``i`` are drawn from ``(seed, epoch, i)``: call :meth:`set_epoch` once per
     epoch (before creating the ``DataLoader`` iterator, so worker processes see it). An image file
     that exists but cannot be decoded (truncated, corrupt) gives a :class:`SkippedImage`, with a
     warning naming the file.
@@ -162,7 +170,11 @@ class CocoPersonImages(Dataset):
         jitter: float = 0.0,
         seed: int = 0,
         max_images: int | None = None,
+        hflip: float = 0.0,
     ) -> None:
+        if not 0.0 <= hflip <= 1.0:
+            raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
+        self.hflip = float(hflip)
         self.annotations = Path(annotations)
         self.images_dir = Path(images_dir)
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
@@ -268,8 +280,11 @@ class CocoPersonImages(Dataset):
         bgr = self._read(i)
         if isinstance(bgr, SkippedImage):
             return bgr
-        image = preprocess(bgr, self.input_hw, self.preprocessing)[0]
         masks, rois = self.instance_masks(i, self.input_hw)
+        flipped = self.hflip > 0 and bool(np.random.default_rng((self.seed, self.epoch, i, FLIP_STREAM)).random() < self.hflip)
+        if flipped:
+            bgr, masks, rois = np.ascontiguousarray(bgr[:, ::-1]), np.ascontiguousarray(masks[:, :, ::-1]), hflip_rois(rois)
+        image = preprocess(bgr, self.input_hw, self.preprocessing)[0]
         if self.jitter > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i))
             rois = jitter_rois(rois, self.jitter, rng, self.input_hw)
@@ -285,4 +300,5 @@ class CocoPersonImages(Dataset):
             targets=torch.from_numpy(targets),
             areas=torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32),
             ann_ids=torch.tensor([int(a["id"]) for a in anns], dtype=torch.int64),
+            flipped=flipped,
         )

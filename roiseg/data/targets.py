@@ -54,6 +54,12 @@ def roi_targets(masks: np.ndarray, rois: np.ndarray, owners: Sequence[int] | Non
     return out
 
 
+def hflip_rois(rois: np.ndarray) -> np.ndarray:
+    """Normalised ``x1, y1, x2, y2`` boxes of a horizontally mirrored image: [K, 4] -> [K, 4] float32."""
+    r = np.asarray(rois, dtype=np.float32).reshape(-1, 4)
+    return np.stack([1.0 - r[:, 2], r[:, 1], 1.0 - r[:, 0], r[:, 3]], axis=1).astype(np.float32)
+
+
 def jitter_rois(
     rois: np.ndarray, jitter: float, rng: np.random.Generator, grid_hw: tuple[int, int]
 ) -> np.ndarray:

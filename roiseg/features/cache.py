@@ -89,27 +89,28 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}{CACHE_SUFFIX if len(self._shapes) == 1 else MULTI_TAP_SUFFIX}"
 
     def features(self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None,
-                 flipped: bool = False) -> torch.Tensor:
+                 flipped: bool | Sequence[bool] = False) -> torch.Tensor:
         """[B, C, h, w] float32 primary-tap features on ``extractor.device`` (see :meth:`taps`)."""
         return self.taps(paths, images, flipped)[0]
 
     def taps(self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None,
-             flipped: bool = False) -> list[torch.Tensor]:
+             flipped: bool | Sequence[bool] = False) -> list[torch.Tensor]:
         """Every tap [B, C_i, h_i, w_i] float32 on ``extractor.device`` for the images at ``paths``.
 
         ``images`` are those images preprocessed ([B, 3, H, W], ``conventions.preprocess``), already
-        flipped when ``flipped``; with ``None`` only the misses are read from disk, preprocessed (and
+        mirrored where ``flipped`` (one flag for all, or one per image) says so; with ``None`` only the misses are read from disk, preprocessed (and
         flipped). Misses run the extractor as one batch and are stored; they are returned as stored
         (fp16-rounded), so every epoch sees the same values.
         """
         if images is not None and len(images) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(images)} images")
+        flips = [bool(flipped)] * len(paths) if isinstance(flipped, bool) else [bool(f) for f in flipped]
         if self.root is None:
             self.misses += len(paths)
-            return self.extractor.extract(images if images is not None else self._load_images(paths, flipped))
+            return self.extractor.extract(images if images is not None else self._load_images(paths, flips))
         ext = self.extractor
         outs = [torch.empty((len(paths), *shape), dtype=torch.float32, device=ext.device) for shape in self._shapes]
-        files = [self.file_for(p, flipped) for p in paths]
+        files = [self.file_for(p, f) for p, f in zip(paths, flips)]
         missing: list[int] = []
         for i, f in enumerate(files):
             arrays = self._read(f)
@@ -120,7 +121,8 @@ class FeatureCache:
                 out[i] = torch.from_numpy(arr).to(ext.device, non_blocking=True)
         self.hits += len(paths) - len(missing)
         if missing:
-            x = images[missing] if images is not None else self._load_images([paths[i] for i in missing], flipped)
+            x = images[missing] if images is not None else self._load_images([paths[i] for i in missing],
+                                                                            [flips[i] for i in missing])
             feats = ext.extract(x)
             for j, i in enumerate(missing):
                 for out, arr in zip(outs, self._write(files[i], [f[j] for f in feats])):
@@ -129,11 +131,10 @@ class FeatureCache:
         return outs
 
     # ---------------------------------------------------------------------------------------
-    def _load_images(self, paths: Sequence[str | Path], flipped: bool = False) -> np.ndarray:
+    def _load_images(self, paths: Sequence[str | Path], flips: Sequence[bool]) -> np.ndarray:
         ext = self.extractor
         images = [read_image(p) for p in paths]
-        if flipped:
-            images = [np.ascontiguousarray(img[:, ::-1]) for img in images]
+        images = [np.ascontiguousarray(img[:, ::-1]) if f else img for img, f in zip(images, flips)]
         return np.concatenate([preprocess(img, ext.info.input_hw, ext.preprocessing) for img in images])
 
     def _read(self, file: Path) -> list[np.ndarray] | None:

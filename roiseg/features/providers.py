@@ -18,7 +18,6 @@ import torch
 
 from graph_tools import CPU_PROVIDER, ProviderSpec
 
-from roiseg.conventions import DEVICE_CHOICES
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
 

@@ -81,6 +81,9 @@ class DataConfig:
     max_val_images: int = _opt(0, "--max-val-images", "use the first N val images (0 = all)")
     jitter: float = 0.0
     """ROI jitter of the train set (fraction of the box size), re-drawn each epoch."""
+    hflip: float = 0.0
+    """Probability that a train image is mirrored horizontally (image, masks and ROIs; its features
+    are computed on the mirrored image and cached as a second entry), re-drawn each epoch."""
     batch_size: int = _opt(4, "--batch-size", "images per step")
     """Images per step (all their ROIs go into the step, up to ``max_rois_per_step``)."""
     max_rois_per_step: int = _opt(32, "--max-rois-per-step", "cap on ROIs per step")
@@ -267,6 +270,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.max_train_images", cfg.data.max_train_images >= 0, ">= 0"),
         ("data.max_val_images", cfg.data.max_val_images >= 0, ">= 0"),
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
+        ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),
         ("optim.betas", len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "two numbers in [0, 1)"),

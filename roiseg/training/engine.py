@@ -24,11 +24,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from roiseg.conventions import CURVES_FILE, METRICS_FILE, checkpoint_name, validation_picture_name
-from roiseg.data.dataset import CocoPersonImages, ImageBatch, SkipCounter, collate_images
+from roiseg.data.dataset import CocoPersonImages, ImageBatch, SkipCounter
 from roiseg.features.cache import FeatureCache
 from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor
 from roiseg.modeling import MaskHead, build_head, count_parameters
 from roiseg.modeling.paste import masks_from_logits, roi_inside_masks
+from roiseg.training.build import build_datasets, build_extractor, build_loaders, build_loss, build_step_setup
 from roiseg.training.checkpoint import load_checkpoint, prune_checkpoints, record_best, save_checkpoint
 from roiseg.training.config import TrainConfig
 from roiseg.training.distributed import (
@@ -36,15 +37,11 @@ from roiseg.training.distributed import (
     ShardSampler,
     all_reduce_sum,
     barrier,
-    broadcast_object,
     cleanup,
     init_distributed,
-    wrap_model,
 )
-from roiseg.training.loss import SegLoss, resolve_class_weights
 from roiseg.training.metrics import SegMetrics
 from roiseg.training.metrics_log import write_epoch_record
-from roiseg.training.optim import amp_dtype, amp_enabled, build_optimizer, build_scaler, build_scheduler
 from roiseg.training.run_state import check_resumable, checkpoint_state, restore_training_state, seed_everything
 from roiseg.training.step import StepSetup, step_seed, train_step
 from roiseg.training.summary import fmt_metric, skipped_note
@@ -62,8 +59,6 @@ LOG = get_logger(__name__)
 Features = Union[torch.Tensor, list[torch.Tensor]]
 """A batch's features on the training device: the primary tap [B, C, h, w], or every tap (primary first)."""
 FeatureSource = Callable[[ImageBatch], Features]
-TAP_VARIANTS: tuple[str, ...] = ("query",)
-"""Head variants that read the extra taps of ``features.extra_tensors``."""
 
 
 @dataclass
@@ -90,66 +85,6 @@ class EpochStats:
 
 # --------------------------------------------------------------------------------------------
 # Pieces of a run, built from the config
-# --------------------------------------------------------------------------------------------
-def build_extractor(cfg: TrainConfig, ctx: DistContext) -> OnnxFeatureExtractor:
-    """The extractor of the run; with the extra taps of ``features.extra_tensors`` when the head reads them."""
-    extras = cfg.features.extra_tensors if cfg.head.variant in TAP_VARIANTS else ()
-    return OnnxFeatureExtractor(cfg.features.extractor, cfg.features.feature_tensor, device=str(ctx.device),
-                                extra_tensors=extras)
-
-
-def build_datasets(cfg: TrainConfig, extractor: OnnxFeatureExtractor) -> tuple[CocoPersonImages, CocoPersonImages]:
-    """The train set (with ROI jitter) and the val set at the extractor's input size."""
-    d, hw = cfg.data, extractor.info.input_hw
-    train_set = CocoPersonImages(d.train_annotations, d.train_image_dir, hw, extractor.preprocessing,
-                                 jitter=d.jitter, seed=cfg.train.seed, max_images=d.max_train_images or None)
-    val_set = CocoPersonImages(d.val_annotations, d.val_image_dir, hw, extractor.preprocessing,
-                               jitter=0.0, seed=cfg.train.seed, max_images=d.max_val_images or None)
-    LOG.info("train: %d images, %d ROIs (%s); val: %d images, %d ROIs (%s)", len(train_set), train_set.num_rois,
-             d.train_annotations, len(val_set), val_set.num_rois, d.val_annotations)
-    return train_set, val_set
-
-
-def build_loss(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImages) -> SegLoss:
-    """The loss; class weights resolved on rank 0 and stored in ``cfg`` (so a resumed run reuses them)."""
-    if not cfg.loss.class_weights:
-        weights = resolve_class_weights(cfg.data.analyze_json, train_set) if ctx.is_main else None
-        cfg.loss.class_weights = list(broadcast_object(weights, ctx))
-    return SegLoss(cfg.loss_config(None)).to(ctx.device)
-
-
-def build_loaders(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImages,
-                  val_set: CocoPersonImages) -> tuple[ShardSampler, DataLoader, DataLoader]:
-    """This rank's train sampler (shuffled, padded) and the train and val loaders (val unpadded)."""
-    d = cfg.data
-    sampler = ShardSampler(len(train_set), ctx.rank, ctx.world_size, shuffle=True, seed=cfg.train.seed, pad=True)
-    val_sampler = ShardSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False)
-    pin = ctx.device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=d.batch_size, sampler=sampler, collate_fn=collate_images,
-                              num_workers=d.num_workers, pin_memory=pin)
-    val_loader = DataLoader(val_set, batch_size=d.batch_size, sampler=val_sampler, collate_fn=collate_images,
-                            num_workers=d.num_workers, pin_memory=pin)
-    return sampler, train_loader, val_loader
-
-
-def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: MaskHead, loss_fn: SegLoss,
-                     steps_per_epoch: int) -> StepSetup:
-    """Model (DDP-wrapped when distributed), AdamW, the per-step schedule and the scaler of a run."""
-    o, device = cfg.optim, ctx.device
-    optimizer = build_optimizer(head, o)
-    scheduler, warmup = build_scheduler(optimizer, o, steps_per_epoch, cfg.train.epochs)
-    LOG.info("%d step(s) per epoch x %d epochs (warm-up %d steps), %d rank(s), device %s, AMP %s, cache %s",
-             steps_per_epoch, cfg.train.epochs, warmup, ctx.world_size, device,
-             o.amp_dtype if amp_enabled(device, o) else "off", cfg.features.cache_dir or "off")
-    return StepSetup(model=wrap_model(head, ctx), loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-                     scaler=build_scaler(device, o), input_hw=head.cfg.input_hw, grad_clip=o.grad_clip,
-                     max_rois=cfg.data.max_rois_per_step, points=cfg.loss.points, oversample=cfg.loss.oversample,
-                     importance=cfg.loss.importance, device_type=device.type, amp=amp_enabled(device, o),
-                     amp_dtype=amp_dtype(o))
-
-
-# --------------------------------------------------------------------------------------------
-# The trainer
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Trainer:
@@ -232,11 +167,12 @@ class Trainer:
     def features(self, batch: ImageBatch) -> Features:
         """A batch's features on the training device (cache first, extractor on misses): the primary tap
         [B, C, h, w], or every tap (primary first) when the head reads extra taps."""
-        return self.image_features(batch.paths, batch.images)
+        return self.image_features(batch.paths, batch.images, batch.flipped or False)
 
-    def image_features(self, paths: list[str], images: torch.Tensor) -> Features:
-        """Features of preprocessed ``images`` [B, 3, H, W] read from the files ``paths`` (see :meth:`features`)."""
-        taps = [t.to(self.device, non_blocking=True) for t in self.cache.taps(paths, images)]
+    def image_features(self, paths: list[str], images: torch.Tensor, flipped: bool | list[bool] = False) -> Features:
+        """Features of preprocessed ``images`` [B, 3, H, W] read from the files ``paths`` (mirrored where
+        ``flipped``); see :meth:`features`."""
+        taps = [t.to(self.device, non_blocking=True) for t in self.cache.taps(paths, images, flipped)]
         return taps if len(taps) > 1 else taps[0]
 
     def train_one_epoch(self, epoch: int, features: FeatureSource | None = None) -> dict[str, float]:
