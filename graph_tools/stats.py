@@ -6,7 +6,8 @@ the IoU of one class's masks. p99 comes from a histogram over the float32 bit pa
 (the upper bin edge is reported: an upper bound within 0.8 %), so memory does not grow with the data.
 
 A comparison passes when ``max abs <= atol`` (for unbounded values: ``atol * max(1, max |ref|)``)
-and, for class scores, argmax agreement ``>= min_argmax``.
+and, for class scores, argmax agreement ``>= min_argmax``. Class maps (integer labels) are compared
+by agreement and IoU alone.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class ErrorStats:
     name: str
     description: str
     probabilities: bool = True
+    labels: bool = False
+    """The arrays are class maps [N, ...] (integers): only agreement and the IoU are kept, and the
+    comparison passes on agreement alone."""
     positive_class: int = 1
     count: int = 0
     max_abs: float = 0.0
@@ -77,6 +81,10 @@ class ErrorStats:
         """Add one comparison. For probabilities both are [N, K, H, W] (class axis 1)."""
         if ref.shape != got.shape:
             raise ValueError(f"stage {self.name}: shapes differ, reference {ref.shape} vs candidate {got.shape}")
+        if self.labels:
+            self.count += ref.size
+            self._update_maps(np.asarray(ref), np.asarray(got))
+            return
         ref = np.asarray(ref, dtype=np.float32)
         diff = np.abs(np.asarray(got, dtype=np.float32) - ref)
         diff[~np.isfinite(diff)] = np.inf
@@ -91,7 +99,9 @@ class ErrorStats:
             self._update_classes(ref, np.asarray(got, dtype=np.float32))
 
     def _update_classes(self, ref: np.ndarray, got: np.ndarray) -> None:
-        a, b = class_map(ref), class_map(got)  # [N, H, W]
+        self._update_maps(class_map(ref), class_map(got))  # [N, H, W]
+
+    def _update_maps(self, a: np.ndarray, b: np.ndarray) -> None:
         self.agree += int(np.count_nonzero(a == b))
         self.pixels += a.size
         ta = (a == self.positive_class).reshape(len(a), int(np.prod(a.shape[1:])))  # also for 0 items
@@ -112,6 +122,11 @@ class ErrorStats:
 
     def result(self, atol: float, min_argmax: float) -> dict[str, Any]:
         """Report dict of the stage, ``passed`` included."""
+        if self.labels:
+            agree = self.agree / self.pixels if self.pixels else 0.0
+            return {"description": self.description, "elements": self.count, "kind": "labels",
+                    "argmax_agreement": agree, "target_iou": self.inter / self.union if self.union else 1.0,
+                    "min_roi_target_iou": self.min_roi_iou, "passed": bool(self.count > 0 and agree >= min_argmax)}
         tol = atol * max(1.0, self.max_ref) if not self.probabilities else atol
         out: dict[str, Any] = {
             "description": self.description,

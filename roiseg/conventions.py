@@ -53,6 +53,21 @@ DEFAULT_IMAGE_INPUT: str = "images"
 """Name of the image input of the detector and of the fused model."""
 FUSED_ROIS_INPUT: str = "rois"
 FUSED_MASKS_OUTPUT: str = "masks"
+FUSED_LABELS_OUTPUT: str = "labels"
+FUSED_TARGET_OUTPUT: str = "target"
+FUSED_ROI_LOGITS_OUTPUT: str = "roi_logits"
+FUSED_ROI_BOXES_OUTPUT: str = "roi_boxes"
+OUTPUT_MODES: dict[str, tuple[str, ...]] = {
+    "probs": (FUSED_MASKS_OUTPUT,),
+    "labels": (FUSED_LABELS_OUTPUT,),
+    "target": (FUSED_TARGET_OUTPUT,),
+    "roi_logits": (FUSED_ROI_LOGITS_OUTPUT, FUSED_ROI_BOXES_OUTPUT),
+}
+"""Output modes of the fused model (chosen at fuse time, in this order) and the tensors each adds:
+``probs`` [N, 3, H, W] float32 probabilities; ``labels`` [N, H, W] uint8 argmax class; ``target``
+[N, H, W] float32 target probability; ``roi_logits`` [N, 3, M, M] ROI-grid logits + ``roi_boxes``
+[N, 4] the sanitised normalised boxes they cover (for clients that paste themselves)."""
+DEFAULT_OUTPUTS: tuple[str, ...] = ("probs",)
 HEAD_FEATURES_INPUT: str = "features"
 """Input of an exported head that takes the detector's features."""
 def extra_features_input(i: int) -> str:

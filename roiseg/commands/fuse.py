@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import DEFAULT_FUSED_MODEL
+from roiseg.conventions import DEFAULT_FUSED_MODEL, DEFAULT_OUTPUTS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="refuse a head trained on another detector file (sha256 mismatch) instead of warning")
     p.add_argument("--check-image", type=Path, action="append", default=None, metavar="IMG",
                    help="image to verify the simplified model on (repeatable; default: a synthetic image)")
+    p.add_argument("--outputs", nargs="+", default=None, metavar="MODE",
+                   help="output modes, several allowed (space or comma separated): probs (default: masks "
+                        "[N,3,H,W] probabilities), labels (uint8 [N,H,W] argmax), target (float32 [N,H,W] target "
+                        "probability), roi_logits (roi_logits [N,3,M,M] + roi_boxes [N,4], to paste yourself)")
     p.set_defaults(func=run)
 
 
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for image in args.check_image or []:
         read_probe_image(image)  # absent, truncated or corrupt: stop now, naming the file
     report = fuse(args.detector, args.head, feature_tensor=args.feature_tensor, out=args.out, opset=args.opset,
-                  simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image)
+                  simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image,
+                  outputs=args.outputs or DEFAULT_OUTPUTS)
     print(report.summary())
     return 0

@@ -10,6 +10,9 @@ training model) into the deployment signature::
     masks    [N, 3, H, W] float32   per-class probabilities at input resolution,
                                     background (class 0) with p = 1 outside each ROI
 
+or any of the other output modes of :data:`roiseg.conventions.OUTPUT_MODES` (``labels``,
+``target``, ``roi_logits`` + ``roi_boxes``), chosen at export time (:func:`deployed_outputs`).
+
 The ROIs are sanitised inside the graph (:func:`sanitize_rois`): clipped to [0, 1], each axis
 ordered, and a ROI with a non-finite coordinate becomes all background without touching the others.
 The PyTorch reference of parity runs the same function (:func:`deployed_masks`).
@@ -33,12 +36,13 @@ from torch import nn
 
 from graph_tools import convert_opset, node_attributes, nodes_of_type, set_prop, validate_opset
 from roiseg.conventions import (
-    BACKGROUND, DEFAULT_HEAD_OPSET, NUM_CLASSES, DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
-    MIN_HEAD_OPSET, ROI_AXIS, extra_features_input,
+    BACKGROUND, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DEFAULT_OUTPUTS, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
+    MIN_HEAD_OPSET, NUM_CLASSES, OUTPUT_MODES, ROI_AXIS, TARGET, extra_features_input,
 )
-from roiseg.deploy.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG
-from roiseg.errors import translate_graph_errors
+from roiseg.deploy.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG, KEY_OUTPUTS
+from roiseg.errors import InputError, translate_graph_errors
 from roiseg.modeling import HeadConfig, MaskHead
+from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks
 from roiseg.utils.atomic import atomic_path
 
 HEAD_OPSET_REASON: str = "RoiAlign with coordinate_transformation_mode=half_pixel"
@@ -60,6 +64,27 @@ AWKWARD_ROIS: tuple[tuple[float, float, float, float], ...] = (
     (0.20, 0.20, 0.60, 0.70),  # a plain box among them
 )
 """Boxes the contract sanitises (:func:`sanitize_rois`); fuse and parity run them with the plain ones."""
+INVALID_ROI_LOGITS: tuple[float, ...] = (0.0, -1e4, -1e4)
+"""``roi_logits`` of a ROI with a non-finite box: background everywhere (finite, also in float16)."""
+
+
+def output_modes(modes) -> tuple[str, ...]:
+    """The output modes asked for, checked and in the canonical order of ``OUTPUT_MODES``.
+
+    ``modes``: names, or strings of comma-separated names. :class:`InputError` for an unknown or no mode.
+    """
+    names = [m.strip() for item in ([modes] if isinstance(modes, str) else list(modes or [])) for m in item.split(",")]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in OUTPUT_MODES]
+    if unknown or not names:
+        what = f"unknown output mode {unknown[0]!r}" if unknown else "no output mode given"
+        raise InputError(f"{what}; expected one or more of {', '.join(OUTPUT_MODES)}")
+    return tuple(m for m in OUTPUT_MODES if m in names)
+
+
+def output_tensors(modes) -> list[str]:
+    """Names of the graph outputs of ``modes`` (checked), in order."""
+    return [name for m in output_modes(modes) for name in OUTPUT_MODES[m]]
 
 
 def sanitize_rois(rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,14 +108,39 @@ def background_where_invalid(masks: torch.Tensor, valid: torch.Tensor) -> torch.
     return torch.where(valid.reshape([-1] + [1] * (masks.dim() - 1)), masks, onehot.reshape(shape))
 
 
-def deployed_masks(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
-    """What the fused model computes for one image: sanitised ROIs -> [N, 3, H, W] probabilities.
+def deployed_outputs(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None,
+                     modes: tuple[str, ...] = DEFAULT_OUTPUTS) -> list[torch.Tensor]:
+    """What the fused model computes for one image: sanitised ROIs -> the tensors of ``modes``.
 
-    ``taps``: the primary feature map [1, C, h, w] or [primary, *extra taps]; ``rois`` [N, 4] as given.
+    ``taps``: the primary feature map [1, C, h, w] or [primary, *extra taps]; ``rois`` [N, 4] as
+    given; ``modes`` checked and ordered (:func:`output_modes`). Returns the tensors of
+    :func:`output_tensors` in that order (``labels`` uint8, the others float).
     """
     boxes, valid = sanitize_rois(rois)
     batch_idx = torch.zeros_like(boxes[:, 0], dtype=torch.int64)
-    return background_where_invalid(head.predict_masks(taps, boxes, batch_idx, images), valid)
+    logits = head(taps, boxes, batch_idx, images)  # [N, 3, M, M]
+    probs = None
+    if set(modes) & {"probs", "labels", "target"}:
+        hw = head.cfg.input_hw
+        pasted = masks_from_logits(paste_roi_logits(logits, boxes, hw), roi_inside_masks(boxes, hw))
+        probs = background_where_invalid(pasted, valid)
+    out: list[torch.Tensor] = []
+    for mode in modes:
+        if mode == "probs":
+            out.append(probs)
+        elif mode == "labels":
+            out.append(torch.argmax(probs, dim=1).to(torch.uint8))
+        elif mode == "target":
+            out.append(probs[:, TARGET])
+        else:  # roi_logits
+            fill = torch.tensor(INVALID_ROI_LOGITS, dtype=logits.dtype, device=logits.device).reshape(1, -1, 1, 1)
+            out += [torch.where(valid.reshape(-1, 1, 1, 1), logits, fill), boxes]
+    return out
+
+
+def deployed_masks(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+    """[N, 3, H, W] probabilities as the fused model's ``masks`` (:func:`deployed_outputs`, ``probs``)."""
+    return deployed_outputs(head, taps, rois, images, ("probs",))[0]
 
 
 class HeadOnnxWrapper(nn.Module):
@@ -101,10 +151,11 @@ class HeadOnnxWrapper(nn.Module):
     ``query`` variant reads.
     """
 
-    def __init__(self, head: MaskHead) -> None:
+    def __init__(self, head: MaskHead, outputs=DEFAULT_OUTPUTS) -> None:
         super().__init__()
         self.head = head
         self.cfg: HeadConfig = head.cfg
+        self.modes: tuple[str, ...] = output_modes(outputs)
 
     @property
     def needs_images(self) -> bool:
@@ -121,14 +172,18 @@ class HeadOnnxWrapper(nn.Module):
         names = [HEAD_FEATURES_INPUT, FUSED_ROIS_INPUT] + ([DEFAULT_IMAGE_INPUT] if self.needs_images else [])
         return names + [extra_features_input(i) for i in range(1, self.num_extra_taps + 1)]
 
+    @property
+    def output_names(self) -> list[str]:
+        return output_tensors(self.modes)
+
     @torch.no_grad()
-    def forward(self, features: torch.Tensor, rois: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, rois: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """features [1, C, h, w], rois [N, 4] normalised xyxy, images [1, 3, H, W], extra taps
-        [1, C_i, h_i, w_i] -> masks [N, 3, H, W]."""
+        [1, C_i, h_i, w_i] -> the outputs of the modes (``masks`` [N, 3, H, W] by default)."""
         images = rest[0] if self.needs_images else None
         extras = list(rest[1:]) if self.needs_images else []
         taps = [features, *extras] if extras else features
-        return deployed_masks(self.head, taps, rois, images)
+        return tuple(deployed_outputs(self.head, taps, rois, images, self.modes))
 
     def dummy_inputs(self, num_rois: int = len(TRACE_ROIS)) -> tuple[torch.Tensor, ...]:
         """Trace inputs: random features/image and ``num_rois`` (>= 2) real-looking boxes."""
@@ -169,24 +224,26 @@ def export_head(
     path: str | Path | None = None,
     opset: int = DEFAULT_HEAD_OPSET,
     extractor: dict | None = None,
+    outputs=DEFAULT_OUTPUTS,
 ) -> onnx.ModelProto:
     """Export ``head`` (eval mode) to ONNX and return the model; also write it to ``path`` if given.
 
-    Inputs ``features``, ``rois`` (and ``images`` for the detail variant), output ``masks``; the ROI
-    axis is dynamic. ``opset`` must be >= 16 (:class:`InputError` otherwise); above what the
-    TorchScript exporter writes, the graph is exported at its maximum and converted. The head config
+    Inputs ``features``, ``rois`` (and ``images`` for the detail variant), outputs those of the
+    ``outputs`` modes (``masks`` by default, :func:`output_tensors`); the ROI axis is dynamic.
+    ``opset`` must be >= 16 (:class:`InputError` otherwise); above what the TorchScript exporter
+    writes, the graph is exported at its maximum and converted. The head config
     (and ``extractor``, the checkpoint's extractor info, when given) go into ``metadata_props``.
     """
     validate_opset(opset, MIN_HEAD_OPSET, HEAD_OPSET_REASON)
-    wrapper = HeadOnnxWrapper(head.eval()).eval()
-    names = wrapper.input_names
-    dynamic = {FUSED_ROIS_INPUT: {0: ROI_AXIS}, FUSED_MASKS_OUTPUT: {0: ROI_AXIS}}
+    wrapper = HeadOnnxWrapper(head.eval(), outputs).eval()
+    names, out_names = wrapper.input_names, wrapper.output_names
+    dynamic = {name: {0: ROI_AXIS} for name in [FUSED_ROIS_INPUT, *out_names]}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, wrapper.dummy_inputs(), buf, opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
-            input_names=names, output_names=[FUSED_MASKS_OUTPUT], dynamic_axes=dynamic,
+            input_names=names, output_names=out_names, dynamic_axes=dynamic,
             do_constant_folding=True, dynamo=False,
         )
     model = onnx.load_from_string(buf.getvalue())
@@ -194,6 +251,7 @@ def export_head(
         model = convert_opset(model, opset, "head")
     check_roi_align(model, wrapper.cfg)
     set_prop(model, KEY_HEAD_CONFIG, json.dumps(wrapper.cfg.to_dict(), sort_keys=True))
+    set_prop(model, KEY_OUTPUTS, json.dumps(list(wrapper.modes)))
     if extractor is not None:
         set_prop(model, KEY_EXTRACTOR, json.dumps(extractor, sort_keys=True))
     onnx.checker.check_model(model)

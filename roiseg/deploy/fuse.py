@@ -23,9 +23,9 @@ import onnx
 import graph_tools as gt
 from roiseg.conventions import (
     DEFAULT_FEATURE_TENSOR, DEFAULT_FUSED_MODEL, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DETECTOR_PREFIX,
-    FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET, extra_features_input,
+    DEFAULT_OUTPUTS, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET, extra_features_input,
 )
-from roiseg.deploy.export import AWKWARD_ROIS, HEAD_OPSET_REASON
+from roiseg.deploy.export import AWKWARD_ROIS, HEAD_OPSET_REASON, output_modes, output_tensors
 from roiseg.deploy.fuse_report import FuseReport
 from roiseg.deploy.head_source import HeadSource, load_head_source
 from roiseg.deploy.metadata import FusedMetadata, detector_props, write_metadata
@@ -55,12 +55,13 @@ class FusedBuild:
 
 @translate_graph_errors
 def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str,
-                extra_tensors: Sequence[str] = ()) -> onnx.ModelProto:
+                extra_tensors: Sequence[str] = (), outputs: Sequence[str] = DEFAULT_OUTPUTS) -> onnx.ModelProto:
     """The trimmed detector and the exported head as one graph: ``images`` + ``rois`` -> ``masks``.
 
     The detector's only input becomes ``images`` (batch pinned to 1: every ROI refers to the one
     image) and also feeds the head's image input (detail, query), so the detector runs once. The
-    feature tensor feeds the head's ``features``, extra tap ``i`` its ``features_i``.
+    feature tensor feeds the head's ``features``, extra tap ``i`` its ``features_i``. The outputs
+    of the ``outputs`` modes keep their public names.
     """
     inputs = gt.graph_inputs(detector)
     if len(inputs) != 1:
@@ -71,7 +72,7 @@ def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor
                          **{t: extra_features_input(i) for i, t in enumerate(extra_tensors, start=1)}},
         rename_first_inputs={inputs[0].name: DEFAULT_IMAGE_INPUT},
         share_inputs={DEFAULT_IMAGE_INPUT: DEFAULT_IMAGE_INPUT},
-        public={FUSED_ROIS_INPUT: FUSED_ROIS_INPUT, FUSED_MASKS_OUTPUT: FUSED_MASKS_OUTPUT},
+        public={FUSED_ROIS_INPUT: FUSED_ROIS_INPUT, **{name: name for name in output_tensors(outputs)}},
         prefix=HEAD_PREFIX, clash_prefix=DETECTOR_PREFIX, pin_batch_of=(DEFAULT_IMAGE_INPUT,),
         input_order=(DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT), producer_name="roiseg",
     )
@@ -80,14 +81,17 @@ def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor
 @translate_graph_errors
 def build_fused(
     detector: str | Path, head: str | Path | HeadSource, feature_tensor: str | None = None,
-    opset: int | None = None, strict: bool = False,
+    opset: int | None = None, strict: bool = False, outputs: Sequence[str] = DEFAULT_OUTPUTS,
 ) -> FusedBuild:
     """Step 1 of the module docstring; returns the unsimplified model.
+
+    ``outputs``: output modes (``conventions.OUTPUT_MODES``; :class:`InputError` for an unknown one).
 
     ``feature_tensor`` defaults to the tensor recorded with the head; ``opset`` to the higher of
     the detector's and the head's (at least 16); ``strict`` refuses a head recorded with another
     detector file or tensor (:func:`roiseg.features.compat.check_head_features`).
     """
+    modes = output_modes(outputs)
     if opset is not None:
         gt.validate_opset(opset, MIN_HEAD_OPSET, HEAD_OPSET_REASON)
     source = head if isinstance(head, HeadSource) else load_head_source(head)
@@ -106,11 +110,11 @@ def build_fused(
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
     trimmed = gt.convert_opset(trimmed, target, f"detector {path}")
     LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
-    fused = splice_head(trimmed, source.to_onnx(target), tensor, extras)
+    fused = splice_head(trimmed, source.to_onnx(target, modes), tensor, extras, modes)
     meta = FusedMetadata(
         extractor_file=path.name, extractor_sha256=info.sha256, feature_tensor=tensor, extra_tensors=tuple(extras),
         input_hw=info.input_hw, stride=info.stride, preprocessing=source.preprocessing,
-        head_config=source.cfg, head_sha256=source.sha256, extra=detector_props(original),
+        head_config=source.cfg, head_sha256=source.sha256, extra=detector_props(original), outputs=modes,
     )
     write_metadata(fused, meta)
     full_check(fused)
@@ -166,14 +170,16 @@ def fuse(
     simplify: bool = True,
     strict: bool = False,
     check_images: Sequence[str | Path] | None = None,
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
 ) -> FuseReport:
     """Build the fused model from ``detector`` (full detector or featext) and ``head``; write it to ``out``.
 
     ``check_images`` are image files to verify the simplified model on (a synthetic image
-    otherwise). Raises :class:`InputError` for bad input; writes nothing then.
+    otherwise). ``outputs``: the output modes (``probs`` by default). Raises :class:`InputError` for
+    bad input; writes nothing then.
     """
     out = Path(out)
-    build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict)
+    build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs)
     nodes_before = len(build.model.graph.node)
     model, note = finish_fused(build, simplify, check_images)
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import onnx
 
-from graph_tools import convert_opset, file_sha256, load_model
-from roiseg.conventions import DEFAULT_PREPROCESSING, HEAD_ONNX_SUFFIX, Preprocessing
-from roiseg.deploy.export import export_head
-from roiseg.deploy.metadata import head_config_of, head_extractor_of
+from graph_tools import convert_opset, file_sha256, load_model, read_props
+from roiseg.conventions import DEFAULT_OUTPUTS, DEFAULT_PREPROCESSING, HEAD_ONNX_SUFFIX, Preprocessing
+from roiseg.deploy.export import export_head, output_modes
+from roiseg.deploy.metadata import head_config_of, head_extractor_of, outputs_of
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.training.checkpoint import load_head
@@ -55,11 +55,20 @@ class HeadSource:
         return names
 
     @translate_graph_errors
-    def to_onnx(self, opset: int) -> onnx.ModelProto:
-        """The head as ONNX at ``opset`` (exported from the checkpoint, or the head ONNX converted)."""
+    def to_onnx(self, opset: int, outputs=DEFAULT_OUTPUTS) -> onnx.ModelProto:
+        """The head as ONNX at ``opset`` with the ``outputs`` modes (exported from the checkpoint, or
+        the head ONNX converted: it must have been exported with those modes)."""
+        modes = output_modes(outputs)
         if self.head is not None:
-            return export_head(self.head, None, opset=opset, extractor=self.extractor)
+            return export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes)
         assert self.onnx is not None
+        try:
+            present = outputs_of(read_props(self.onnx))
+        except ValueError as exc:
+            raise InputError(f"head {self.path}: malformed output modes in its metadata: {exc}") from exc
+        if present != modes:
+            raise InputError(f"head {self.path} was exported with the outputs {', '.join(present)}, not "
+                             f"{', '.join(modes)}; pass the checkpoint to fuse other outputs")
         return convert_opset(self.onnx, opset, f"head {self.path}")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from graph_tools import create_session
-from roiseg.conventions import DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, HEAD_ONNX_SUFFIX, Preprocessing
+from roiseg.conventions import DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, HEAD_ONNX_SUFFIX, Preprocessing
 from roiseg.deploy.head_source import load_head_source
 from roiseg.deploy.metadata import read_metadata
 from roiseg.errors import InputError, graph_errors
@@ -36,6 +36,9 @@ class FusedMaskModel:
         names = {i.name for i in self.session.get_inputs()}
         if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
             raise InputError(f"{self.path} has inputs {sorted(names)}; expected {DEFAULT_IMAGE_INPUT} and {FUSED_ROIS_INPUT}")
+        if "probs" not in self.meta.outputs:
+            raise InputError(f"{self.path} has no probabilities output (its outputs: {', '.join(self.meta.outputs)}); "
+                             "fuse it with the probs output to evaluate it")
         self.input_hw: tuple[int, int] = self.meta.input_hw
         self.preprocessing: Preprocessing = self.meta.preprocessing
         self.description = f"fused ONNX {self.path.name}"
@@ -44,7 +47,7 @@ class FusedMaskModel:
         """[1, 3, H, W] preprocessed image + [N, 4] normalised xyxy -> [N, 3, H, W] probabilities."""
         feeds = {DEFAULT_IMAGE_INPUT: np.ascontiguousarray(image, np.float32),
                  FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
-        return self.session.run(None, feeds)[0]
+        return self.session.run([FUSED_MASKS_OUTPUT], feeds)[0]
 
 
 class TorchMaskModel:

@@ -21,6 +21,8 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.head_config``          JSON :meth:`roiseg.modeling.HeadConfig.to_dict`
 ``roiseg.head_sha256``          sha256 of the checkpoint / head ONNX file it was built from
 ``roiseg.simplified``           ``"true"`` when onnxsim's result was kept
+``roiseg.outputs``              JSON list of the output modes present (``probs``, ``labels``, ``target``,
+                                ``roi_logits``; absent = ``["probs"]``), see ``conventions.OUTPUT_MODES``
 ==============================  =============================================================
 
 An exported head (``roiseg fuse --head head.onnx`` accepts one) carries ``roiseg.head_config``
@@ -38,7 +40,7 @@ import onnx
 
 from graph_tools import load_model, read_props, write_props
 from roiseg import __version__
-from roiseg.conventions import CLASS_NAMES, Preprocessing
+from roiseg.conventions import CLASS_NAMES, DEFAULT_OUTPUTS, OUTPUT_MODES, Preprocessing
 from roiseg.errors import InputError, graph_errors
 from roiseg.modeling import HeadConfig
 
@@ -61,6 +63,8 @@ KEY_ROI_FORMAT = PREFIX + "roi_format"
 KEY_HEAD_CONFIG = PREFIX + "head_config"
 KEY_HEAD_SHA256 = PREFIX + "head_sha256"
 KEY_SIMPLIFIED = PREFIX + "simplified"
+KEY_OUTPUTS = PREFIX + "outputs"
+"""Fused model and exported head: JSON list of the output modes present."""
 KEY_EXTRACTOR = PREFIX + "extractor"
 """Exported head only: the checkpoint's extractor info (``ExtractorInfo.to_dict``) as JSON."""
 
@@ -83,6 +87,8 @@ class FusedMetadata:
     head_sha256: str = ""
     simplified: bool = False
     extra_tensors: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    """Output modes present (keys of ``conventions.OUTPUT_MODES``, in that order)."""
     class_names: tuple[str, ...] = CLASS_NAMES
     version: str = __version__
     roi_format: str = ROI_FORMAT
@@ -106,6 +112,7 @@ class FusedMetadata:
             KEY_HEAD_CONFIG: json.dumps(self.head_config.to_dict(), sort_keys=True),
             KEY_HEAD_SHA256: self.head_sha256,
             KEY_SIMPLIFIED: "true" if self.simplified else "false",
+            KEY_OUTPUTS: json.dumps(list(self.outputs)),
         }
         return {**self.extra, **props}
 
@@ -129,6 +136,8 @@ class FusedMetadata:
             names = tuple(json.loads(props[KEY_CLASS_NAMES]))
             key = KEY_EXTRA_TENSORS
             extra_tensors = tuple(str(t) for t in json.loads(props.get(KEY_EXTRA_TENSORS, "[]")))
+            key = KEY_OUTPUTS
+            outputs = outputs_of(props)
         except (ValueError, TypeError, KeyError) as exc:
             raise InputError(f"{source}: malformed metadata {key}: {exc}") from exc
         if len(input_hw) != 2:
@@ -139,6 +148,7 @@ class FusedMetadata:
             feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
             preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
             simplified=props.get(KEY_SIMPLIFIED, "false") == "true", class_names=names, extra_tensors=extra_tensors,
+            outputs=outputs,
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
         )
 
@@ -150,7 +160,17 @@ class FusedMetadata:
             "input_hw": list(self.input_hw), "stride": self.stride,
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
             "head_config": self.head_config.to_dict(), "simplified": self.simplified, "version": self.version,
+            "outputs": list(self.outputs),
         }
+
+
+def outputs_of(props: dict[str, str]) -> tuple[str, ...]:
+    """Output modes recorded in ``props`` (``["probs"]`` when absent); ValueError for an unknown mode."""
+    modes = tuple(str(m) for m in json.loads(props.get(KEY_OUTPUTS, json.dumps(list(DEFAULT_OUTPUTS)))))
+    unknown = [m for m in modes if m not in OUTPUT_MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown output modes {unknown or modes}")
+    return modes
 
 
 def detector_props(detector: onnx.ModelProto) -> dict[str, str]:

@@ -37,9 +37,10 @@ import torch
 import graph_tools as gt
 from graph_tools import ErrorStats
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX, TARGET,
+    DEFAULT_IMAGE_INPUT, FUSED_LABELS_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX,
+    TARGET,
 )
-from roiseg.deploy.export import deployed_masks
+from roiseg.deploy.export import deployed_outputs, output_tensors
 from roiseg.deploy.fuse import build_fused, contract_roi_sets, finish_fused
 from roiseg.deploy.head_source import load_head_source
 from roiseg.deploy.metadata import read_metadata
@@ -65,6 +66,10 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         agree = f"{100 * st['argmax_agreement']:.4f}%" if "argmax_agreement" in st else "-"
         iou = f"{st['target_iou']:.5f}" if "target_iou" in st else "-"
+        if st.get("kind") == "labels":  # class ids: agreement and IoU only
+            lines.append(f"{name:<9} {'-':>9} {'-':>9} {'-':>9} {'-':>9} {agree:>9} {iou:>8}  "
+                         f"{'PASS' if st['passed'] else 'FAIL'}")
+            continue
         lines.append(
             f"{name:<9} {st['max_abs']:>9.2e} {st['mean_abs']:>9.2e} {st['p99_abs']:>9.2e} {st['max_rel']:>9.2e} "
             f"{agree:>9} {iou:>8}  {'PASS' if st['passed'] else 'FAIL'}"
@@ -82,7 +87,7 @@ def failure_summary(report: dict[str, Any]) -> str:
         if st.get("passed", True):
             continue
         why = []
-        if st["max_abs"] > st["tolerance"]:
+        if "tolerance" in st and st["max_abs"] > st["tolerance"]:
             why.append(f"max abs {st['max_abs']:.3g} > {st['tolerance']:.3g}")
         if "argmax_agreement" in st and st["argmax_agreement"] < report["min_argmax"]:
             why.append(f"argmax agreement {100 * st['argmax_agreement']:.4f}% < {100 * report['min_argmax']:.2f}%")
@@ -93,6 +98,21 @@ def failure_summary(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # The two paths
 # --------------------------------------------------------------------------------------------
+def stage_name(output: str) -> str:
+    """The parity stage of a fused output tensor: ``fused`` for ``masks`` (probabilities), else its name."""
+    return "fused" if output == FUSED_MASKS_OUTPUT else output
+
+
+def output_stages(names: Sequence[str]) -> dict[str, ErrorStats]:
+    """One stage per output tensor of the fused model against the PyTorch path."""
+    what = "fused ONNX (onnxruntime) vs PyTorch path (detector ONNX features via onnxruntime + head in torch)"
+    stages = {}
+    for name in names:
+        kind = {"probabilities": name == FUSED_MASKS_OUTPUT, "labels": name == FUSED_LABELS_OUTPUT}
+        stages[stage_name(name)] = ErrorStats(stage_name(name), f"{what}: {name}", positive_class=TARGET, **kind)
+    return stages
+
+
 def exposed_feature_model(detector: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     """The original detector, unchanged, with ``tensors`` listed as extra outputs.
 
@@ -118,10 +138,17 @@ class TorchPath:
         return self.session.run(self.tensors, {self.input_name: image})
 
     @torch.no_grad()
-    def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
+    def outputs(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray,
+                modes: Sequence[str] = ("probs",)) -> dict[str, np.ndarray]:
+        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them."""
         taps = [torch.from_numpy(f) for f in features]
-        return deployed_masks(self.head, taps if len(taps) > 1 else taps[0], torch.from_numpy(rois),
-                              torch.from_numpy(image)).numpy()
+        got = deployed_outputs(self.head, taps if len(taps) > 1 else taps[0], torch.from_numpy(rois),
+                               torch.from_numpy(image), tuple(modes))
+        return {name: t.numpy() for name, t in zip(output_tensors(modes), got)}
+
+    def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
+        """[N, 3, H, W] probabilities (the ``probs`` mode)."""
+        return self.outputs(features, image, rois)[FUSED_MASKS_OUTPUT]
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +190,8 @@ def run_parity(
             fused_path, label = Path(fused), str(fused)
             file_meta = read_metadata(fused_path)
             opset = gt.default_opset(gt.load_model(fused_path, load_external_data=False))
-            build = build_fused(detector, source, feature_tensor=file_meta.feature_tensor, opset=opset)
+            build = build_fused(detector, source, feature_tensor=file_meta.feature_tensor, opset=opset,
+                                outputs=file_meta.outputs)
             if file_meta.extractor_sha256 != build.meta.extractor_sha256:
                 LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
         fused_model = gt.load_model(fused_path)
@@ -172,7 +200,7 @@ def run_parity(
         probes = _probe_images(meta, annotations, images, max_images)
         report = compare_paths(
             fused_model, build.detector, build.model if meta.simplified else None, reference, probes,
-            meta.input_hw, atol, min_argmax, large_set,
+            meta.input_hw, atol, min_argmax, large_set, meta.outputs,
         )
     report.update({"fused": label, "detector": str(detector), "head": str(head), "metadata": meta.summary()})
     return report
@@ -197,19 +225,24 @@ def compare_paths(
     atol: float = PARITY_ATOL,
     min_argmax: float = PARITY_MIN_ARGMAX,
     large_set: int = LARGE_ROI_SET,
+    modes: Sequence[str] = ("probs",),
 ) -> dict[str, Any]:
-    """Run every stage on every probe image and ROI set; the report dict (see module docstring)."""
+    """Run every stage on every probe image and ROI set; the report dict (see module docstring).
+
+    ``modes``: the fused model's output modes; each output tensor has its stage (``probs``: ``fused``).
+    """
     fused_s = gt.create_session(fused)
     trim_s = gt.create_session(trimmed_detector)
     trim_in = trim_s.get_inputs()[0].name
     unsimp_s = gt.create_session(unsimplified) if unsimplified is not None else None
+    names = output_tensors(modes)
     stages = {
         "trim": ErrorStats("trim", "trimmed detector (fused model's detector path) vs the tensor inside the "
                            "original detector", probabilities=False),
-        "simplify": ErrorStats("simplify", "simplified fused model vs unsimplified fused model",
-                               positive_class=TARGET),
-        "fused": ErrorStats("fused", "fused ONNX (onnxruntime) vs PyTorch path (detector ONNX features via "
-                            "onnxruntime + head in torch)", positive_class=TARGET),
+        "simplify": ErrorStats("simplify", f"simplified fused model vs unsimplified fused model ({names[0]})",
+                               positive_class=TARGET, probabilities=names[0] == FUSED_MASKS_OUTPUT,
+                               labels=names[0] == FUSED_LABELS_OUTPUT),
+        **output_stages(names),
     }
     n_sets = n_rois = 0
     for i, probe in enumerate(progress(probes, desc="parity", unit="img")):
@@ -219,10 +252,12 @@ def compare_paths(
         sets = roi_sets(probe, input_hw, large_set if i == 0 else 0) + (contract_roi_sets() if i == 0 else [])
         for rois in sets:
             feeds = {DEFAULT_IMAGE_INPUT: probe.image, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
-            got = fused_s.run(None, feeds)[0]
-            stages["fused"].update(reference.masks(feats, probe.image, feeds[FUSED_ROIS_INPUT]), got)
+            got = dict(zip(names, fused_s.run(names, feeds)))
+            want = reference.outputs(feats, probe.image, feeds[FUSED_ROIS_INPUT], modes)
+            for name in names:
+                stages[stage_name(name)].update(want[name], got[name])
             if unsimp_s is not None:
-                stages["simplify"].update(unsimp_s.run(None, feeds)[0], got)
+                stages["simplify"].update(unsimp_s.run(names[:1], feeds)[0], got[names[0]])
             n_sets += 1
             n_rois += len(rois)
     results = {name: st.result(atol, min_argmax) for name, st in stages.items()}

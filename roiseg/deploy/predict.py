@@ -20,7 +20,7 @@ import numpy as np
 from graph_tools import create_session
 from roiseg.deploy.metadata import FusedMetadata, read_metadata
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, normalised_rois_to_pixels, pixel_rois_to_normalised,
+    DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, normalised_rois_to_pixels, pixel_rois_to_normalised,
     preprocess, read_image,
 )
 from roiseg.errors import InputError, graph_errors
@@ -118,6 +118,9 @@ class FusedPredictor:
         names = {i.name for i in self.session.get_inputs()}
         if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
             raise InputError(f"{self.path} has inputs {sorted(names)}; expected images and rois")
+        if "probs" not in self.meta.outputs:
+            raise InputError(f"{self.path} has no probabilities output (its outputs: {', '.join(self.meta.outputs)}); "
+                             "fuse it with the probs output to predict with it")
 
     def predict(self, image_bgr: np.ndarray, rois_px: np.ndarray) -> Prediction:
         """[H0, W0, 3] uint8 BGR image + [N, 4] pixel boxes on it -> masks at ``(H0, W0)``."""
@@ -129,7 +132,7 @@ class FusedPredictor:
             DEFAULT_IMAGE_INPUT: preprocess(image_bgr, self.meta.input_hw, self.meta.preprocessing),
             FUSED_ROIS_INPUT: pixel_rois_to_normalised(clipped, orig_hw),
         }
-        probs = self.session.run(None, feeds)[0]
+        probs = self.session.run([FUSED_MASKS_OUTPUT], feeds)[0]
         full, labels = masks_to_original(probs, orig_hw)
         return Prediction(clipped, full, labels, notes)
 
