@@ -1,4 +1,4 @@
-"""graph_tools: generic ONNX surgery on top of onnx, onnx-graphsurgeon, onnxsim and onnxruntime.
+"""graph_tools: generic ONNX surgery on top of onnx, onnx-graphsurgeon, onnxslim, onnxsim and onnxruntime.
 
 Load and save (atomic, external data past 2 GB), inspect (shapes, nearest tensors, graph inputs),
 trim a model at tensors, make a batch dimension dynamic, convert opsets and reconcile IR versions,
@@ -19,13 +19,13 @@ from graph_tools.opset import (
     choose_ir_version, convert_opset, default_opset, max_supported_opset, ort_max_ir_version, validate_opset,
 )
 from graph_tools.session import CPU_PROVIDER, Feeds, ProviderSpec, create_session, run_feeds
-from graph_tools.simplify import SimplifyResult, max_output_difference, simplify_verified
+from graph_tools.simplify import SIMPLIFIERS, SimplifyResult, max_output_difference, simplify_verified
 from graph_tools.splice import rename_tensors, splice, tensor_names
 from graph_tools.stats import ErrorStats, class_map
 from graph_tools.trim import copy_model_fields, trim_at_tensor
 
 __all__ = [
-    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "GraphError", "ProviderSpec", "SimplifyResult", "atomic_path",
+    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "GraphError", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
     "clean_stale_temps",
     "batch_consistent", "choose_ir_version", "class_map", "convert_opset", "copy_model_fields",
     "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "file_sha256", "graph_inputs",

@@ -1,6 +1,7 @@
-"""Simplify a model with onnxsim, and keep the result only if it provably computes the same thing.
+"""Simplify a model with onnxslim (or onnxsim), and keep the result only if it provably computes the same thing.
 
-onnxsim's own check feeds uniform random inputs, which for a ROI head means degenerate boxes
+The simplifiers are tried in order (:data:`SIMPLIFIERS`: onnxslim, which usually leaves fewer
+nodes, then onnxsim); the first whose result verifies is kept. onnxsim's own check feeds uniform random inputs, which for a ROI head means degenerate boxes
 (x2 < x1). Instead the caller passes real feeds (a real or realistic image and real boxes, with one
 and with several ROIs so the dynamic ROI axis is exercised); both models run in onnxruntime on CPU
 and the simplified one is kept only when every output matches within ``atol``. On any failure the
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -33,7 +34,8 @@ class SimplifyResult:
 
     ``model`` is the model to keep (simplified when ``simplified``), ``nodes_before``/``nodes_after``
     count main-graph nodes, ``max_abs_err`` is the largest output difference seen on the feeds
-    (``None`` when simplification failed before the comparison), ``note`` says what happened.
+    (``None`` when simplification failed before the comparison), ``note`` says what happened,
+    ``tool`` which simplifier's result was kept (``""`` when none).
     """
 
     model: onnx.ModelProto
@@ -42,6 +44,7 @@ class SimplifyResult:
     nodes_after: int | None
     max_abs_err: float | None
     note: str
+    tool: str = ""
 
 
 def max_output_difference(a: Sequence[Sequence[np.ndarray]], b: Sequence[Sequence[np.ndarray]]) -> float:
@@ -69,35 +72,81 @@ def run_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
     return simplified
 
 
-def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: float = SIMPLIFY_ATOL) -> SimplifyResult:
+def run_onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnxslim.slim`` (constant folding, dead code, fusions) without its own check; raises on failure."""
+    import onnxslim
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # onnxslim may change the model it is given
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        slimmed = onnxslim.slim(copy)
+    if slimmed is None:
+        raise RuntimeError("onnxslim returned no model")
+    return slimmed
+
+
+SIMPLIFIERS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {"onnxslim": run_onnxslim, "onnxsim": run_onnxsim}
+"""Simplifiers tried in this order by :func:`simplify_verified`."""
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _try_simplifier(name: str, run, model: onnx.ModelProto, feeds: Sequence[Feeds], reference, atol: float,
+                    before: int) -> SimplifyResult:
+    """One simplifier's verified result (``simplified`` False with the reason when it does not verify)."""
+    try:
+        simplified = run(model)
+        onnx.checker.check_model(simplified)
+    except Exception as exc:  # onnxsim/onnxslim/onnx raise many types (RuntimeError, ValidationError, ...)
+        return SimplifyResult(model, False, before, None, None, f"{name} failed: {_first_line(exc)}")
+    after = len(simplified.graph.node)
+    try:
+        err = max_output_difference(reference, run_feeds(create_session(simplified), feeds))
+    except Exception as exc:  # onnxruntime errors (e.g. a shape frozen by the simplifier)
+        return SimplifyResult(model, False, before, after, None,
+                              f"{name}'s model does not run on the check inputs: {str(exc).splitlines()[0][:200]}")
+    if not err <= atol:
+        return SimplifyResult(model, False, before, after, err, f"{name}'s model differs by {err:.3g} (> {atol:g}) "
+                              "on the check inputs")
+    note = f"{name}: {before} -> {after} nodes, max abs difference {err:.2e} on {len(feeds)} check input(s)"
+    return SimplifyResult(simplified, True, before, after, err, note, name)
+
+
+def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: float = SIMPLIFY_ATOL,
+                      simplifiers: Sequence[str] = tuple(SIMPLIFIERS)) -> SimplifyResult:
     """Simplify ``model`` and verify it on ``feeds`` (each a ``{input name: array}`` dict).
 
-    Returns the simplified model when onnxsim succeeds, the result passes ``onnx.checker`` and all
-    outputs match the unsimplified model within ``atol`` on every feed; otherwise the unsimplified
-    model, with a warning logged and the reason in :attr:`SimplifyResult.note`.
+    Each of ``simplifiers`` (names of :data:`SIMPLIFIERS`, in order) is tried until one's result
+    passes ``onnx.checker`` and matches the unsimplified model within ``atol`` on every output of
+    every feed; that result is returned. When none does, the unsimplified model, with a warning
+    logged and every reason in :attr:`SimplifyResult.note`.
     """
     before = len(model.graph.node)
     if not feeds:
         raise ValueError("simplify_verified needs at least one feed to verify the result on")
-
-    def _keep(note: str, after: int | None = None, err: float | None = None) -> SimplifyResult:
-        LOG.warning("keeping the unsimplified model: %s", note)
-        return SimplifyResult(model, False, before, after, err, note)
-
+    unknown = [s for s in simplifiers if s not in SIMPLIFIERS]
+    if unknown:
+        raise ValueError(f"unknown simplifier {unknown[0]!r}; expected one of {', '.join(SIMPLIFIERS)}")
     if needs_external_data(model):
-        return _keep("the model is over 2 GB; onnxsim works on in-memory protobufs only")
-    try:
-        simplified = run_onnxsim(model)
-        onnx.checker.check_model(simplified)
-    except Exception as exc:  # onnxsim/onnx raise many types (RuntimeError, ValidationError, ...)
-        return _keep(f"onnxsim failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
-    after = len(simplified.graph.node)
-    try:
-        err = max_output_difference(run_feeds(create_session(model), feeds), run_feeds(create_session(simplified), feeds))
-    except Exception as exc:  # onnxruntime errors (e.g. a shape frozen by the simplifier)
-        return _keep(f"the simplified model does not run on the check inputs: {str(exc).splitlines()[0][:200]}", after)
-    if not err <= atol:
-        return _keep(f"the simplified model differs by {err:.3g} (> {atol:g}) on the check inputs", after, err)
-    note = f"onnxsim: {before} -> {after} nodes, max abs difference {err:.2e} on {len(feeds)} check input(s)"
-    LOG.info(note)
-    return SimplifyResult(simplified, True, before, after, err, note)
+        note = "the model is over 2 GB; the simplifiers work on in-memory protobufs only"
+        LOG.warning("keeping the unsimplified model: %s", note)
+        return SimplifyResult(model, False, before, None, None, note)
+    reference = run_feeds(create_session(model), feeds)
+    failed: list[SimplifyResult] = []
+    for name in simplifiers:
+        result = _try_simplifier(name, SIMPLIFIERS[name], model, feeds, reference, atol, before)
+        if result.simplified:
+            if failed:
+                result.note += f" ({'; '.join(f.note for f in failed)})"
+            LOG.info(result.note)
+            return result
+        LOG.info("%s", result.note)
+        failed.append(result)
+    note = "; ".join(f.note for f in failed)
+    LOG.warning("keeping the unsimplified model: %s", note)
+    last = failed[-1]
+    return SimplifyResult(model, False, before, last.nodes_after, last.max_abs_err, note)

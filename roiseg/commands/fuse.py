@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Cut the detector ONNX at the feature tensor, export the head (native RoiAlign, half_pixel), "
             "reconcile opset/IR versions, splice both into one model with inputs images + rois and output "
-            "masks [N,3,H,W], check it with onnx.checker, simplify it with onnxsim (kept only when it "
+            "masks [N,3,H,W], check it with onnx.checker, simplify it with onnxslim or onnxsim (kept only when it "
             "matches the unsimplified model on real boxes) and write it."
         ),
     )
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path(DEFAULT_FUSED_MODEL), help=f"output ONNX (default {DEFAULT_FUSED_MODEL})")
     p.add_argument("--opset", type=int, default=None,
                    help="opset of the fused model (>= 16; default: the higher of the detector's and the head's)")
-    p.add_argument("--no-simplify", action="store_true", help="do not run onnxsim")
+    p.add_argument("--no-simplify", action="store_true", help="do not simplify (onnxslim, onnxsim)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a head trained on another detector file (sha256 mismatch) instead of warning")
     p.add_argument("--check-image", type=Path, action="append", default=None, metavar="IMG",

@@ -6,7 +6,7 @@ The one build pipeline; ``parity-check`` checks the very model these steps produ
    at the feature tensor and check the head against it (:mod:`roiseg.features.compat`); trim the
    detector there; export the head; bring both to one opset; splice with one shared image input;
    write metadata; full ``onnx.checker``. Nothing is written.
-2. :func:`finish_fused`: simplify with onnxsim, verified on realistic inputs
+2. :func:`finish_fused`: simplify with onnxslim (onnxsim as fallback), verified on realistic inputs
    (:mod:`roiseg.deploy.probes`), and write the final metadata.
 3. :func:`fuse`: both, then save atomically. Nothing is written before every check passed.
 """
@@ -153,9 +153,11 @@ def finish_fused(
         if not result.simplified:
             build.warnings.append(f"kept the unsimplified model: {note}")
         build.meta.simplified = result.simplified
+        build.meta.simplifier = result.tool
     else:
         note = "simplification switched off"
         build.meta.simplified = False
+        build.meta.simplifier = ""
     write_metadata(model, build.meta)
     return model, note
 

@@ -39,7 +39,7 @@ class FuseReport:
         """Multi-line human summary: I/O with shapes, opset/IR, node counts, size, path."""
         io_lines = [f"  input  {n:<8} {shape}" for n, shape in self.inputs]
         io_lines += [f"  output {n:<8} {shape}" for n, shape in self.outputs]
-        simp = (f"{self.nodes_before} -> {self.nodes_after} nodes (onnxsim)" if self.simplified
+        simp = (f"{self.nodes_before} -> {self.nodes_after} nodes ({self.meta.simplifier})" if self.simplified
                 else f"{self.nodes_before} nodes (not simplified: {self.simplify_note})")
         lines = [
             f"fused model: {self.out}",

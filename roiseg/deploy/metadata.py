@@ -20,7 +20,8 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.roi_format``           ``"xyxy_normalized"``: ``rois`` are x1, y1, x2, y2 in [0, 1]
 ``roiseg.head_config``          JSON :meth:`roiseg.modeling.HeadConfig.to_dict`
 ``roiseg.head_sha256``          sha256 of the checkpoint / head ONNX file it was built from
-``roiseg.simplified``           ``"true"`` when onnxsim's result was kept
+``roiseg.simplified``           ``"true"`` when the simplifier's result was kept
+``roiseg.simplifier``           which simplifier's result was kept (``onnxslim`` or ``onnxsim``; empty when none)
 ``roiseg.outputs``              JSON list of the output modes present (``probs``, ``labels``, ``target``,
                                 ``roi_logits``; absent = ``["probs"]``), see ``conventions.OUTPUT_MODES``
 ==============================  =============================================================
@@ -63,6 +64,7 @@ KEY_ROI_FORMAT = PREFIX + "roi_format"
 KEY_HEAD_CONFIG = PREFIX + "head_config"
 KEY_HEAD_SHA256 = PREFIX + "head_sha256"
 KEY_SIMPLIFIED = PREFIX + "simplified"
+KEY_SIMPLIFIER = PREFIX + "simplifier"
 KEY_OUTPUTS = PREFIX + "outputs"
 """Fused model and exported head: JSON list of the output modes present."""
 KEY_EXTRACTOR = PREFIX + "extractor"
@@ -86,6 +88,8 @@ class FusedMetadata:
     head_config: HeadConfig
     head_sha256: str = ""
     simplified: bool = False
+    simplifier: str = ""
+    """Which simplifier's result was kept (``onnxslim``, ``onnxsim``; empty when not simplified)."""
     extra_tensors: tuple[str, ...] = ()
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     """Output modes present (keys of ``conventions.OUTPUT_MODES``, in that order)."""
@@ -112,6 +116,7 @@ class FusedMetadata:
             KEY_HEAD_CONFIG: json.dumps(self.head_config.to_dict(), sort_keys=True),
             KEY_HEAD_SHA256: self.head_sha256,
             KEY_SIMPLIFIED: "true" if self.simplified else "false",
+            KEY_SIMPLIFIER: self.simplifier,
             KEY_OUTPUTS: json.dumps(list(self.outputs)),
         }
         return {**self.extra, **props}
@@ -147,7 +152,8 @@ class FusedMetadata:
             extractor_file=props.get(KEY_EXTRACTOR_FILE, ""), extractor_sha256=props.get(KEY_EXTRACTOR_SHA256, ""),
             feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
             preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
-            simplified=props.get(KEY_SIMPLIFIED, "false") == "true", class_names=names, extra_tensors=extra_tensors,
+            simplified=props.get(KEY_SIMPLIFIED, "false") == "true", simplifier=props.get(KEY_SIMPLIFIER, ""),
+            class_names=names, extra_tensors=extra_tensors,
             outputs=outputs,
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
         )
@@ -159,7 +165,7 @@ class FusedMetadata:
             "feature_tensor": self.feature_tensor, "extra_tensors": list(self.extra_tensors),
             "input_hw": list(self.input_hw), "stride": self.stride,
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
-            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "version": self.version,
+            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "simplifier": self.simplifier, "version": self.version,
             "outputs": list(self.outputs),
         }
 
