@@ -7,9 +7,10 @@ convs) into one mask embedding ``E`` [B, D, H/4, W/4].
 Per ROI, everything is light:
 
 1. ``RoIAlign(E)`` to a ``G x G`` grid over the ROI (``G = mask_size``): the ROI's pixel tokens
-   [N, G*G, D]. Keys are the tokens plus a learned embedding of each cell's position inside the ROI
-   (one [G*G, D] table, computed once); values are the tokens. No per-token projection runs per
-   ROI: everything per ROI is a RoIAlign, a few [3 x G*G] attention maps and dot products.
+   [N, G*G, D], plus a learned embedding (an MLP of the cell's normalised x, y) of each cell's
+   position inside the ROI: one [G*G, D] table, computed once. Keys, values and the pixel side of
+   the class logits are these tokens; no per-token projection runs per ROI: everything per ROI is a
+   RoIAlign, a few [3 x G*G] attention maps and dot products.
 2. A query from the RoI-aligned primary tap (average-pooled) and the box geometry (normalised
    x1, y1, x2, y2, w, h), turned into three class queries (background, target, non-target).
 3. ``query_layers`` decoder layers (Mask2Former): masked cross-attention of the class queries over
@@ -139,7 +140,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.query = nn.Sequential(nn.Linear(cfg.in_channels + 6, 2 * dim), nn.ReLU(inplace=True),
                                    nn.Linear(2 * dim, dim))
         self.class_embed = nn.Parameter(torch.randn(NUM_CLASSES, dim) * 0.02)
-        self.position = nn.Linear(2, dim)
+        self.position = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.layers = nn.ModuleList([DecoderLayer(dim, cfg.query_heads) for _ in range(cfg.query_layers)])
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
 
@@ -186,10 +187,10 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
                          aligned=True)  # [N, D, G, G]
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
-        keys = tokens + pos[None]
+        tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
         queries = self._queries(taps[0], rois, boxes)
         logits = self._logits(queries, tokens)
         for layer in self.layers:
-            queries = layer(queries, keys, tokens, attention_bias(logits))
+            queries = layer(queries, tokens, tokens, attention_bias(logits))
             logits = self._logits(queries, tokens)
         return logits.reshape(-1, NUM_CLASSES, g, g)
