@@ -2,6 +2,7 @@
 
 Load and save (atomic, external data past 2 GB), inspect (shapes, nearest tensors, graph inputs),
 trim a model at tensors, make a batch dimension dynamic, convert opsets and reconcile IR versions,
+float16 compute with a block list,
 splice two models, simplify with verification, one onnxruntime session factory, and streaming
 error statistics for parity checks. It knows nothing of the application that uses it: tensor
 names are parameters, errors are :class:`GraphError`, logs go to the ``graph_tools`` logger.
@@ -9,6 +10,7 @@ names are parameters, errors are :class:`GraphError`, logs go to the ``graph_too
 
 from graph_tools.batch import batch_consistent, make_batch_dynamic
 from graph_tools.errors import GraphError
+from graph_tools.float16 import Float16Report, convert_float16
 from graph_tools.inspect import (
     Dim, describe_io, dims, elem_type_of, graph_inputs, infer_shapes, nearest_tensors, node_attributes,
     nodes_of_type, opset_version, require_tensor, tensor_shapes, upstream_tensors,
@@ -25,9 +27,9 @@ from graph_tools.stats import ErrorStats, class_map
 from graph_tools.trim import copy_model_fields, trim_at_tensor
 
 __all__ = [
-    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "GraphError", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
+    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "Float16Report", "GraphError", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
     "clean_stale_temps",
-    "batch_consistent", "choose_ir_version", "class_map", "convert_opset", "copy_model_fields",
+    "batch_consistent", "choose_ir_version", "class_map", "convert_float16", "convert_opset", "copy_model_fields",
     "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "file_sha256", "graph_inputs",
     "infer_shapes", "load_model", "make_batch_dynamic", "max_output_difference", "max_supported_opset",
     "nearest_tensors", "needs_external_data", "node_attributes", "nodes_of_type", "opset_version",

@@ -120,8 +120,9 @@ class ErrorStats:
         k = int(np.searchsorted(np.cumsum(self.hist), math.ceil(0.99 * self.count)))
         return min(_bin_upper_edge(k), self.max_abs)
 
-    def result(self, atol: float, min_argmax: float) -> dict[str, Any]:
-        """Report dict of the stage, ``passed`` included."""
+    def result(self, atol: float, min_argmax: float, mean_atol: float | None = None) -> dict[str, Any]:
+        """Report dict of the stage, ``passed`` included; with ``mean_atol`` the mean absolute error
+        is bounded too (scaled like ``atol`` for unbounded values)."""
         if self.labels:
             agree = self.agree / self.pixels if self.pixels else 0.0
             return {"description": self.description, "elements": self.count, "kind": "labels",
@@ -138,6 +139,9 @@ class ErrorStats:
             "tolerance": tol,
         }
         passed = self.count > 0 and self.max_abs <= tol
+        if mean_atol is not None:
+            out["mean_tolerance"] = mean_atol * (max(1.0, self.max_ref) if not self.probabilities else 1.0)
+            passed = passed and out["mean_abs"] <= out["mean_tolerance"]
         if self.probabilities:
             agree = self.agree / self.pixels if self.pixels else 0.0
             out.update({

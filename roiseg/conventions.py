@@ -88,6 +88,12 @@ PARITY_ATOL: float = 1e-4
 """Default absolute tolerance on probabilities between the fused graph and the PyTorch path."""
 PARITY_MIN_ARGMAX: float = 0.9999
 """Default minimum fraction of pixels whose argmax class agrees between the two paths."""
+FP16_PARITY_ATOL: float = 1.0
+"""A float16 model: no bound on the largest error (a pixel near a class boundary may flip) ..."""
+FP16_PARITY_MEAN_ATOL: float = 1e-2
+"""... but the mean absolute error on probabilities must stay within this ..."""
+FP16_PARITY_MIN_ARGMAX: float = 0.98
+"""... and at least this fraction of pixels must keep their argmax class."""
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """``--device`` values (``cuda:N`` is accepted too)."""
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import DEFAULT_PARITY_REPORT, PARITY_ATOL, PARITY_MIN_ARGMAX
+from roiseg.conventions import (
+    DEFAULT_PARITY_REPORT, FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, PARITY_ATOL,
+    PARITY_MIN_ARGMAX,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +32,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", type=Path, default=None, help="COCO instances JSON with person boxes (needs --images)")
     p.add_argument("--images", type=Path, default=None, help="folder of the images")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images")
-    p.add_argument("--atol", type=float, default=PARITY_ATOL, help=f"max absolute error on probabilities (default {PARITY_ATOL:g})")
-    p.add_argument("--min-argmax", type=float, default=PARITY_MIN_ARGMAX,
-                   help=f"min fraction of pixels whose argmax class agrees (default {PARITY_MIN_ARGMAX})")
+    p.add_argument("--atol", type=float, default=None,
+                   help=f"max absolute error on probabilities (default {PARITY_ATOL:g}; float16 model: "
+                        f"{FP16_PARITY_ATOL:g}, i.e. none)")
+    p.add_argument("--min-argmax", type=float, default=None,
+                   help=f"min fraction of pixels whose argmax class agrees (default {PARITY_MIN_ARGMAX}; "
+                        f"float16 model: {FP16_PARITY_MIN_ARGMAX})")
+    p.add_argument("--mean-atol", type=float, default=None,
+                   help=f"max mean absolute error (default: none; float16 model: {FP16_PARITY_MEAN_ATOL:g})")
     p.add_argument("--report", type=Path, default=Path(DEFAULT_PARITY_REPORT),
                    help=f"JSON report (default {DEFAULT_PARITY_REPORT})")
     p.set_defaults(func=run)
@@ -44,10 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images must be >= 1, got {args.max_images}")
+    for flag, value in (("--atol", args.atol), ("--mean-atol", args.mean_atol)):
+        if value is not None and not value >= 0:
+            raise InputError(f"{flag} must be >= 0, got {value:g}")
+    if args.min_argmax is not None and not 0 <= args.min_argmax <= 1:
+        raise InputError(f"--min-argmax must be a fraction in [0, 1], got {args.min_argmax:g}")
     check_output_file(args.report)  # before any work
     report = run_parity(args.detector, args.head, fused=args.fused, annotations=args.annotations, images=args.images,
                         atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
-                        feature_tensor=args.feature_tensor)
+                        feature_tensor=args.feature_tensor, mean_atol=args.mean_atol)
     print(format_table(report))
     write_json(args.report, report)
     print(f"wrote {args.report}")

@@ -29,6 +29,7 @@ from roiseg.deploy.export import AWKWARD_ROIS, HEAD_OPSET_REASON, output_modes, 
 from roiseg.deploy.fuse_report import FuseReport
 from roiseg.deploy.head_source import HeadSource, load_head_source
 from roiseg.deploy.metadata import FusedMetadata, detector_props, write_metadata
+from roiseg.deploy.precision import to_float16
 from roiseg.deploy.probes import check_feeds
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.features.compat import check_head_features
@@ -51,6 +52,8 @@ class FusedBuild:
     head: HeadSource
     detector_path: Path
     warnings: list[str] = field(default_factory=list)
+    precision_note: str = ""
+    """What the float16 conversion did (empty for a float32 model)."""
 
 
 @translate_graph_errors
@@ -141,13 +144,16 @@ def contract_feeds(image: np.ndarray) -> list[dict[str, np.ndarray]]:
 
 
 def finish_fused(
-    build: FusedBuild, simplify: bool = True, check_images: Sequence[str | Path] | None = None,
+    build: FusedBuild, simplify: bool = True, check_images: Sequence[str | Path] | None = None, fp16: bool = False,
 ) -> tuple[onnx.ModelProto, str]:
-    """Step 2: the model to write (simplified when verified) and a note on the simplification."""
+    """Step 2: the model to write (simplified when verified; with ``fp16``, float16 compute where safe,
+    :mod:`roiseg.deploy.precision`) and a note on what was done."""
     model = build.model
-    if simplify:
+    feeds = []
+    if simplify or fp16:
         feeds = check_feeds(build.meta.input_hw, build.meta.preprocessing, check_images)
         feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT])
+    if simplify:
         result = gt.simplify_verified(model, feeds)
         model, note = result.model, result.note
         if not result.simplified:
@@ -158,6 +164,10 @@ def finish_fused(
         note = "simplification switched off"
         build.meta.simplified = False
         build.meta.simplifier = ""
+    build.meta.fp16 = fp16
+    if fp16:
+        model, build.precision_note = to_float16(model, feeds)
+        LOG.info(build.precision_note)
     write_metadata(model, build.meta)
     return model, note
 
@@ -173,17 +183,18 @@ def fuse(
     strict: bool = False,
     check_images: Sequence[str | Path] | None = None,
     outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    fp16: bool = False,
 ) -> FuseReport:
     """Build the fused model from ``detector`` (full detector or featext) and ``head``; write it to ``out``.
 
     ``check_images`` are image files to verify the simplified model on (a synthetic image
-    otherwise). ``outputs``: the output modes (``probs`` by default). Raises :class:`InputError` for
+    otherwise). ``outputs``: the output modes (``probs`` by default); ``fp16``: float16 compute where safe. Raises :class:`InputError` for
     bad input; writes nothing then.
     """
     out = Path(out)
     build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs)
     nodes_before = len(build.model.graph.node)
-    model, note = finish_fused(build, simplify, check_images)
+    model, note = finish_fused(build, simplify, check_images, fp16)
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
     gt.save_model(model, out)
     if gt.needs_external_data(model):
@@ -194,5 +205,5 @@ def fuse(
     return FuseReport(
         out=out, inputs=io["inputs"], outputs=io["outputs"], opset=build.opset, ir_version=int(model.ir_version),
         nodes_before=nodes_before, nodes_after=len(model.graph.node), simplified=build.meta.simplified,
-        simplify_note=note, file_bytes=size, meta=build.meta, warnings=build.warnings,
+        simplify_note=note, precision_note=build.precision_note, file_bytes=size, meta=build.meta, warnings=build.warnings,
     )

@@ -25,13 +25,14 @@ class FuseReport:
     file_bytes: int
     meta: FusedMetadata
     warnings: list[str] = field(default_factory=list)
+    precision_note: str = ""
 
     def to_dict(self) -> dict:
         return {
             "out": str(self.out), "inputs": self.inputs, "outputs": self.outputs, "opset": self.opset,
             "ir_version": self.ir_version, "nodes_before_simplify": self.nodes_before,
             "nodes_after_simplify": self.nodes_after, "simplified": self.simplified,
-            "simplify_note": self.simplify_note, "file_bytes": self.file_bytes,
+            "simplify_note": self.simplify_note, "precision_note": self.precision_note, "file_bytes": self.file_bytes,
             "metadata": self.meta.summary(), "warnings": self.warnings,
         }
 
@@ -49,6 +50,7 @@ class FuseReport:
             f"  feature tensor {self.meta.feature_tensor} (stride {self.meta.stride}), "
             f"input {self.meta.input_hw[0]}x{self.meta.input_hw[1]}, head variant {self.meta.head_config.variant}",
             f"  size: {self.file_bytes / 1e6:.1f} MB",
+            *([f"  precision: {self.precision_note}"] if self.precision_note else []),
         ]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -22,6 +22,7 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.head_sha256``          sha256 of the checkpoint / head ONNX file it was built from
 ``roiseg.simplified``           ``"true"`` when the simplifier's result was kept
 ``roiseg.simplifier``           which simplifier's result was kept (``onnxslim`` or ``onnxsim``; empty when none)
+``roiseg.fp16``                 ``"true"`` when the model computes in float16 where safe (inputs/outputs float32)
 ``roiseg.outputs``              JSON list of the output modes present (``probs``, ``labels``, ``target``,
                                 ``roi_logits``; absent = ``["probs"]``), see ``conventions.OUTPUT_MODES``
 ==============================  =============================================================
@@ -65,6 +66,7 @@ KEY_HEAD_CONFIG = PREFIX + "head_config"
 KEY_HEAD_SHA256 = PREFIX + "head_sha256"
 KEY_SIMPLIFIED = PREFIX + "simplified"
 KEY_SIMPLIFIER = PREFIX + "simplifier"
+KEY_FP16 = PREFIX + "fp16"
 KEY_OUTPUTS = PREFIX + "outputs"
 """Fused model and exported head: JSON list of the output modes present."""
 KEY_EXTRACTOR = PREFIX + "extractor"
@@ -89,6 +91,8 @@ class FusedMetadata:
     head_sha256: str = ""
     simplified: bool = False
     simplifier: str = ""
+    fp16: bool = False
+    """True when the model computes in float16 where safe (``roiseg fuse --fp16``)."""
     """Which simplifier's result was kept (``onnxslim``, ``onnxsim``; empty when not simplified)."""
     extra_tensors: tuple[str, ...] = ()
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
@@ -117,6 +121,7 @@ class FusedMetadata:
             KEY_HEAD_SHA256: self.head_sha256,
             KEY_SIMPLIFIED: "true" if self.simplified else "false",
             KEY_SIMPLIFIER: self.simplifier,
+            KEY_FP16: "true" if self.fp16 else "false",
             KEY_OUTPUTS: json.dumps(list(self.outputs)),
         }
         return {**self.extra, **props}
@@ -153,6 +158,7 @@ class FusedMetadata:
             feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
             preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
             simplified=props.get(KEY_SIMPLIFIED, "false") == "true", simplifier=props.get(KEY_SIMPLIFIER, ""),
+            fp16=props.get(KEY_FP16, "false") == "true",
             class_names=names, extra_tensors=extra_tensors,
             outputs=outputs,
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
@@ -165,7 +171,7 @@ class FusedMetadata:
             "feature_tensor": self.feature_tensor, "extra_tensors": list(self.extra_tensors),
             "input_hw": list(self.input_hw), "stride": self.stride,
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
-            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "simplifier": self.simplifier, "version": self.version,
+            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "simplifier": self.simplifier, "fp16": self.fp16, "version": self.version,
             "outputs": list(self.outputs),
         }
 

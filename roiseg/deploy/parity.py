@@ -21,7 +21,10 @@ without a fused file it is built here exactly as ``fuse`` builds it; with one, t
 and the unsimplified model are rebuilt with that file's feature tensor and opset.
 
 A stage passes when ``max abs <= atol`` (for ``trim``: ``atol * max(1, max |features|)``, since
-features are not bounded like probabilities) and argmax agreement ``>= min_argmax``.
+features are not bounded like probabilities) and argmax agreement ``>= min_argmax``. A float16
+model (``roiseg fuse --fp16``) is held to float16 tolerances by default (:func:`parity_tolerances`):
+mean abs ``<= 1e-2``, argmax agreement ``>= 98 %``, no bound on the largest error; its ``simplify``
+stage is skipped (the ``fused`` stage covers the whole file) and ``trim`` keeps the float32 tolerance.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 import graph_tools as gt
 from graph_tools import ErrorStats
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_LABELS_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX,
+    DEFAULT_IMAGE_INPUT, FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, FUSED_LABELS_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX,
     TARGET,
 )
 from roiseg.deploy.export import deployed_outputs, output_tensors
@@ -74,8 +77,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"{name:<9} {st['max_abs']:>9.2e} {st['mean_abs']:>9.2e} {st['p99_abs']:>9.2e} {st['max_rel']:>9.2e} "
             f"{agree:>9} {iou:>8}  {'PASS' if st['passed'] else 'FAIL'}"
         )
+    mean = f", mean abs <= {report['mean_atol']:g}" if report.get("mean_atol") is not None else ""
+    fp16 = " (float16 model)" if report.get("fp16") else ""
     lines.append(f"{report['images']} image(s), {report['roi_sets']} ROI set(s), {report['rois']} ROIs; "
-                 f"atol {report['atol']:g}, argmax >= {100 * report['min_argmax']:.2f}%: "
+                 f"atol {report['atol']:g}{mean}, argmax >= {100 * report['min_argmax']:.2f}%{fp16}: "
                  f"{'PASS' if report['passed'] else 'FAIL'}")
     return "\n".join(lines)
 
@@ -89,6 +94,8 @@ def failure_summary(report: dict[str, Any]) -> str:
         why = []
         if "tolerance" in st and st["max_abs"] > st["tolerance"]:
             why.append(f"max abs {st['max_abs']:.3g} > {st['tolerance']:.3g}")
+        if "mean_tolerance" in st and st["mean_abs"] > st["mean_tolerance"]:
+            why.append(f"mean abs {st['mean_abs']:.3g} > {st['mean_tolerance']:.3g}")
         if "argmax_agreement" in st and st["argmax_agreement"] < report["min_argmax"]:
             why.append(f"argmax agreement {100 * st['argmax_agreement']:.4f}% < {100 * report['min_argmax']:.2f}%")
         parts.append(f"{name}: {', '.join(why) or 'no elements compared'}")
@@ -161,11 +168,12 @@ def run_parity(
     fused: str | Path | None = None,
     annotations: str | Path | None = None,
     images: str | Path | None = None,
-    atol: float = PARITY_ATOL,
-    min_argmax: float = PARITY_MIN_ARGMAX,
+    atol: float | None = None,
+    min_argmax: float | None = None,
     max_images: int | None = None,
     feature_tensor: str | None = None,
     large_set: int = LARGE_ROI_SET,
+    mean_atol: float | None = None,
 ) -> dict[str, Any]:
     """Compare the fused model with the PyTorch path on real images; returns the report dict.
 
@@ -173,7 +181,7 @@ def run_parity(
     ``head`` must be a checkpoint (the PyTorch path needs the weights). ``annotations`` (COCO JSON)
     needs ``images``; with ``images`` alone every image in the folder is used with plausible
     boxes; with neither a synthetic image stands in (logged). ``large_set`` ROIs are run once, on
-    the first image.
+    the first image. Tolerances left ``None`` follow the model's precision (:func:`parity_tolerances`).
     """
     if annotations is not None and images is None:
         raise InputError("annotations need the folder of the annotated image files (images)")
@@ -198,12 +206,28 @@ def run_parity(
         meta = read_metadata(fused_model)
         reference = TorchPath(gt.load_model(detector), [meta.feature_tensor, *meta.extra_tensors], source.head)
         probes = _probe_images(meta, annotations, images, max_images)
-        report = compare_paths(
-            fused_model, build.detector, build.model if meta.simplified else None, reference, probes,
-            meta.input_hw, atol, min_argmax, large_set, meta.outputs,
-        )
+        tol = parity_tolerances(meta.fp16, atol, min_argmax, mean_atol)
+        unsimplified = build.model if meta.simplified and not meta.fp16 else None
+        report = compare_paths(fused_model, build.detector, unsimplified, reference, probes, meta.input_hw,
+                               large_set=large_set, modes=meta.outputs, fp16=meta.fp16, **tol)
     report.update({"fused": label, "detector": str(detector), "head": str(head), "metadata": meta.summary()})
     return report
+
+
+def parity_tolerances(fp16: bool, atol: float | None = None, min_argmax: float | None = None,
+                      mean_atol: float | None = None) -> dict[str, float | None]:
+    """``atol``, ``min_argmax``, ``mean_atol``: the ones given, the others by precision.
+
+    float32: max abs ``PARITY_ATOL`` (1e-4), argmax ``PARITY_MIN_ARGMAX`` (99.99 %), no mean bound.
+    float16: max abs ``FP16_PARITY_ATOL`` (1.0, i.e. none), mean abs ``FP16_PARITY_MEAN_ATOL`` (1e-2),
+    argmax ``FP16_PARITY_MIN_ARGMAX`` (98 %).
+    """
+    if fp16:
+        defaults = (FP16_PARITY_ATOL, FP16_PARITY_MIN_ARGMAX, FP16_PARITY_MEAN_ATOL)
+    else:
+        defaults = (PARITY_ATOL, PARITY_MIN_ARGMAX, None)
+    given = (atol, min_argmax, mean_atol)
+    return dict(zip(("atol", "min_argmax", "mean_atol"), (g if g is not None else d for g, d in zip(given, defaults))))
 
 
 def _probe_images(meta, annotations, images, max_images) -> list[ProbeImage]:
@@ -226,6 +250,8 @@ def compare_paths(
     min_argmax: float = PARITY_MIN_ARGMAX,
     large_set: int = LARGE_ROI_SET,
     modes: Sequence[str] = ("probs",),
+    mean_atol: float | None = None,
+    fp16: bool = False,
 ) -> dict[str, Any]:
     """Run every stage on every probe image and ROI set; the report dict (see module docstring).
 
@@ -260,11 +286,13 @@ def compare_paths(
                 stages["simplify"].update(unsimp_s.run(names[:1], feeds)[0], got[names[0]])
             n_sets += 1
             n_rois += len(rois)
-    results = {name: st.result(atol, min_argmax) for name, st in stages.items()}
+    results = {name: st.result(atol, min_argmax, mean_atol) for name, st in stages.items() if name != "trim"}
+    results = {"trim": stages["trim"].result(PARITY_ATOL if fp16 else atol, min_argmax), **results}
     if unsimp_s is None:
-        results["simplify"] = {"skipped": "the fused model is not simplified", "passed": True}
+        why = "float16 model: the fused stage covers the whole file" if fp16 else "the fused model is not simplified"
+        results["simplify"] = {"skipped": why, "passed": True}
     return {
-        "atol": atol, "min_argmax": min_argmax, "images": len(probes), "roi_sets": n_sets, "rois": n_rois,
+        "atol": atol, "min_argmax": min_argmax, "mean_atol": mean_atol, "fp16": fp16, "images": len(probes), "roi_sets": n_sets, "rois": n_rois,
         "image_names": [p.name for p in probes], "stages": results,
         "passed": all(r["passed"] for r in results.values()),
     }

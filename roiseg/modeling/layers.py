@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks, rois_to_pixels
@@ -16,7 +17,8 @@ class ExportableGroupNorm(nn.GroupNorm):
 
     The exporter's own GroupNorm reshapes ``[N, C, H, W]`` to ``[0, G, -1]`` (0 = copy the
     dimension), which cannot be resolved when ``N = 0``. While exporting, this module computes the
-    same normalisation with a ``[-1, G, C/G*H*W]`` reshape (the spatial size is static per layer).
+    same normalisation with a ``[-1, G, C/G*H*W]`` reshape (the spatial size is static per layer)
+    and one ``InstanceNormalization`` (a single op that a float16 conversion can keep in float32).
     In PyTorch it is ``nn.GroupNorm``.
     """
 
@@ -25,11 +27,9 @@ class ExportableGroupNorm(nn.GroupNorm):
             return super().forward(x)
         c, g = self.num_channels, self.num_groups
         spatial = [int(s) for s in x.shape[2:]]
-        y = x.reshape(-1, g, (c // g) * math.prod(spatial))
-        mean = y.mean(dim=2, keepdim=True)
-        centred = y - mean
-        var = (centred * centred).mean(dim=2, keepdim=True)
-        y = (centred / torch.sqrt(var + self.eps)).reshape(-1, c, *spatial)
+        y = x.reshape(-1, g, (c // g) * math.prod(spatial))  # each group one "instance" channel
+        ones, zeros = torch.ones(g, dtype=x.dtype), torch.zeros(g, dtype=x.dtype)
+        y = F.instance_norm(y, weight=ones, bias=zeros, eps=self.eps).reshape(-1, c, *spatial)
         if self.affine:
             shape = [1, c] + [1] * len(spatial)
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
