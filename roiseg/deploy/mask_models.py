@@ -36,6 +36,9 @@ class FusedMaskModel:
         names = {i.name for i in self.session.get_inputs()}
         if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
             raise InputError(f"{self.path} has inputs {sorted(names)}; expected {DEFAULT_IMAGE_INPUT} and {FUSED_ROIS_INPUT}")
+        if self.meta.image_input != "tensor":
+            raise InputError(f"{self.path} takes the raw image; evaluate needs a model with the preprocessed "
+                             "images input (fuse it with the tensor image input)")
         if "probs" not in self.meta.outputs:
             raise InputError(f"{self.path} has no probabilities output (its outputs: {', '.join(self.meta.outputs)}); "
                              "fuse it with the probs output to evaluate it")
@@ -61,7 +64,8 @@ class TorchMaskModel:
         tensor = feature_tensor or source.feature_tensor
         if tensor is None:
             raise InputError(f"{checkpoint} records no feature tensor; give the tensor the head reads")
-        self.extractor = OnnxFeatureExtractor(detector, tensor, device=device, preprocessing=source.preprocessing)
+        self.extractor = OnnxFeatureExtractor(detector, tensor, device=device, preprocessing=source.preprocessing,
+                                              extra_tensors=source.extra_tensors)
         for note in check_head_features(source.cfg, source.extractor, self.extractor.info, source.path):
             LOG.warning(note)
         self.head = source.head.to(self.extractor.device).eval()
@@ -73,7 +77,8 @@ class TorchMaskModel:
     def predict(self, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
         """[1, 3, H, W] preprocessed image + [N, 4] normalised xyxy -> [N, 3, H, W] probabilities."""
         device = self.extractor.device
-        feats = self.extractor(image)
+        taps = self.extractor.extract(image)
+        feats = taps if len(taps) > 1 else taps[0]
         img = torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(device)
         r = torch.from_numpy(np.ascontiguousarray(rois, np.float32)).to(device)
         idx = torch.zeros(len(r), dtype=torch.int64, device=device)
