@@ -150,3 +150,41 @@ def splice(
         pin_batch(merged.graph, name)
     merged.ir_version = ir
     return merged
+
+
+def feed_input(model: onnx.ModelProto, input_name: str, pre: onnx.ModelProto, pre_output: str, *,
+               prefix: str = "pre/", keep_as_output: bool = False) -> onnx.ModelProto:
+    """``model`` with its graph input ``input_name`` computed by ``pre`` (e.g. preprocessing in front of a detector).
+
+    ``pre``'s inputs become inputs of the result (names kept; they must not be used in ``model``),
+    its other names get ``prefix``; its output ``pre_output`` (named ``prefix + pre_output`` in the
+    result) replaces ``input_name`` everywhere. With ``keep_as_output`` that tensor is also a graph
+    output (to feed another model spliced behind). Both must import the same ``ai.onnx`` opset.
+    """
+    if default_opset(model) != default_opset(pre):
+        raise GraphError(f"opset {default_opset(pre)} of the input model != opset {default_opset(model)}; convert one first")
+    inputs = {vi.name: vi for vi in graph_inputs(model)}
+    if input_name not in inputs:
+        raise GraphError(f"{input_name!r} is not an input of the model; inputs: {', '.join(inputs)}")
+    if pre_output not in {o.name for o in pre.graph.output}:
+        raise GraphError(f"{pre_output!r} is not an output of the input model")
+    clash = {vi.name for vi in pre.graph.input} & tensor_names(model.graph)
+    if clash:
+        raise GraphError(f"input(s) {', '.join(sorted(clash))} of the input model are already used in the model")
+    pre = compose.add_prefix(pre, prefix, rename_inputs=False)
+    new_name = prefix + pre_output
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    rename_tensors(out.graph, {input_name: new_name})
+    kept = [vi for vi in out.graph.input if vi.name != new_name]
+    del out.graph.input[:]
+    out.graph.input.extend([*pre.graph.input, *kept])
+    nodes = [*pre.graph.node, *out.graph.node]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(pre.graph.initializer)
+    out.graph.value_info.extend(pre.graph.value_info)
+    if keep_as_output:
+        out.graph.output.extend([vi for vi in pre.graph.output if vi.name == new_name])
+    out.ir_version = max(out.ir_version, pre.ir_version)
+    return out

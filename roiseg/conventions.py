@@ -68,6 +68,14 @@ OUTPUT_MODES: dict[str, tuple[str, ...]] = {
 [N, H, W] float32 target probability; ``roi_logits`` [N, 3, M, M] ROI-grid logits + ``roi_boxes``
 [N, 4] the sanitised normalised boxes they cover (for clients that paste themselves)."""
 DEFAULT_OUTPUTS: tuple[str, ...] = ("probs",)
+RAW_IMAGE_INPUT: str = "image"
+"""Input of a raw-image fused model (``--image-input raw``): the original uint8 BGR image [H0, W0, 3]."""
+RAW_HEIGHT_AXIS, RAW_WIDTH_AXIS = "height", "width"
+"""Names of the dynamic image dimensions of a raw-image model (its input and its mask outputs)."""
+PREPROCESSED_TENSOR: str = "roiseg_pre/images"
+"""Inside a raw-image fused model: the preprocessed image [1, 3, H, W] the detector and the head read."""
+IMAGE_INPUT_MODES: tuple[str, ...] = ("tensor", "raw")
+"""``tensor``: ``images`` [1, 3, H, W] preprocessed by the caller; ``raw``: ``image`` uint8 [H0, W0, 3] BGR."""
 HEAD_FEATURES_INPUT: str = "features"
 """Input of an exported head that takes the detector's features."""
 def extra_features_input(i: int) -> str:

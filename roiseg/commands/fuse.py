@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="output modes, several allowed (space or comma separated): probs (default: masks "
                         "[N,3,H,W] probabilities), labels (uint8 [N,H,W] argmax), target (float32 [N,H,W] target "
                         "probability), roi_logits (roi_logits [N,3,M,M] + roi_boxes [N,4], to paste yourself)")
+    p.add_argument("--image-input", default="tensor", metavar="MODE",
+                   help="tensor (default: images [1,3,H,W] preprocessed by the caller) or raw (image uint8 "
+                        "[H0,W0,3] BGR of any size, preprocessed in the graph; masks at H0 x W0)")
     p.add_argument("--fp16", action="store_true",
                    help="compute in float16 where safe (detector and head convolutions); RoiAlign, box geometry, "
                         "normalisations and quantization ops stay float32; inputs and outputs float32")
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         read_probe_image(image)  # absent, truncated or corrupt: stop now, naming the file
     report = fuse(args.detector, args.head, feature_tensor=args.feature_tensor, out=args.out, opset=args.opset,
                   simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image,
-                  outputs=args.outputs or DEFAULT_OUTPUTS, fp16=args.fp16)
+                  outputs=args.outputs or DEFAULT_OUTPUTS, fp16=args.fp16,
+                  image_input=args.image_input)
     print(report.summary())
     return 0

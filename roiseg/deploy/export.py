@@ -37,7 +37,8 @@ from torch import nn
 from graph_tools import convert_opset, node_attributes, nodes_of_type, set_prop, validate_opset
 from roiseg.conventions import (
     BACKGROUND, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DEFAULT_OUTPUTS, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT,
-    MIN_HEAD_OPSET, NUM_CLASSES, OUTPUT_MODES, ROI_AXIS, TARGET, extra_features_input,
+    MIN_HEAD_OPSET, NUM_CLASSES, OUTPUT_MODES, RAW_HEIGHT_AXIS, RAW_IMAGE_INPUT, RAW_WIDTH_AXIS, ROI_AXIS, TARGET,
+    extra_features_input,
 )
 from roiseg.deploy.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG, KEY_OUTPUTS
 from roiseg.errors import InputError, translate_graph_errors
@@ -109,19 +110,20 @@ def background_where_invalid(masks: torch.Tensor, valid: torch.Tensor) -> torch.
 
 
 def deployed_outputs(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None,
-                     modes: tuple[str, ...] = DEFAULT_OUTPUTS) -> list[torch.Tensor]:
+                     modes: tuple[str, ...] = DEFAULT_OUTPUTS, out_hw=None) -> list[torch.Tensor]:
     """What the fused model computes for one image: sanitised ROIs -> the tensors of ``modes``.
 
     ``taps``: the primary feature map [1, C, h, w] or [primary, *extra taps]; ``rois`` [N, 4] as
-    given; ``modes`` checked and ordered (:func:`output_modes`). Returns the tensors of
-    :func:`output_tensors` in that order (``labels`` uint8, the others float).
+    given; ``modes`` checked and ordered (:func:`output_modes`); ``out_hw``: size of the pasted masks
+    (default the input size; the original image size for a raw-image model, ints or 0-dim tensors).
+    Returns the tensors of :func:`output_tensors` in that order (``labels`` uint8, the others float).
     """
     boxes, valid = sanitize_rois(rois)
     batch_idx = torch.zeros_like(boxes[:, 0], dtype=torch.int64)
     logits = head(taps, boxes, batch_idx, images)  # [N, 3, M, M]
     probs = None
     if set(modes) & {"probs", "labels", "target"}:
-        hw = head.cfg.input_hw
+        hw = head.cfg.input_hw if out_hw is None else out_hw
         pasted = masks_from_logits(paste_roi_logits(logits, boxes, hw), roi_inside_masks(boxes, hw))
         probs = background_where_invalid(pasted, valid)
     out: list[torch.Tensor] = []
@@ -151,11 +153,14 @@ class HeadOnnxWrapper(nn.Module):
     ``query`` variant reads.
     """
 
-    def __init__(self, head: MaskHead, outputs=DEFAULT_OUTPUTS) -> None:
+    def __init__(self, head: MaskHead, outputs=DEFAULT_OUTPUTS, raw_image: bool = False) -> None:
         super().__init__()
         self.head = head
         self.cfg: HeadConfig = head.cfg
         self.modes: tuple[str, ...] = output_modes(outputs)
+        self.raw_image = raw_image
+        """The model also takes the original image (``image`` [H0, W0, 3] uint8, last input) and
+        pastes the masks at its size."""
 
     @property
     def needs_images(self) -> bool:
@@ -170,7 +175,8 @@ class HeadOnnxWrapper(nn.Module):
     @property
     def input_names(self) -> list[str]:
         names = [HEAD_FEATURES_INPUT, FUSED_ROIS_INPUT] + ([DEFAULT_IMAGE_INPUT] if self.needs_images else [])
-        return names + [extra_features_input(i) for i in range(1, self.num_extra_taps + 1)]
+        names += [extra_features_input(i) for i in range(1, self.num_extra_taps + 1)]
+        return names + ([RAW_IMAGE_INPUT] if self.raw_image else [])
 
     @property
     def output_names(self) -> list[str]:
@@ -180,10 +186,14 @@ class HeadOnnxWrapper(nn.Module):
     def forward(self, features: torch.Tensor, rois: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """features [1, C, h, w], rois [N, 4] normalised xyxy, images [1, 3, H, W], extra taps
         [1, C_i, h_i, w_i] -> the outputs of the modes (``masks`` [N, 3, H, W] by default)."""
+        out_hw = None
+        if self.raw_image:  # the original image: only its size is read
+            rest, raw = rest[:-1], rest[-1]
+            out_hw = (raw.shape[0], raw.shape[1])
         images = rest[0] if self.needs_images else None
         extras = list(rest[1:]) if self.needs_images else []
         taps = [features, *extras] if extras else features
-        return tuple(deployed_outputs(self.head, taps, rois, images, self.modes))
+        return tuple(deployed_outputs(self.head, taps, rois, images, self.modes, out_hw))
 
     def dummy_inputs(self, num_rois: int = len(TRACE_ROIS)) -> tuple[torch.Tensor, ...]:
         """Trace inputs: random features/image and ``num_rois`` (>= 2) real-looking boxes."""
@@ -193,11 +203,12 @@ class HeadOnnxWrapper(nn.Module):
         feats = torch.randn(1, cfg.in_channels, h // cfg.stride, w // cfg.stride, generator=gen)
         boxes = [TRACE_ROIS[i % len(TRACE_ROIS)] for i in range(max(num_rois, 2))]
         rois = torch.tensor(boxes, dtype=torch.float32)
+        raw = (torch.zeros(h + h // 2 + 1, w + w // 3 + 1, 3, dtype=torch.uint8),) if self.raw_image else ()
         if not self.needs_images:
-            return feats, rois
+            return (feats, rois, *raw)
         extras = [torch.randn(1, c, h // s, w // s, generator=gen)
                   for c, s in list(zip(cfg.extra_channels, cfg.extra_strides))[: self.num_extra_taps]]
-        return (feats, rois, torch.rand(1, 3, h, w, generator=gen), *extras)
+        return (feats, rois, torch.rand(1, 3, h, w, generator=gen), *extras, *raw)
 
 
 def check_roi_align(model: onnx.ModelProto, cfg: HeadConfig) -> None:
@@ -225,19 +236,28 @@ def export_head(
     opset: int = DEFAULT_HEAD_OPSET,
     extractor: dict | None = None,
     outputs=DEFAULT_OUTPUTS,
+    raw_image: bool = False,
 ) -> onnx.ModelProto:
     """Export ``head`` (eval mode) to ONNX and return the model; also write it to ``path`` if given.
 
     Inputs ``features``, ``rois`` (and ``images`` for the detail variant), outputs those of the
     ``outputs`` modes (``masks`` by default, :func:`output_tensors`); the ROI axis is dynamic.
     ``opset`` must be >= 16 (:class:`InputError` otherwise); above what the TorchScript exporter
-    writes, the graph is exported at its maximum and converted. The head config
+    writes, the graph is exported at its maximum and converted. With ``raw_image`` the head also takes
+    ``image`` (the original uint8 image, only its size is read) and pastes the masks at that size
+    (``height`` x ``width``, dynamic). The head config
     (and ``extractor``, the checkpoint's extractor info, when given) go into ``metadata_props``.
     """
     validate_opset(opset, MIN_HEAD_OPSET, HEAD_OPSET_REASON)
-    wrapper = HeadOnnxWrapper(head.eval(), outputs).eval()
+    wrapper = HeadOnnxWrapper(head.eval(), outputs, raw_image).eval()
     names, out_names = wrapper.input_names, wrapper.output_names
     dynamic = {name: {0: ROI_AXIS} for name in [FUSED_ROIS_INPUT, *out_names]}
+    if raw_image:
+        dynamic[RAW_IMAGE_INPUT] = {0: RAW_HEIGHT_AXIS, 1: RAW_WIDTH_AXIS}
+        for mode in wrapper.modes:
+            if mode in ("probs", "labels", "target"):
+                first = 2 if mode == "probs" else 1
+                dynamic[OUTPUT_MODES[mode][0]].update({first: RAW_HEIGHT_AXIS, first + 1: RAW_WIDTH_AXIS})
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -23,13 +23,15 @@ import onnx
 import graph_tools as gt
 from roiseg.conventions import (
     DEFAULT_FEATURE_TENSOR, DEFAULT_FUSED_MODEL, DEFAULT_HEAD_OPSET, DEFAULT_IMAGE_INPUT, DETECTOR_PREFIX,
-    DEFAULT_OUTPUTS, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, MIN_HEAD_OPSET, extra_features_input,
+    DEFAULT_OUTPUTS, FUSED_ROIS_INPUT, HEAD_FEATURES_INPUT, HEAD_PREFIX, IMAGE_INPUT_MODES, MIN_HEAD_OPSET,
+    PREPROCESSED_TENSOR, RAW_IMAGE_INPUT, extra_features_input,
 )
 from roiseg.deploy.export import AWKWARD_ROIS, HEAD_OPSET_REASON, output_modes, output_tensors
 from roiseg.deploy.fuse_report import FuseReport
 from roiseg.deploy.head_source import HeadSource, load_head_source
 from roiseg.deploy.metadata import FusedMetadata, detector_props, write_metadata
 from roiseg.deploy.precision import to_float16
+from roiseg.deploy.raw_input import PRE_PREFIX, check_raw_preprocessing, preprocessing_model, raw_from_tensor
 from roiseg.deploy.probes import check_feeds
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.features.compat import check_head_features
@@ -58,46 +60,73 @@ class FusedBuild:
 
 @translate_graph_errors
 def splice_head(detector: onnx.ModelProto, head: onnx.ModelProto, feature_tensor: str,
-                extra_tensors: Sequence[str] = (), outputs: Sequence[str] = DEFAULT_OUTPUTS) -> onnx.ModelProto:
+                extra_tensors: Sequence[str] = (), outputs: Sequence[str] = DEFAULT_OUTPUTS,
+                raw: bool = False) -> onnx.ModelProto:
     """The trimmed detector and the exported head as one graph: ``images`` + ``rois`` -> ``masks``.
 
     The detector's only input becomes ``images`` (batch pinned to 1: every ROI refers to the one
     image) and also feeds the head's image input (detail, query), so the detector runs once. The
     feature tensor feeds the head's ``features``, extra tap ``i`` its ``features_i``. The outputs
-    of the ``outputs`` modes keep their public names.
+    of the ``outputs`` modes keep their public names. With ``raw`` the detector already starts with
+    the preprocessing (:mod:`roiseg.deploy.raw_input`): the raw ``image`` feeds it and the head's
+    ``image``, the preprocessed tensor the head's ``images``.
     """
     inputs = gt.graph_inputs(detector)
     if len(inputs) != 1:
         names = ", ".join(vi.name for vi in inputs)
         raise InputError(f"the trimmed detector has {len(inputs)} inputs ({names}); expected one image input")
+    connect = {feature_tensor: HEAD_FEATURES_INPUT,
+               **{t: extra_features_input(i) for i, t in enumerate(extra_tensors, start=1)}}
+    if raw:
+        if DEFAULT_IMAGE_INPUT in {vi.name for vi in head.graph.input}:
+            connect[PREPROCESSED_TENSOR] = DEFAULT_IMAGE_INPUT
+        ends = {"share_inputs": {RAW_IMAGE_INPUT: RAW_IMAGE_INPUT}, "pin_batch_of": ()}
+    else:
+        ends = {"rename_first_inputs": {inputs[0].name: DEFAULT_IMAGE_INPUT}, "pin_batch_of": (DEFAULT_IMAGE_INPUT,),
+                "share_inputs": {DEFAULT_IMAGE_INPUT: DEFAULT_IMAGE_INPUT}}
     return gt.splice(
-        detector, head, {feature_tensor: HEAD_FEATURES_INPUT,
-                         **{t: extra_features_input(i) for i, t in enumerate(extra_tensors, start=1)}},
-        rename_first_inputs={inputs[0].name: DEFAULT_IMAGE_INPUT},
-        share_inputs={DEFAULT_IMAGE_INPUT: DEFAULT_IMAGE_INPUT},
+        detector, head, connect, **ends,
         public={FUSED_ROIS_INPUT: FUSED_ROIS_INPUT, **{name: name for name in output_tensors(outputs)}},
-        prefix=HEAD_PREFIX, clash_prefix=DETECTOR_PREFIX, pin_batch_of=(DEFAULT_IMAGE_INPUT,),
-        input_order=(DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT), producer_name="roiseg",
+        prefix=HEAD_PREFIX, clash_prefix=DETECTOR_PREFIX,
+        input_order=(RAW_IMAGE_INPUT if raw else DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT), producer_name="roiseg",
     )
+
+
+def prepend_preprocessing(trimmed: onnx.ModelProto, input_hw: tuple[int, int], pre, keep_images: bool) -> onnx.ModelProto:
+    """The trimmed detector fed by the in-graph preprocessing of a raw ``image`` (``--image-input raw``)."""
+    inputs = gt.graph_inputs(trimmed)
+    if len(inputs) != 1:
+        raise InputError(f"the trimmed detector has {len(inputs)} inputs; expected one image input")
+    pre_model = preprocessing_model(input_hw, pre, gt.default_opset(trimmed), trimmed.ir_version)
+    return gt.feed_input(trimmed, inputs[0].name, pre_model, DEFAULT_IMAGE_INPUT, prefix=PRE_PREFIX,
+                         keep_as_output=keep_images)
 
 
 @translate_graph_errors
 def build_fused(
     detector: str | Path, head: str | Path | HeadSource, feature_tensor: str | None = None,
     opset: int | None = None, strict: bool = False, outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    image_input: str = "tensor",
 ) -> FusedBuild:
     """Step 1 of the module docstring; returns the unsimplified model.
 
     ``outputs``: output modes (``conventions.OUTPUT_MODES``; :class:`InputError` for an unknown one).
+    ``image_input``: ``tensor`` (``images`` [1, 3, H, W], preprocessed by the caller) or ``raw``
+    (``image`` uint8 [H0, W0, 3] BGR, preprocessed in the graph, masks at H0 x W0).
 
     ``feature_tensor`` defaults to the tensor recorded with the head; ``opset`` to the higher of
     the detector's and the head's (at least 16); ``strict`` refuses a head recorded with another
     detector file or tensor (:func:`roiseg.features.compat.check_head_features`).
     """
     modes = output_modes(outputs)
+    if image_input not in IMAGE_INPUT_MODES:
+        raise InputError(f"unknown image input {image_input!r}; expected one of {', '.join(IMAGE_INPUT_MODES)}")
+    raw = image_input == "raw"
     if opset is not None:
         gt.validate_opset(opset, MIN_HEAD_OPSET, HEAD_OPSET_REASON)
     source = head if isinstance(head, HeadSource) else load_head_source(head)
+    if raw:
+        check_raw_preprocessing(source.preprocessing)
     path = Path(detector)
     tensor = feature_tensor or source.feature_tensor or DEFAULT_FEATURE_TENSOR
     extras = source.extra_tensors
@@ -113,11 +142,17 @@ def build_fused(
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
     trimmed = gt.convert_opset(trimmed, target, f"detector {path}")
     LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
-    fused = splice_head(trimmed, source.to_onnx(target, modes), tensor, extras, modes)
+    head_onnx = source.to_onnx(target, modes, raw)
+    first = trimmed
+    if raw:
+        first = prepend_preprocessing(trimmed, info.input_hw, source.preprocessing,
+                                      DEFAULT_IMAGE_INPUT in {vi.name for vi in head_onnx.graph.input})
+    fused = splice_head(first, head_onnx, tensor, extras, modes, raw)
     meta = FusedMetadata(
         extractor_file=path.name, extractor_sha256=info.sha256, feature_tensor=tensor, extra_tensors=tuple(extras),
         input_hw=info.input_hw, stride=info.stride, preprocessing=source.preprocessing,
         head_config=source.cfg, head_sha256=source.sha256, extra=detector_props(original), outputs=modes,
+        image_input=image_input,
     )
     write_metadata(fused, meta)
     full_check(fused)
@@ -138,6 +173,18 @@ def contract_roi_sets() -> list[np.ndarray]:
     return [np.zeros((0, 4), np.float32), np.asarray(AWKWARD_ROIS, np.float32)]
 
 
+def raw_feeds(feeds: list[dict[str, np.ndarray]], pre) -> list[dict[str, np.ndarray]]:
+    """Feeds of a tensor-input model as feeds of the raw-image model (uint8 BGR at the input size);
+    the second feed also at another size (1.5 x 1.25), so the dynamic image size is exercised."""
+    out = []
+    for i, feed in enumerate(feeds):
+        raw = raw_from_tensor(feed[DEFAULT_IMAGE_INPUT], pre)
+        if i == 1:
+            raw = np.ascontiguousarray(np.repeat(np.repeat(raw, 3, axis=0)[::2], 5, axis=1)[:, ::4])
+        out.append({RAW_IMAGE_INPUT: raw, FUSED_ROIS_INPUT: feed[FUSED_ROIS_INPUT]})
+    return out
+
+
 def contract_feeds(image: np.ndarray) -> list[dict[str, np.ndarray]]:
     """:func:`contract_roi_sets` on ``image``, as feeds of the fused model."""
     return [{DEFAULT_IMAGE_INPUT: image, FUSED_ROIS_INPUT: rois} for rois in contract_roi_sets()]
@@ -153,6 +200,8 @@ def finish_fused(
     if simplify or fp16:
         feeds = check_feeds(build.meta.input_hw, build.meta.preprocessing, check_images)
         feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT])
+        if build.meta.image_input == "raw":
+            feeds = raw_feeds(feeds, build.meta.preprocessing)
     if simplify:
         result = gt.simplify_verified(model, feeds)
         model, note = result.model, result.note
@@ -184,15 +233,18 @@ def fuse(
     check_images: Sequence[str | Path] | None = None,
     outputs: Sequence[str] = DEFAULT_OUTPUTS,
     fp16: bool = False,
+    image_input: str = "tensor",
 ) -> FuseReport:
     """Build the fused model from ``detector`` (full detector or featext) and ``head``; write it to ``out``.
 
     ``check_images`` are image files to verify the simplified model on (a synthetic image
-    otherwise). ``outputs``: the output modes (``probs`` by default); ``fp16``: float16 compute where safe. Raises :class:`InputError` for
+    otherwise). ``outputs``: the output modes (``probs`` by default); ``fp16``: float16 compute where safe;
+    ``image_input``: ``tensor`` or ``raw`` (see :func:`build_fused`). Raises :class:`InputError` for
     bad input; writes nothing then.
     """
     out = Path(out)
-    build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs)
+    build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs,
+                        image_input=image_input)
     nodes_before = len(build.model.graph.node)
     model, note = finish_fused(build, simplify, check_images, fp16)
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))

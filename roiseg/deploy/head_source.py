@@ -55,13 +55,17 @@ class HeadSource:
         return names
 
     @translate_graph_errors
-    def to_onnx(self, opset: int, outputs=DEFAULT_OUTPUTS) -> onnx.ModelProto:
+    def to_onnx(self, opset: int, outputs=DEFAULT_OUTPUTS, raw_image: bool = False) -> onnx.ModelProto:
         """The head as ONNX at ``opset`` with the ``outputs`` modes (exported from the checkpoint, or
-        the head ONNX converted: it must have been exported with those modes)."""
+        the head ONNX converted: it must have been exported with those modes; no raw image input)."""
         modes = output_modes(outputs)
         if self.head is not None:
-            return export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes)
+            return export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes,
+                               raw_image=raw_image)
         assert self.onnx is not None
+        if raw_image:
+            raise InputError(f"head {self.path}: a raw image input needs the checkpoint (the head ONNX pastes at "
+                             "the detector's input size)")
         try:
             present = outputs_of(read_props(self.onnx))
         except ValueError as exc:

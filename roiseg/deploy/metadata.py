@@ -22,6 +22,8 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.head_sha256``          sha256 of the checkpoint / head ONNX file it was built from
 ``roiseg.simplified``           ``"true"`` when the simplifier's result was kept
 ``roiseg.simplifier``           which simplifier's result was kept (``onnxslim`` or ``onnxsim``; empty when none)
+``roiseg.image_input``          ``"tensor"`` (``images`` [1, 3, H, W]) or ``"raw"`` (``image`` uint8 [H0, W0, 3] BGR,
+                                preprocessed in the graph, masks at H0 x W0)
 ``roiseg.fp16``                 ``"true"`` when the model computes in float16 where safe (inputs/outputs float32)
 ``roiseg.outputs``              JSON list of the output modes present (``probs``, ``labels``, ``target``,
                                 ``roi_logits``; absent = ``["probs"]``), see ``conventions.OUTPUT_MODES``
@@ -67,6 +69,7 @@ KEY_HEAD_SHA256 = PREFIX + "head_sha256"
 KEY_SIMPLIFIED = PREFIX + "simplified"
 KEY_SIMPLIFIER = PREFIX + "simplifier"
 KEY_FP16 = PREFIX + "fp16"
+KEY_IMAGE_INPUT = PREFIX + "image_input"
 KEY_OUTPUTS = PREFIX + "outputs"
 """Fused model and exported head: JSON list of the output modes present."""
 KEY_EXTRACTOR = PREFIX + "extractor"
@@ -92,6 +95,8 @@ class FusedMetadata:
     simplified: bool = False
     simplifier: str = ""
     fp16: bool = False
+    image_input: str = "tensor"
+    """``tensor`` or ``raw`` (``conventions.IMAGE_INPUT_MODES``)."""
     """True when the model computes in float16 where safe (``roiseg fuse --fp16``)."""
     """Which simplifier's result was kept (``onnxslim``, ``onnxsim``; empty when not simplified)."""
     extra_tensors: tuple[str, ...] = ()
@@ -122,6 +127,7 @@ class FusedMetadata:
             KEY_SIMPLIFIED: "true" if self.simplified else "false",
             KEY_SIMPLIFIER: self.simplifier,
             KEY_FP16: "true" if self.fp16 else "false",
+            KEY_IMAGE_INPUT: self.image_input,
             KEY_OUTPUTS: json.dumps(list(self.outputs)),
         }
         return {**self.extra, **props}
@@ -158,7 +164,7 @@ class FusedMetadata:
             feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
             preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
             simplified=props.get(KEY_SIMPLIFIED, "false") == "true", simplifier=props.get(KEY_SIMPLIFIER, ""),
-            fp16=props.get(KEY_FP16, "false") == "true",
+            fp16=props.get(KEY_FP16, "false") == "true", image_input=props.get(KEY_IMAGE_INPUT, "tensor"),
             class_names=names, extra_tensors=extra_tensors,
             outputs=outputs,
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
@@ -171,7 +177,7 @@ class FusedMetadata:
             "feature_tensor": self.feature_tensor, "extra_tensors": list(self.extra_tensors),
             "input_hw": list(self.input_hw), "stride": self.stride,
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
-            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "simplifier": self.simplifier, "fp16": self.fp16, "version": self.version,
+            "head_config": self.head_config.to_dict(), "simplified": self.simplified, "simplifier": self.simplifier, "fp16": self.fp16, "image_input": self.image_input, "version": self.version,
             "outputs": list(self.outputs),
         }
 

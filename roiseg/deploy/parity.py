@@ -40,13 +40,14 @@ import torch
 import graph_tools as gt
 from graph_tools import ErrorStats
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, FUSED_LABELS_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX,
+    DEFAULT_IMAGE_INPUT, PREPROCESSED_TENSOR, RAW_IMAGE_INPUT, Preprocessing, preprocess, FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, FUSED_LABELS_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX,
     TARGET,
 )
 from roiseg.deploy.export import deployed_outputs, output_tensors
 from roiseg.deploy.fuse import build_fused, contract_roi_sets, finish_fused
 from roiseg.deploy.head_source import load_head_source
 from roiseg.deploy.metadata import read_metadata
+from roiseg.deploy.raw_input import RAW_PREPROCESS_ATOL, raw_from_tensor
 from roiseg.deploy.probes import (
     ProbeImage, coco_probe_images, folder_probe_images, plausible_rois, roi_sets, smooth_image,
 )
@@ -146,16 +147,34 @@ class TorchPath:
 
     @torch.no_grad()
     def outputs(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray,
-                modes: Sequence[str] = ("probs",)) -> dict[str, np.ndarray]:
-        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them."""
+                modes: Sequence[str] = ("probs",), out_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them (masks
+        pasted at ``out_hw``, default the input size)."""
         taps = [torch.from_numpy(f) for f in features]
         got = deployed_outputs(self.head, taps if len(taps) > 1 else taps[0], torch.from_numpy(rois),
-                               torch.from_numpy(image), tuple(modes))
+                               torch.from_numpy(image), tuple(modes), out_hw)
         return {name: t.numpy() for name, t in zip(output_tensors(modes), got)}
 
     def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
         """[N, 3, H, W] probabilities (the ``probs`` mode)."""
         return self.outputs(features, image, rois)[FUSED_MASKS_OUTPUT]
+
+
+class RawPath:
+    """A raw-image model's side of parity: its own preprocessing (the graph cut at the preprocessed
+    tensor) and the original image of each probe."""
+
+    def __init__(self, fused: onnx.ModelProto, pre: Preprocessing, input_hw: tuple[int, int]) -> None:
+        self.pre, self.input_hw = pre, input_hw
+        self.session = gt.create_session(gt.trim_at_tensor(fused, [PREPROCESSED_TENSOR]))
+
+    def inputs(self, probe: ProbeImage, stats: ErrorStats) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
+        """(the graph's preprocessed image, the fused model's image feed, the original size); adds the
+        preprocessing comparison to ``stats``."""
+        raw = probe.raw if probe.raw is not None else raw_from_tensor(probe.image, self.pre)
+        graph = self.session.run(None, {RAW_IMAGE_INPUT: raw})[0].astype(np.float32)
+        stats.update(preprocess(raw, self.input_hw, self.pre), graph)
+        return graph, {RAW_IMAGE_INPUT: raw}, (int(raw.shape[0]), int(raw.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +218,7 @@ def run_parity(
             file_meta = read_metadata(fused_path)
             opset = gt.default_opset(gt.load_model(fused_path, load_external_data=False))
             build = build_fused(detector, source, feature_tensor=file_meta.feature_tensor, opset=opset,
-                                outputs=file_meta.outputs)
+                                outputs=file_meta.outputs, image_input=file_meta.image_input)
             if file_meta.extractor_sha256 != build.meta.extractor_sha256:
                 LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
         fused_model = gt.load_model(fused_path)
@@ -209,7 +228,8 @@ def run_parity(
         tol = parity_tolerances(meta.fp16, atol, min_argmax, mean_atol)
         unsimplified = build.model if meta.simplified and not meta.fp16 else None
         report = compare_paths(fused_model, build.detector, unsimplified, reference, probes, meta.input_hw,
-                               large_set=large_set, modes=meta.outputs, fp16=meta.fp16, **tol)
+                               large_set=large_set, modes=meta.outputs, fp16=meta.fp16, **tol,
+                               raw_pre=meta.preprocessing if meta.image_input == "raw" else None)
     report.update({"fused": label, "detector": str(detector), "head": str(head), "metadata": meta.summary()})
     return report
 
@@ -252,11 +272,17 @@ def compare_paths(
     modes: Sequence[str] = ("probs",),
     mean_atol: float | None = None,
     fp16: bool = False,
+    raw_pre: Preprocessing | None = None,
 ) -> dict[str, Any]:
     """Run every stage on every probe image and ROI set; the report dict (see module docstring).
 
     ``modes``: the fused model's output modes; each output tensor has its stage (``probs``: ``fused``).
+    ``raw_pre``: the preprocessing of a raw-image model (``None`` for a tensor-input model): it gets
+    the original image, a ``preprocess`` stage compares its in-graph preprocessing with
+    ``conventions.preprocess`` (one grey level, ``RAW_PREPROCESS_ATOL``), and the PyTorch path runs
+    on the graph's preprocessed image with the masks pasted at the original size.
     """
+    raw = RawPath(fused, raw_pre, input_hw) if raw_pre is not None else None
     fused_s = gt.create_session(fused)
     trim_s = gt.create_session(trimmed_detector)
     trim_in = trim_s.get_inputs()[0].name
@@ -270,24 +296,32 @@ def compare_paths(
                                labels=names[0] == FUSED_LABELS_OUTPUT),
         **output_stages(names),
     }
+    if raw is not None:
+        stages["preprocess"] = ErrorStats("preprocess", "in-graph preprocessing of the raw image vs "
+                                          "conventions.preprocess", probabilities=False)
     n_sets = n_rois = 0
     for i, probe in enumerate(progress(probes, desc="parity", unit="img")):
         feats = reference.features(probe.image)
         for ref, got in zip(feats, trim_s.run(reference.tensors, {trim_in: probe.image})):
             stages["trim"].update(ref, got)
+        image, image_feed, out_hw = probe.image, {DEFAULT_IMAGE_INPUT: probe.image}, None
+        if raw is not None:
+            image, image_feed, out_hw = raw.inputs(probe, stages["preprocess"])
+            feats = reference.features(image)
         sets = roi_sets(probe, input_hw, large_set if i == 0 else 0) + (contract_roi_sets() if i == 0 else [])
         for rois in sets:
-            feeds = {DEFAULT_IMAGE_INPUT: probe.image, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
+            feeds = {**image_feed, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
             got = dict(zip(names, fused_s.run(names, feeds)))
-            want = reference.outputs(feats, probe.image, feeds[FUSED_ROIS_INPUT], modes)
+            want = reference.outputs(feats, image, feeds[FUSED_ROIS_INPUT], modes, out_hw)
             for name in names:
                 stages[stage_name(name)].update(want[name], got[name])
             if unsimp_s is not None:
                 stages["simplify"].update(unsimp_s.run(names[:1], feeds)[0], got[names[0]])
             n_sets += 1
             n_rois += len(rois)
-    results = {name: st.result(atol, min_argmax, mean_atol) for name, st in stages.items() if name != "trim"}
-    results = {"trim": stages["trim"].result(PARITY_ATOL if fp16 else atol, min_argmax), **results}
+    fixed = {"trim": PARITY_ATOL if fp16 else atol, "preprocess": RAW_PREPROCESS_ATOL + (1e-3 if fp16 else 0.0)}
+    results = {name: st.result(atol, min_argmax, mean_atol) for name, st in stages.items() if name not in fixed}
+    results = {**{k: stages[k].result(fixed[k], min_argmax) for k in fixed if k in stages}, **results}
     if unsimp_s is None:
         why = "float16 model: the fused stage covers the whole file" if fp16 else "the fused model is not simplified"
         results["simplify"] = {"skipped": why, "passed": True}

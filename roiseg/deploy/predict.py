@@ -20,7 +20,7 @@ import numpy as np
 from graph_tools import create_session
 from roiseg.deploy.metadata import FusedMetadata, read_metadata
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, NON_TARGET, TARGET, normalised_rois_to_pixels, pixel_rois_to_normalised,
+    DEFAULT_IMAGE_INPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, RAW_IMAGE_INPUT, NON_TARGET, TARGET, normalised_rois_to_pixels, pixel_rois_to_normalised,
     preprocess, read_image,
 )
 from roiseg.errors import InputError, graph_errors
@@ -116,8 +116,10 @@ class FusedPredictor:
         with graph_errors():
             self.session = create_session(self.path, choice.providers)
         names = {i.name for i in self.session.get_inputs()}
-        if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
-            raise InputError(f"{self.path} has inputs {sorted(names)}; expected images and rois")
+        self.raw = self.meta.image_input == "raw"
+        image_input = RAW_IMAGE_INPUT if self.raw else DEFAULT_IMAGE_INPUT
+        if names != {image_input, FUSED_ROIS_INPUT}:
+            raise InputError(f"{self.path} has inputs {sorted(names)}; expected {image_input} and rois")
         if "probs" not in self.meta.outputs:
             raise InputError(f"{self.path} has no probabilities output (its outputs: {', '.join(self.meta.outputs)}); "
                              "fuse it with the probs output to predict with it")
@@ -128,12 +130,15 @@ class FusedPredictor:
         clipped, notes = clip_rois(rois_px, orig_hw)
         for note in notes:
             LOG.warning(note)
-        feeds = {
-            DEFAULT_IMAGE_INPUT: preprocess(image_bgr, self.meta.input_hw, self.meta.preprocessing),
-            FUSED_ROIS_INPUT: pixel_rois_to_normalised(clipped, orig_hw),
-        }
-        probs = self.session.run([FUSED_MASKS_OUTPUT], feeds)[0]
-        full, labels = masks_to_original(probs, orig_hw)
+        rois = pixel_rois_to_normalised(clipped, orig_hw)
+        if self.raw:  # the model preprocesses and pastes at the original size itself
+            feeds = {RAW_IMAGE_INPUT: np.ascontiguousarray(image_bgr, np.uint8), FUSED_ROIS_INPUT: rois}
+            full = self.session.run([FUSED_MASKS_OUTPUT], feeds)[0]
+            labels = full.argmax(axis=1).astype(np.uint8)
+        else:
+            feeds = {DEFAULT_IMAGE_INPUT: preprocess(image_bgr, self.meta.input_hw, self.meta.preprocessing),
+                     FUSED_ROIS_INPUT: rois}
+            full, labels = masks_to_original(self.session.run([FUSED_MASKS_OUTPUT], feeds)[0], orig_hw)
         return Prediction(clipped, full, labels, notes)
 
 

@@ -93,6 +93,7 @@ class ProbeImage:
     name: str
     image: np.ndarray  # [1, 3, H, W] float32
     gt_rois: np.ndarray  # [K, 4] normalised xyxy
+    raw: np.ndarray | None = None  # [H0, W0, 3] uint8 BGR as read (for raw-image models)
 
 
 def coco_probe_images(
@@ -111,8 +112,8 @@ def coco_probe_images(
     for rec in sel.images[:max_images]:
         hw = (int(rec["height"]), int(rec["width"]))
         boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in by_image[rec["id"]]])
-        img = preprocess(read_probe_image(images_dir / rec["file_name"]), input_hw, preprocessing)
-        yield ProbeImage(rec["file_name"], img, np.clip(boxes, 0.0, 1.0))
+        raw = read_probe_image(images_dir / rec["file_name"])
+        yield ProbeImage(rec["file_name"], preprocess(raw, input_hw, preprocessing), np.clip(boxes, 0.0, 1.0), raw)
 
 
 def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
@@ -125,7 +126,8 @@ def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], prepr
     if not files:
         raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
     for i, p in enumerate(files[:max_images]):
-        yield ProbeImage(p.name, preprocess(read_probe_image(p), input_hw, preprocessing), plausible_rois(3, seed=i))
+        raw = read_probe_image(p)
+        yield ProbeImage(p.name, preprocess(raw, input_hw, preprocessing), plausible_rois(3, seed=i), raw=raw)
 
 
 def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], large: int = 0) -> list[np.ndarray]:

@@ -37,9 +37,16 @@ def _interp_matrix(lo: torch.Tensor, hi: torch.Tensor, size: int, grid: int) -> 
 
 
 def rois_to_pixels(rois: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """[N, 4] normalised ``x1, y1, x2, y2`` -> [N, 4] pixel ``x1, y1, x2, y2`` on an ``(H, W)`` grid."""
+    """[N, 4] normalised ``x1, y1, x2, y2`` -> [N, 4] pixel ``x1, y1, x2, y2`` on an ``(H, W)`` grid.
+
+    ``H``, ``W`` are ints, or 0-dim tensors (an image size read from a tensor's shape while exporting,
+    so the exported paste works at any size).
+    """
     h, w = out_hw
-    scale = torch.tensor([w, h, w, h], dtype=rois.dtype, device=rois.device)
+    if isinstance(h, torch.Tensor) or isinstance(w, torch.Tensor):
+        scale = torch.stack([torch.as_tensor(v) for v in (w, h, w, h)]).to(device=rois.device, dtype=rois.dtype)
+    else:
+        scale = torch.tensor([w, h, w, h], dtype=rois.dtype, device=rois.device)
     return rois * scale
 
 
