@@ -79,7 +79,7 @@ def test_seed_layout_paths_follow_the_data_root():
         ({"train.epochs": 0}, ["train.epochs", ">= 1"]),
         ({"optim.amp": 1}, ["optim.amp", "true or false"]),
         ({"head.variant": "huge"}, ["huge"]),
-        ({"head.mask_size": 30}, ["mask_size"]),
+        ({"head.variant": "detail", "head.mask_size": 30}, ["mask_size"]),
         ({"loss.class_weights": [1.0, 2.0]}, ["class_weights"]),
         ({"optim.amp_dtype": "fp8"}, ["optim.amp_dtype"]),
     ],

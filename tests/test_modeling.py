@@ -83,6 +83,6 @@ def test_detail_variant_requires_images():
 
 def test_config_validation_and_roundtrip():
     with pytest.raises(ValueError):
-        HeadConfig(in_channels=8, stride=8, input_hw=(64, 64), mask_size=50).validate()
+        HeadConfig(in_channels=8, stride=8, input_hw=(64, 64), mask_size=50, variant="detail").validate()
     cfg = HeadConfig(in_channels=8, stride=8, input_hw=(64, 96), variant="baseline", mask_size=112)
     assert HeadConfig.from_dict(cfg.to_dict()) == cfg

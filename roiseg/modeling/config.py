@@ -28,7 +28,7 @@ class HeadConfig:
     """Channels of each extra detector tap (the ``query`` variant uses them; the others ignore them)."""
     extra_strides: tuple[int, ...] = ()
     """Stride of each extra tap in input pixels."""
-    variant: Variant = "detail"
+    variant: Variant = "query"
     roi_size: int = 14
     """Side of the RoI-aligned feature grid (cells)."""
     mask_size: int = 56

@@ -61,7 +61,7 @@ class LossConfig:
     """Focal exponent on the cross-entropy; 0 = plain (weighted) cross-entropy."""
     class_weights: list[float] | None = field(default=None)
     """Cross-entropy weight per class (background, target, non_target); ``None`` = all 1."""
-    points: int = 0
+    points: int = 12544
     """0: loss on every pixel inside each ROI at the full input resolution (the ROI logits are pasted
     to [N, 3, H, W]); K > 0: loss on K points per ROI, importance-sampled (:mod:`roiseg.training.points`)."""
     oversample: float = 3.0
