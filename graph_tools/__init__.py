@@ -20,16 +20,18 @@ from graph_tools.metadata import read_props, set_prop, write_props
 from graph_tools.opset import (
     choose_ir_version, convert_opset, default_opset, max_supported_opset, ort_max_ir_version, validate_opset,
 )
-from graph_tools.session import CPU_PROVIDER, Feeds, ProviderSpec, create_session, run_feeds
+from graph_tools.session import (
+    CPU_PROVIDER, Feeds, OpenVinoSession, ProviderSpec, create_openvino_session, create_session, run_feeds,
+)
 from graph_tools.simplify import SIMPLIFIERS, SimplifyResult, max_output_difference, simplify_verified
 from graph_tools.splice import feed_input, rename_tensors, splice, tensor_names
 from graph_tools.stats import ErrorStats, class_map
 from graph_tools.trim import copy_model_fields, trim_at_tensor
 
 __all__ = [
-    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "Float16Report", "GraphError", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
+    "CPU_PROVIDER", "Dim", "ErrorStats", "Feeds", "Float16Report", "GraphError", "OpenVinoSession", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
     "clean_stale_temps",
-    "batch_consistent", "choose_ir_version", "class_map", "convert_float16", "convert_opset", "copy_model_fields",
+    "batch_consistent", "choose_ir_version", "class_map", "convert_float16", "create_openvino_session", "convert_opset", "copy_model_fields",
     "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "feed_input", "file_sha256", "graph_inputs",
     "infer_shapes", "load_model", "make_batch_dynamic", "max_output_difference", "max_supported_opset",
     "nearest_tensors", "needs_external_data", "node_attributes", "nodes_of_type", "opset_version",

@@ -61,3 +61,46 @@ def create_session(
 def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feeds]) -> list[list[np.ndarray]]:
     """All outputs of ``session`` for each feed (a ``{input name: array}`` dict)."""
     return [session.run(None, dict(f)) for f in feeds]
+
+
+class OpenVinoSession:
+    """An OpenVINO compiled model with onnxruntime's ``run(output_names, feeds)`` interface."""
+
+    def __init__(self, compiled, config: dict[str, str]) -> None:
+        self.compiled = compiled
+        self.config = dict(config)
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.compiled(dict(feeds))
+        by_name = {o.get_any_name(): np.asarray(result[o]) for o in self.compiled.outputs}
+        return [by_name[name] for name in (output_names or self.output_names)]
+
+
+def create_openvino_session(model: onnx.ModelProto | str | Path, device: str = "CPU",
+                            precision: str | None = "f32") -> OpenVinoSession:
+    """An OpenVINO session on an ONNX model (optional dependency ``openvino``).
+
+    ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT``: ``f32`` by default, because OpenVINO
+    otherwise picks bf16 on CPUs with bf16 support (AMX, AVX512_BF16) and f16 on GPUs, which moves
+    results far more than float32 rounding; ``None`` leaves OpenVINO's choice.
+    """
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise GraphError("OpenVINO is not installed (it is an optional dependency: the 'openvino' "
+                         "dependency group)") from exc
+    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    with tempfile.TemporaryDirectory(prefix="graph_tools_ov_") as tmp:
+        try:
+            if isinstance(model, onnx.ModelProto):
+                path = save_model(model, Path(tmp) / "model.onnx", external=needs_external_data(model))
+            else:
+                path = Path(model)
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(str(path)), device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise GraphError(f"OpenVINO cannot load {model if not isinstance(model, onnx.ModelProto) else 'model'}: "
+                             f"{reason}") from exc
+    return OpenVinoSession(compiled, config)

@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-argmax", type=float, default=None,
                    help=f"min fraction of pixels whose argmax class agrees (default {PARITY_MIN_ARGMAX}; "
                         f"float16 model: {FP16_PARITY_MIN_ARGMAX})")
+    p.add_argument("--engine", default="onnxruntime", metavar="ENGINE",
+                   help="what runs the fused model: onnxruntime (default) or openvino (CPU, f32 precision; "
+                        "optional dependency group: uv sync --group openvino)")
     p.add_argument("--mean-atol", type=float, default=None,
                    help=f"max mean absolute error (default: none; float16 model: {FP16_PARITY_MEAN_ATOL:g})")
     p.add_argument("--report", type=Path, default=Path(DEFAULT_PARITY_REPORT),
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.report)  # before any work
     report = run_parity(args.detector, args.head, fused=args.fused, annotations=args.annotations, images=args.images,
                         atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
-                        feature_tensor=args.feature_tensor, mean_atol=args.mean_atol)
+                        feature_tensor=args.feature_tensor, mean_atol=args.mean_atol,
+                        engine=args.engine)
     print(format_table(report))
     write_json(args.report, report)
     print(f"wrote {args.report}")

@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
                    help="also write per-ROI class-id and target PNGs into the folder DIR")
     p.add_argument("--device", default="auto", help=f"onnxruntime device: {', '.join(DEVICE_CHOICES)}, cuda:N (default auto)")
+    p.add_argument("--trt-rois", default="1,8,64", metavar="MIN,OPT,MAX",
+                   help="ROI counts of the TensorRT optimisation profile (default 1,8,64; used with TensorRT only)")
     p.set_defaults(func=run)
 
 
@@ -41,12 +43,21 @@ def run(args: argparse.Namespace) -> int:
     from roiseg.conventions import NON_TARGET, TARGET
     from roiseg.deploy.predict import parse_roi, predict_image
 
+    from roiseg.errors import InputError
+
+    try:
+        trt_rois = [int(v) for v in args.trt_rois.split(",")]
+        ok = len(trt_rois) == 3 and 1 <= trt_rois[0] <= trt_rois[1] <= trt_rois[2]
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InputError(f"--trt-rois must be three integers MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {args.trt_rois!r}")
     rois = [parse_roi(r) for r in args.roi]
     if not args.normalized and max(max(r) for r in rois) <= 1.0:
         LOG.warning("every --roi coordinate is <= 1: these are pixels of the image, so the box is at most 1 pixel; "
                     "if they are fractions of the image size, pass --normalized")
     pred, written = predict_image(args.model, args.image, rois, out=args.out, masks_dir=args.save_masks,
-                                  device=args.device, normalized=args.normalized)
+                                  device=args.device, normalized=args.normalized, trt_rois=trt_rois)
     h, w = pred.labels.shape[1:]
     print(f"{len(pred.rois_px)} ROI(s) on {args.image} ({w}x{h})")
     for i, (box, labels) in enumerate(zip(pred.rois_px, pred.labels), start=1):

@@ -27,6 +27,7 @@ from roiseg.conventions import (
     PREPROCESSED_TENSOR, RAW_IMAGE_INPUT, extra_features_input,
 )
 from roiseg.deploy.export import AWKWARD_ROIS, HEAD_OPSET_REASON, output_modes, output_tensors
+from roiseg.deploy.engines import tensorrt_notes
 from roiseg.deploy.fuse_report import FuseReport
 from roiseg.deploy.head_source import HeadSource, load_head_source
 from roiseg.deploy.metadata import FusedMetadata, detector_props, write_metadata
@@ -56,6 +57,7 @@ class FusedBuild:
     warnings: list[str] = field(default_factory=list)
     precision_note: str = ""
     """What the float16 conversion did (empty for a float32 model)."""
+    notes: list[str] = field(default_factory=list)
 
 
 @translate_graph_errors
@@ -251,6 +253,9 @@ def fuse(
     gt.save_model(model, out)
     if gt.needs_external_data(model):
         full_check(model, out)
+    for trt_note in tensorrt_notes(model):
+        (build.warnings.append if "does not take" in trt_note else build.notes.append)(trt_note)
+        LOG.info(trt_note)
     io = gt.describe_io(model)
     size = out.stat().st_size + sum(p.stat().st_size for p in out.parent.glob(f"{out.name}.data"))
     LOG.info("wrote %s (%.1f MB)", out, size / 1e6)
@@ -258,4 +263,5 @@ def fuse(
         out=out, inputs=io["inputs"], outputs=io["outputs"], opset=build.opset, ir_version=int(model.ir_version),
         nodes_before=nodes_before, nodes_after=len(model.graph.node), simplified=build.meta.simplified,
         simplify_note=note, precision_note=build.precision_note, file_bytes=size, meta=build.meta, warnings=build.warnings,
+        notes=build.notes,
     )

@@ -26,6 +26,7 @@ class FuseReport:
     meta: FusedMetadata
     warnings: list[str] = field(default_factory=list)
     precision_note: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -33,7 +34,7 @@ class FuseReport:
             "ir_version": self.ir_version, "nodes_before_simplify": self.nodes_before,
             "nodes_after_simplify": self.nodes_after, "simplified": self.simplified,
             "simplify_note": self.simplify_note, "precision_note": self.precision_note, "file_bytes": self.file_bytes,
-            "metadata": self.meta.summary(), "warnings": self.warnings,
+            "metadata": self.meta.summary(), "warnings": self.warnings, "notes": self.notes,
         }
 
     def summary(self) -> str:
@@ -52,5 +53,6 @@ class FuseReport:
             f"  size: {self.file_bytes / 1e6:.1f} MB",
             *([f"  precision: {self.precision_note}"] if self.precision_note else []),
         ]
+        lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)

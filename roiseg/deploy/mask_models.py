@@ -19,6 +19,7 @@ from roiseg.deploy.metadata import read_metadata
 from roiseg.errors import InputError, graph_errors
 from roiseg.features.compat import check_head_features
 from roiseg.features.extractor import OnnxFeatureExtractor
+from roiseg.deploy.engines import trt_profiles
 from roiseg.features.providers import choose_providers
 from roiseg.utils.progress import get_logger
 
@@ -32,7 +33,8 @@ class FusedMaskModel:
         self.path = Path(path)
         self.meta = read_metadata(self.path)  # InputError when it is not a roiseg fused model
         with graph_errors():
-            self.session = create_session(self.path, choose_providers(device).providers)
+            profiles = trt_profiles(self.meta.input_hw, self.meta.image_input)
+            self.session = create_session(self.path, choose_providers(device, trt_profiles=profiles).providers)
         names = {i.name for i in self.session.get_inputs()}
         if names != {DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT}:
             raise InputError(f"{self.path} has inputs {sorted(names)}; expected {DEFAULT_IMAGE_INPUT} and {FUSED_ROIS_INPUT}")

@@ -29,6 +29,7 @@ stage is skipped (the ``fused`` stage covers the whole file) and ``trim`` keeps 
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +44,7 @@ from roiseg.conventions import (
     DEFAULT_IMAGE_INPUT, PREPROCESSED_TENSOR, RAW_IMAGE_INPUT, Preprocessing, preprocess, FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, FUSED_LABELS_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, PARITY_ATOL, PARITY_MIN_ARGMAX,
     TARGET,
 )
+from roiseg.deploy.engines import ENGINES, engine_session
 from roiseg.deploy.export import deployed_outputs, output_tensors
 from roiseg.deploy.fuse import build_fused, contract_roi_sets, finish_fused
 from roiseg.deploy.head_source import load_head_source
@@ -80,6 +82,7 @@ def format_table(report: dict[str, Any]) -> str:
         )
     mean = f", mean abs <= {report['mean_atol']:g}" if report.get("mean_atol") is not None else ""
     fp16 = " (float16 model)" if report.get("fp16") else ""
+    fp16 += f" on {report['engine']}" if report.get("engine", "onnxruntime") != "onnxruntime" else ""
     lines.append(f"{report['images']} image(s), {report['roi_sets']} ROI set(s), {report['rois']} ROIs; "
                  f"atol {report['atol']:g}{mean}, argmax >= {100 * report['min_argmax']:.2f}%{fp16}: "
                  f"{'PASS' if report['passed'] else 'FAIL'}")
@@ -193,6 +196,7 @@ def run_parity(
     feature_tensor: str | None = None,
     large_set: int = LARGE_ROI_SET,
     mean_atol: float | None = None,
+    engine: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Compare the fused model with the PyTorch path on real images; returns the report dict.
 
@@ -201,7 +205,12 @@ def run_parity(
     needs ``images``; with ``images`` alone every image in the folder is used with plausible
     boxes; with neither a synthetic image stands in (logged). ``large_set`` ROIs are run once, on
     the first image. Tolerances left ``None`` follow the model's precision (:func:`parity_tolerances`).
+    ``engine``: what runs the fused model, ``onnxruntime`` or ``openvino`` (CPU, f32 precision).
     """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise InputError("OpenVINO is not installed; it is the optional dependency group 'openvino' (uv sync --group openvino)")
     if annotations is not None and images is None:
         raise InputError("annotations need the folder of the annotated image files (images)")
     source = load_head_source(head)
@@ -229,7 +238,7 @@ def run_parity(
         unsimplified = build.model if meta.simplified and not meta.fp16 else None
         report = compare_paths(fused_model, build.detector, unsimplified, reference, probes, meta.input_hw,
                                large_set=large_set, modes=meta.outputs, fp16=meta.fp16, **tol,
-                               raw_pre=meta.preprocessing if meta.image_input == "raw" else None)
+                               raw_pre=meta.preprocessing if meta.image_input == "raw" else None, engine=engine)
     report.update({"fused": label, "detector": str(detector), "head": str(head), "metadata": meta.summary()})
     return report
 
@@ -273,6 +282,7 @@ def compare_paths(
     mean_atol: float | None = None,
     fp16: bool = False,
     raw_pre: Preprocessing | None = None,
+    engine: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Run every stage on every probe image and ROI set; the report dict (see module docstring).
 
@@ -280,13 +290,14 @@ def compare_paths(
     ``raw_pre``: the preprocessing of a raw-image model (``None`` for a tensor-input model): it gets
     the original image, a ``preprocess`` stage compares its in-graph preprocessing with
     ``conventions.preprocess`` (one grey level, ``RAW_PREPROCESS_ATOL``), and the PyTorch path runs
-    on the graph's preprocessed image with the masks pasted at the original size.
+    on the graph's preprocessed image with the masks pasted at the original size. ``engine`` runs
+    the fused model (and the unsimplified one): ``onnxruntime`` or ``openvino`` (CPU, f32).
     """
     raw = RawPath(fused, raw_pre, input_hw) if raw_pre is not None else None
-    fused_s = gt.create_session(fused)
+    fused_s = engine_session(engine, fused)
     trim_s = gt.create_session(trimmed_detector)
     trim_in = trim_s.get_inputs()[0].name
-    unsimp_s = gt.create_session(unsimplified) if unsimplified is not None else None
+    unsimp_s = engine_session(engine, unsimplified) if unsimplified is not None else None
     names = output_tensors(modes)
     stages = {
         "trim": ErrorStats("trim", "trimmed detector (fused model's detector path) vs the tensor inside the "
@@ -326,7 +337,7 @@ def compare_paths(
         why = "float16 model: the fused stage covers the whole file" if fp16 else "the fused model is not simplified"
         results["simplify"] = {"skipped": why, "passed": True}
     return {
-        "atol": atol, "min_argmax": min_argmax, "mean_atol": mean_atol, "fp16": fp16, "images": len(probes), "roi_sets": n_sets, "rois": n_rois,
+        "atol": atol, "min_argmax": min_argmax, "mean_atol": mean_atol, "fp16": fp16, "engine": engine, "images": len(probes), "roi_sets": n_sets, "rois": n_rois,
         "image_names": [p.name for p in probes], "stages": results,
         "passed": all(r["passed"] for r in results.values()),
     }

@@ -24,6 +24,7 @@ from roiseg.conventions import (
     preprocess, read_image,
 )
 from roiseg.errors import InputError, graph_errors
+from roiseg.deploy.engines import TRT_ROIS, trt_profiles
 from roiseg.features.providers import choose_providers
 from roiseg.utils.atomic import check_output_dir, check_output_file, ensure_writable_dir, write_bytes
 from roiseg.utils.progress import get_logger
@@ -109,10 +110,10 @@ class Prediction:
 class FusedPredictor:
     """A fused model in onnxruntime: ``predict(image_bgr, rois_px)`` -> :class:`Prediction`."""
 
-    def __init__(self, model: str | Path, device: str = "auto") -> None:
+    def __init__(self, model: str | Path, device: str = "auto", trt_rois: Sequence[int] = TRT_ROIS) -> None:
         self.path = Path(model)
         self.meta: FusedMetadata = read_metadata(self.path)
-        choice = choose_providers(device)
+        choice = choose_providers(device, trt_profiles=trt_profiles(self.meta.input_hw, self.meta.image_input, trt_rois))
         with graph_errors():
             self.session = create_session(self.path, choice.providers)
         names = {i.name for i in self.session.get_inputs()}
@@ -211,6 +212,7 @@ def predict_image(
     masks_dir: str | Path | None = None,
     device: str = "auto",
     normalized: bool = False,
+    trt_rois: Sequence[int] = TRT_ROIS,
 ) -> tuple[Prediction, list[Path]]:
     """Library function behind ``roiseg predict``: returns the prediction and the files written.
 
@@ -225,7 +227,7 @@ def predict_image(
     if normalized:
         rois_px = normalised_rois_to_pixels(np.asarray(rois_px, dtype=np.float32), bgr.shape[:2])
     clip_rois(np.asarray(rois_px, dtype=np.float32), bgr.shape[:2])  # refuse bad ROIs before loading the model
-    pred = FusedPredictor(model, device).predict(bgr, np.asarray(rois_px, dtype=np.float32))
+    pred = FusedPredictor(model, device, trt_rois).predict(bgr, np.asarray(rois_px, dtype=np.float32))
     written: list[Path] = []
     if out is not None:
         written.append(write_image(out, draw_overlay(bgr, pred)))

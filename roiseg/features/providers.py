@@ -71,6 +71,7 @@ def choose_providers(
     trt_fp16: bool = False,
     trt_cache_dir: str | Path | None = None,
     use_tensorrt: bool = True,
+    trt_profiles: dict[str, str] | None = None,
 ) -> ProviderChoice:
     """Execution providers for ``device``, best first, always ending with CPU.
 
@@ -80,7 +81,9 @@ def choose_providers(
     * ``"auto"``: as ``"cuda"`` when CUDA is usable, else CPU.
 
     TensorRT runs in fp32 unless ``trt_fp16``; its engines are cached in ``trt_cache_dir``
-    (default :func:`default_trt_cache_dir`) because building them takes minutes.
+    (default :func:`default_trt_cache_dir`) because building them takes minutes. ``trt_profiles``:
+    TensorRT optimisation profiles for dynamic inputs (``trt_profile_{min,opt,max}_shapes`` options,
+    e.g. from :func:`roiseg.deploy.engines.trt_profiles`).
     """
     kind, device_id = parse_device(device)
     reason = None if kind == "cpu" else cuda_unusable_reason()
@@ -101,6 +104,7 @@ def choose_providers(
                 "trt_engine_cache_path": str(cache),
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(cache),
+                **(trt_profiles or {}),
             }))
         providers.append((CUDA_EP, {"device_id": device_id}))
         providers.append(CPU_EP)
