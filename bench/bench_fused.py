@@ -14,13 +14,24 @@ reported with the ratios: fused(1) / detector, the per-extra-ROI cost (fused(max
 (max N - 1) / detector, and fused(N) / pipeline(N).
 
     uv run python bench/bench_fused.py [--rois 1 8 32] [--reps 7] [--device cpu] [--json out.json]
+
+With ``--outputs MODE ...`` it measures the output modes instead (``roiseg fuse --outputs``): one
+fused model per mode, and for each N a fresh process (so no earlier run's memory is reused) that
+creates the session, then runs once and reports the output bytes, the peak resident memory of that
+run above the memory after session creation (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``),
+the absolute peak, and the median time of ``--reps`` more runs:
+
+    uv run python bench/bench_fused.py --outputs probs labels target roi_logits [--rois 1 8 32] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +70,51 @@ def build_models(root: Path, channels: int, input_hw: tuple[int, int]) -> dict[s
     return {"detector": detector, "fused": fused, "trimmed": trimmed, "head": head_onnx}
 
 
+def _status_kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def measure_child(model: str, n: int, reps: int) -> dict:
+    """In this (fresh) process: session, one run with ``n`` ROIs (memory), ``reps`` more (time)."""
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    hw = tuple(int(d) for d in sess.get_inputs()[0].shape[2:])
+    feeds = {"images": smooth_image(hw, seed=0), "rois": probe_rois(plausible_rois(min(n, 3)), hw, n)[:n]}
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    base = _status_kb("VmRSS")
+    outs = sess.run(None, feeds)
+    peak = _status_kb("VmHWM")
+    times = [timed(lambda: sess.run(None, feeds)) for _ in range(reps)]
+    return {"output_bytes": int(sum(o.nbytes for o in outs)), "peak_over_session_mb": (peak - base) / 1024,
+            "peak_rss_mb": peak / 1024, "median_ms": 1000 * statistics.median(times) if times else None,
+            "outputs": {o.name: list(x.shape) for o, x in zip(sess.get_outputs(), outs)}}
+
+
+def bench_outputs(args, hw: tuple[int, int]) -> dict:
+    """One fused model per output mode; every (mode, N) measured in a fresh process."""
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="roiseg_bench_modes_") as tmp:
+        root = Path(tmp)
+        detector = build_stand_in_detector(root / "detector.onnx", channels=args.channels, input_hw=hw)
+        info = describe_extractor(detector, DEFAULT_FEATURE_TENSOR)
+        cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw, variant=args.variant)
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(root / "head.pth", {
+            "epoch": 0, "head_config": cfg.to_dict(), "model": build_head(cfg).eval().state_dict(),
+            "extractor": info.to_dict(), "metrics": {}, "config": {},
+        })
+        for mode in args.outputs:
+            model = fuse(detector, ckpt, out=root / f"fused_{mode}.onnx", outputs=(mode,)).out
+            for n in args.rois:
+                cmd = [sys.executable, __file__, "--_measure", str(model), str(n), "--reps", str(args.reps)]
+                res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                results[f"{mode} {n}"] = res
+                print(f"{mode:<10} N={n:<3} output {res['output_bytes'] / 1e6:9.2f} MB   peak over session "
+                      f"{res['peak_over_session_mb']:8.1f} MB   peak RSS {res['peak_rss_mb']:8.1f} MB   "
+                      f"median {res['median_ms']:8.1f} ms", flush=True)
+    return results
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -74,9 +130,22 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=640, help="square input size in pixels")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (onnxruntime providers by availability)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    ap.add_argument("--outputs", nargs="+", default=None, metavar="MODE",
+                    help="measure these output modes (bytes, peak memory, time) instead of the timing comparison")
+    ap.add_argument("--variant", default="detail", help="head variant for --outputs (default detail)")
+    ap.add_argument("--_measure", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args._measure is not None:
+        print(json.dumps(measure_child(args._measure[0], int(args._measure[1]), args.reps)))
+        return
     hw = (args.size, args.size)
+    if args.outputs:
+        results = bench_outputs(args, hw)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"outputs": results, "channels": args.channels, "input_hw": list(hw),
+                                             "variant": args.variant, "reps": args.reps}, indent=2))
+        return
     providers = choose_providers(args.device).providers
     with tempfile.TemporaryDirectory(prefix="roiseg_bench_fused_") as tmp:
         paths = build_models(Path(tmp), args.channels, hw)
