@@ -96,3 +96,16 @@ def test_query_head_trains_with_point_loss_and_no_full_resolution_tensor(tmp_pat
     state = torch.load(tmp_path / "run" / "best.pth", weights_only=False)
     assert state["extractor"]["extra_tensors"][0] == "/model.19/Concat_output_0"
     assert state["head_config"]["extra_strides"] == [4, 16] and summary["history"][0]["train_rois"] > 0
+
+
+def test_pytorch_path_of_evaluate_reads_the_extra_taps(stand_in_full, tmp_path):
+    from roiseg.deploy.fuse import fuse
+    from roiseg.deploy.mask_models import load_mask_model
+
+    ckpt = _query_checkpoint(tmp_path / "query.pth", stand_in_full, "/model.34/Concat_output_0")
+    torch_model = load_mask_model(ckpt, stand_in_full)
+    fused_model = load_mask_model(fuse(stand_in_full, ckpt, out=tmp_path / "fused.onnx").out)
+    assert torch_model.extractor.info.extra_strides == (4, 16)
+    image = np.random.default_rng(2).random((1, 3, 128, 128), dtype=np.float32)
+    rois = np.array([[0.1, 0.1, 0.6, 0.9], [0.3, 0.2, 0.9, 0.7]], np.float32)
+    np.testing.assert_allclose(torch_model.predict(image, rois), fused_model.predict(image, rois), atol=1e-4)
