@@ -106,6 +106,29 @@ DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """``--device`` values (``cuda:N`` is accepted too)."""
 
 # --------------------------------------------------------------------------------------------
+# Instance model (image -> person instances: the detector's boxes, NMS and masks in one graph)
+# --------------------------------------------------------------------------------------------
+FUSED_BOXES_OUTPUT: str = "boxes"
+"""[K, 4] float32 normalised x1, y1, x2, y2 of the kept detections (they are the ROIs of ``masks``)."""
+FUSED_SCORES_OUTPUT: str = "scores"
+"""[K] float32 detection scores, in decreasing order."""
+FUSED_CLASSES_OUTPUT: str = "classes"
+"""[K] int64 the detector's class id of each kept detection."""
+INSTANCE_OUTPUTS: tuple[str, str, str] = (FUSED_BOXES_OUTPUT, FUSED_SCORES_OUTPUT, FUSED_CLASSES_OUTPUT)
+INSTANCE_AXIS: str = "num_instances"
+"""Name of the dynamic instance dimension K."""
+DETECTION_FORMATS: tuple[str, ...] = ("ultralytics", "yolox", "nms")
+"""``ultralytics`` [1, 4 + nc, A] cxcywh pixels + class scores; ``yolox`` [1, A, 5 + nc] (raw grid or
+decoded boxes, objectness, class scores); ``nms`` [K, 7] rows batchno, classid, score, x1, y1, x2, y2 pixels."""
+DETECTION_STRIDES: tuple[int, ...] = (8, 16, 32)
+DEFAULT_PERSON_CLASSES: tuple[int, ...] = (0,)
+DEFAULT_SCORE_THRESHOLD: float = 0.25
+DEFAULT_IOU_THRESHOLD: float = 0.45
+DEFAULT_MAX_INSTANCES: int = 100
+POST_PREFIX: str = "roiseg_post/"
+"""Prefix of the detection post-processing nodes in an instance model."""
+
+# --------------------------------------------------------------------------------------------
 # Default paths (the seed data layout)
 # --------------------------------------------------------------------------------------------
 DEFAULT_DATA_ROOT: str = "data"

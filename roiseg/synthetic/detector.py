@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
+import onnx
 import torch
 from torch import nn
 
@@ -39,7 +40,12 @@ class _Concat(nn.Module):
 
 
 class _Detect(nn.Module):
-    """Anchor-free YOLO-style output: [B, 4 + classes, A] over strides 8, 16 and 32."""
+    """Anchor-free YOLO-style output in the Ultralytics format: [B, 4 + classes, A] over strides 8, 16, 32.
+
+    Rows 0-3: box centre x, y and width, height in input pixels (the centre within a cell of its
+    anchor, the size 1 to 9 cells); then one sigmoid score per class. Anchors are ordered stride by
+    stride, cells row by row, as in YOLOv8/v9/v11 exports.
+    """
 
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
@@ -51,8 +57,18 @@ class _Detect(nn.Module):
         p8 = x
         p16 = self.down16(p8)
         p32 = self.down32(p16)
-        outs = [self.pred(p).flatten(2) for p in (p8, p16, p32)]
-        return torch.cat(outs, dim=2).sigmoid()
+        outs = [self._decode(self.pred(p), stride) for p, stride in ((p8, 8), (p16, 16), (p32, 32))]
+        return torch.cat(outs, dim=2)
+
+    @staticmethod
+    def _decode(t: torch.Tensor, stride: int) -> torch.Tensor:
+        b, _, h, w = t.shape
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=t.dtype), torch.arange(w, dtype=t.dtype), indexing="ij")
+        grid = torch.stack([xs, ys]).reshape(1, 2, h * w) + 0.5
+        t = t.flatten(2)
+        xy = (grid + t[:, 0:2].sigmoid() * 2.0 - 1.0) * stride
+        wh = (t[:, 2:4].sigmoid() * 8.0 + 1.0) * stride
+        return torch.cat([xy, wh, t[:, 4:].sigmoid()], dim=1)
 
 
 REFERENCE_TAPS: tuple[str, ...] = (
@@ -126,7 +142,8 @@ def build_stand_in_detector(
 ) -> Path:
     """Export the stand-in detector to ``out`` (written atomically) and return the path.
 
-    ``mode="full"``: one output ``output0`` (detections); the feature tensor is internal.
+    ``mode="full"``: one output ``output0`` (detections in the Ultralytics format, with Ultralytics'
+    metadata entries ``task``, ``names``, ...); the feature tensor is internal.
     ``mode="featext"``: outputs ``output0`` and the five taps of :data:`REFERENCE_TAPS`, like the
     reference ``*_featext.onnx``. The input ``images`` has a static batch of 1, like the reference.
     Weights are drawn from ``seed``, so the same arguments give the same model.
@@ -142,4 +159,15 @@ def build_stand_in_detector(
                 model, (dummy,), str(tmp), opset_version=opset,
                 input_names=[DEFAULT_IMAGE_INPUT], output_names=outputs, dynamo=False,
             )
+            exported = onnx.load(str(tmp))
+            for key, value in ultralytics_metadata(input_hw, num_classes).items():
+                exported.metadata_props.add(key=key, value=value)
+            onnx.save(exported, str(tmp))
     return Path(out)
+
+
+def ultralytics_metadata(input_hw: tuple[int, int], num_classes: int) -> dict[str, str]:
+    """The entries an Ultralytics detection export carries (class 0 is ``person``, as in COCO)."""
+    names = {i: "person" if i == 0 else f"class{i}" for i in range(num_classes)}
+    return {"author": "roiseg stand-in", "task": "detect", "stride": "32", "batch": "1",
+            "imgsz": str(list(input_hw)), "names": str(names)}
