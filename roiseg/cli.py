@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "analyze",
     "train",
     "fuse",
+    "fuse_instances",
     "parity_check",
     "predict",
     "evaluate",

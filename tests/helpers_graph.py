@@ -23,13 +23,15 @@ def make_checkpoint(
     num_convs: int = 2,
     seed: int = 0,
     logit_scale: float = 4.0,
+    preprocessing=None,
 ) -> Path:
     """A roiseg checkpoint whose head fits ``detector`` at ``tensor``, with random weights from ``seed``.
 
     The classifier is scaled by ``logit_scale`` so the three classes are well separated in places
-    (like a trained head) instead of all near 1/3.
+    (like a trained head) instead of all near 1/3. ``preprocessing``: recorded with the extractor
+    (``conventions.Preprocessing``; the default one when ``None``).
     """
-    info = describe_extractor(detector, tensor)
+    info = describe_extractor(detector, tensor, *([preprocessing] if preprocessing is not None else []))
     cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw, variant=variant,
                      hidden=hidden, num_convs=num_convs, detail_channels=16)
     torch.manual_seed(seed)

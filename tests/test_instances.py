@@ -1,0 +1,128 @@
+"""The instance model (image -> boxes, scores, classes, masks): built from the one pipeline, detector
+once, parity with the Python reference and with the ROI model on real coco-tiny images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import graph_tools as gt
+from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
+from roiseg.conventions import Preprocessing, preprocess, read_image
+from roiseg.deploy.detections import InstanceParams
+from roiseg.deploy.instances import KEY_INSTANCES, build_instances, fuse_instances, read_instance_props
+from roiseg.deploy.instances_parity import instance_parity
+from roiseg.errors import InputError
+
+YOLOX_PRE = Preprocessing(color="bgr", scale=1.0)
+PERSON_IMAGES = ("000000020992.jpg", "000000005001.jpg", "000000184324.jpg", "000000360960.jpg")
+NO_PERSON_IMAGE = "000000454661.jpg"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("instances")
+
+
+@pytest.fixture(scope="module")
+def stand_in_ckpt(work, stand_in_full):
+    return make_checkpoint(work / "stand_in.pth", stand_in_full, variant="detail")
+
+
+@pytest.fixture(scope="module")
+def yolox_ckpt(work, yolox_nano):
+    return make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="detail", preprocessing=YOLOX_PRE)
+
+
+def _images(coco_tiny, names):
+    return [coco_tiny / "images" / "val2017" / n for n in names]
+
+
+def test_stand_in_instance_model_contract_and_parity(work, stand_in_full, stand_in_ckpt, coco_tiny):
+    params = InstanceParams(score_threshold=0.5, iou_threshold=0.5, max_instances=12)
+    report = fuse_instances(stand_in_full, stand_in_ckpt, work / "stand_in_instances.onnx", params=params)
+    model = gt.load_model(report.out)
+    assert report.inputs == [("images", [1, 3, 128, 128])]
+    assert report.outputs == [("boxes", ["num_instances", 4]), ("scores", ["num_instances"]),
+                              ("classes", ["num_instances"]), ("masks", ["num_instances", 3, 128, 128])]
+    spec, got_params = read_instance_props(model)
+    assert (spec.tensor, spec.format, got_params) == ("output0", "ultralytics", params)
+    props = gt.read_props(model)
+    assert props["roiseg.feature_tensor"] == "/model.34/Concat_output_0" and KEY_INSTANCES in props
+    # the detector runs once: as many convolutions as the detector plus the head
+    head_convs = len([n for n in gt.nodes_of_type(model, "Conv") if "roiseg_head" in n.name])
+    assert len(gt.nodes_of_type(model, "Conv")) - head_convs == len(gt.nodes_of_type(gt.load_model(stand_in_full), "Conv"))
+    roi_model = fused_once(work, stand_in_full, stand_in_ckpt)
+    result = instance_parity(model, stand_in_full, roi_model, _images(coco_tiny, (*PERSON_IMAGES[:2], NO_PERSON_IMAGE)))
+    assert result["passed"], json.dumps(result, indent=1)
+    counts = [r["count"] for r in result["images"]]
+    assert min(counts) > 0 and max(counts) <= 12
+
+
+def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt, coco_tiny):
+    out = work / "yolox_instances.onnx"
+    report = fuse_instances(yolox_nano, yolox_ckpt, out, check_images=_images(coco_tiny, PERSON_IMAGES[:1]))
+    assert report.spec.format == "yolox" and not report.spec.decoded and report.nodes_merged > 300
+    roi_model = fused_once(work, yolox_nano, yolox_ckpt)
+    result = instance_parity(out, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE)))
+    assert result["passed"], json.dumps(result, indent=1)
+    counts = {r["image"]: r["count"] for r in result["images"]}
+    assert counts[NO_PERSON_IMAGE] == 0 and counts["000000020992.jpg"] == 1 and counts["000000005001.jpg"] >= 8
+    # K = 0: every output has an empty first axis
+    session = gt.create_session(gt.load_model(out))
+    x = preprocess(read_image(_images(coco_tiny, [NO_PERSON_IMAGE])[0]), (416, 416), YOLOX_PRE)
+    boxes, scores, classes, masks = session.run(None, {"images": x})
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,) and masks.shape == (0, 3, 416, 416)
+
+
+def test_thresholds_and_cap_are_respected(work, yolox_nano, yolox_ckpt, coco_tiny):
+    params = InstanceParams(score_threshold=0.6, iou_threshold=0.3, max_instances=4)
+    build = build_instances(yolox_nano, yolox_ckpt, params=params)
+    session = gt.create_session(build.model)
+    x = preprocess(read_image(_images(coco_tiny, ["000000005001.jpg"])[0]), (416, 416), YOLOX_PRE)
+    boxes, scores, classes, masks = session.run(None, {"images": x})
+    assert len(scores) == 4 and (scores > 0.6).all() and (classes == 0).all() and masks.shape[0] == 4
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    for i in range(4):
+        for j in range(i):
+            lo, hi = np.maximum(boxes[i, :2], boxes[j, :2]), np.minimum(boxes[i, 2:], boxes[j, 2:])
+            inter = np.prod(np.clip(hi - lo, 0, None)) * (416 * 416)
+            union = (area(boxes[i]) + area(boxes[j])) * 416 * 416 - inter
+            assert inter / union <= 0.3 + 1e-5
+
+
+def test_instance_errors(work, stand_in_full, stand_in_ckpt):
+    with pytest.raises(InputError, match="out of range"):
+        build_instances(stand_in_full, stand_in_ckpt, params=InstanceParams(person_classes=(25,)))
+    with pytest.raises(InputError, match="not in the yolox format"):
+        build_instances(stand_in_full, stand_in_ckpt, det_format="yolox")
+    with pytest.raises(InputError, match="not found"):
+        build_instances(stand_in_full, stand_in_ckpt, detections="nope")
+    with pytest.raises(InputError, match="not an instance model"):
+        instance_parity(gt.load_model(stand_in_full), stand_in_full, stand_in_full, [])
+
+
+def test_parity_fails_for_masks_of_another_head(work, stand_in_full, stand_in_ckpt, coco_tiny):
+    out = work / "stand_in_instances_b.onnx"
+    fuse_instances(stand_in_full, stand_in_ckpt, out, simplify=False)
+    other = fused_once(work, stand_in_full, make_checkpoint(work / "other.pth", stand_in_full, variant="detail", seed=1))
+    result = instance_parity(out, stand_in_full, other, _images(coco_tiny, PERSON_IMAGES[:1]))
+    row = result["images"][0]
+    assert not result["passed"] and row["box_max_abs"] <= 1e-4 and row["mask_max_abs"] > 1e-2
+
+
+def test_fuse_instances_cli(work, stand_in_full, stand_in_ckpt, capsys):
+    from roiseg.cli import main
+
+    out = work / "cli_instances.onnx"
+    code = main(["fuse-instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt), "--out", str(out),
+                 "--person-classes", "0,3", "--score-threshold", "0.55", "--iou-threshold", "0.4",
+                 "--max-instances", "5", "--det-format", "ultralytics", "--no-simplify"])
+    assert code == 0 and "output boxes" in capsys.readouterr().out
+    spec, params = read_instance_props(gt.load_model(out))
+    assert params == InstanceParams((0, 3), 0.55, 0.4, 5) and spec.format == "ultralytics"
+    code = main(["fuse-instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt),
+                 "--out", str(work / "bad.onnx"), "--person-classes", "99"])
+    assert code == 2 and "out of range" in capsys.readouterr().err and not (work / "bad.onnx").exists()
