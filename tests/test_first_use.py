@@ -125,5 +125,5 @@ def test_readme_step_3_and_graph_md_state_what_users_need():
         assert text in step3, text
     graph = (REPO / "docs" / "graph.md").read_text()
     rules = graph[graph.index("### Input rules"):graph.index("### Metadata")]
-    for text in ("N >= 1", "inside `[0, 1]`", "Finite", "NaN"):
+    for text in ("also none", "outside `[0, 1]`", "non-finite", "Finite images", "NaN"):  # the robust contract
         assert text in rules, text
