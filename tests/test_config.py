@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import SHARED
 
 from roiseg.errors import InputError
 from roiseg.training.config import TrainConfig, load_config
@@ -158,3 +160,20 @@ def test_every_flag_names_a_config_key_and_only_given_flags_override():
     assert (args.resume, args.config) == ("", Path("c.toml"))
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--variant", "huge"])
+
+
+def test_detector_preprocessing_is_configurable():
+    from roiseg.conventions import Preprocessing
+    from roiseg.training.build import build_extractor
+    from roiseg.training.distributed import DistContext
+
+    cfg = load_config(None, {"features.color": "bgr", "features.scale": 1.0})
+    assert cfg.features.preprocessing == Preprocessing(color="bgr", scale=1.0)
+    with pytest.raises(InputError, match="features.color"):
+        load_config(None, {"features.color": "yuv"})
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cfg = load_config(None, {"features.extractor": str(SHARED / "extractors" / "yolox_nano.onnx"),
+                             "features.feature_tensor": "input.663", "features.color": "bgr", "features.scale": 1.0,
+                             "head.variant": "detail"})
+    ext = build_extractor(cfg, ctx)
+    assert Preprocessing.from_json(ext.info.preprocessing) == Preprocessing(color="bgr", scale=1.0)

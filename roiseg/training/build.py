@@ -24,7 +24,7 @@ def build_extractor(cfg: TrainConfig, ctx: DistContext) -> OnnxFeatureExtractor:
     """The extractor of the run; with the extra taps of ``features.extra_tensors`` when the head reads them."""
     extras = cfg.features.extra_tensors if cfg.head.variant in TAP_VARIANTS else ()
     return OnnxFeatureExtractor(cfg.features.extractor, cfg.features.feature_tensor, device=str(ctx.device),
-                                extra_tensors=extras)
+                                preprocessing=cfg.features.preprocessing, extra_tensors=extras)
 
 
 def build_datasets(cfg: TrainConfig, extractor: OnnxFeatureExtractor) -> tuple[CocoPersonImages, CocoPersonImages]:

@@ -33,11 +33,13 @@ from roiseg.conventions import (
     DEFAULT_DATA_ROOT,
     DEFAULT_EXTRACTOR,
     DEFAULT_FEATURE_TENSOR,
+    DEFAULT_PREPROCESSING,
     DEFAULT_TRAIN_ANN,
     DEFAULT_TRAIN_IMAGES,
     DEFAULT_VAL_ANN,
     DEFAULT_VAL_IMAGES,
     DEFAULT_VALIDATION_IMAGES,
+    Preprocessing,
 )
 from roiseg.errors import InputError
 from roiseg.features.cache import parse_cache_dir
@@ -127,6 +129,15 @@ class FeaturesConfig:
     cache: str = _opt(DEFAULT_FEATURE_CACHE, "--cache", "feature-cache folder, or none to extract every epoch",
                       metavar="DIR|none")
     """Feature-cache folder (fp16 per image), or ``"none"`` to extract on the fly every epoch."""
+    color: str = DEFAULT_PREPROCESSING.color
+    """Channel order the detector expects: ``"rgb"`` (YOLOv5-v11 exports) or ``"bgr"`` (YOLOX)."""
+    scale: float = DEFAULT_PREPROCESSING.scale
+    """Pixel scale the detector expects: ``1/255`` (values in [0, 1]) or ``1.0`` (0..255, YOLOX)."""
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become the detector's input (stored with the checkpoint and the fused model)."""
+        return Preprocessing(color=self.color, scale=self.scale)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -271,6 +282,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.max_val_images", cfg.data.max_val_images >= 0, ">= 0"),
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
         ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
+        ("features.color", cfg.features.color in ("rgb", "bgr"), "'rgb' or 'bgr'"),
+        ("features.scale", cfg.features.scale > 0, "> 0"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),
         ("optim.betas", len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "two numbers in [0, 1)"),
