@@ -15,7 +15,7 @@ import onnx
 from onnx import compose
 
 from graph_tools.errors import GraphError
-from graph_tools.inspect import dims, graph_inputs
+from graph_tools.inspect import dims, graph_inputs, upstream_tensors
 from graph_tools.opset import choose_ir_version, default_opset
 
 
@@ -187,4 +187,70 @@ def feed_input(model: onnx.ModelProto, input_name: str, pre: onnx.ModelProto, pr
     if keep_as_output:
         out.graph.output.extend([vi for vi in pre.graph.output if vi.name == new_name])
     out.ir_version = max(out.ir_version, pre.ir_version)
+    return out
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Tensor names a node reads, outer-scope names its subgraphs read included."""
+    names = {n for n in node.input if n}
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            names |= {n for s in sub.node for n in _reads(s) if n not in inner}
+            names |= {o.name for o in sub.output if o.name not in inner}
+    return names
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order ``graph.node`` so every node comes after the producers of what it reads (stable: an
+    already ordered graph is unchanged). GraphError when the nodes form a cycle."""
+    producer = {o: i for i, node in enumerate(graph.node) for o in node.output if o}
+    deps = [{producer[n] for n in _reads(node) if n in producer} for node in graph.node]
+    users: dict[int, list[int]] = {}
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(i)
+    waiting = [len(ds) for ds in deps]
+    ready = sorted(i for i, w in enumerate(waiting) if w == 0)
+    order: list[int] = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+        ready.sort()
+    if len(order) != len(graph.node):
+        raise GraphError(f"the graph has a cycle through {len(graph.node) - len(order)} node(s)")
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def loop_back(model: onnx.ModelProto, tensor: str, input_name: str) -> onnx.ModelProto:
+    """``model`` with its graph input ``input_name`` computed inside it: the tensor ``tensor`` (which
+    must not depend on that input) takes the input's name and feeds every reader; the input is gone
+    and ``tensor`` is no longer a graph output. E.g. boxes that the model finds itself feeding the
+    part that took them as an input. Nodes are re-ordered topologically."""
+    inputs = {vi.name for vi in model.graph.input}
+    if input_name not in inputs:
+        raise GraphError(f"{input_name!r} is not an input of the model")
+    if tensor not in {o for node in model.graph.node for o in node.output}:
+        raise GraphError(f"{tensor!r} is not computed by a node of the model")
+    if input_name in upstream_tensors(model, tensor):
+        raise GraphError(f"{tensor!r} depends on {input_name!r}: feeding it back would make a cycle")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept_in = [vi for vi in graph.input if vi.name != input_name]
+    kept_out = [vi for vi in graph.output if vi.name != tensor]
+    del graph.input[:], graph.output[:]
+    graph.input.extend(kept_in)
+    graph.output.extend(kept_out)
+    infos = [vi for vi in graph.value_info if vi.name != input_name]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    rename_tensors(graph, {tensor: input_name})
+    toposort(graph)
     return out

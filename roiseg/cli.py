@@ -22,7 +22,6 @@ COMMANDS: tuple[str, ...] = (
     "analyze",
     "train",
     "fuse",
-    "fuse_instances",
     "parity_check",
     "predict",
     "evaluate",

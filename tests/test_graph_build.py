@@ -79,3 +79,21 @@ def test_a_detector_spliced_with_itself_runs_once(stand_in_full):
     x = {"images": np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)}
     a, b = gt.create_session(merged).run(None, x)
     np.testing.assert_array_equal(a, b)
+
+
+def test_loop_back_feeds_an_input_from_inside_and_sorts_the_nodes():
+    """y = (x * 2) + r where r was an input: r computed as x * 2 + 1 inside the model."""
+    b = GraphBuilder("l/")
+    b.op("Add", [b.op("Mul", ["x", b.const(np.float32(2.0))]), "r"], outputs=["y"])
+    b.op("Add", ["x", b.const(np.float32(1.0))], outputs=["r_inside"])
+    model = b.model([value_info("x", TensorProto.FLOAT, [3]), value_info("r", TensorProto.FLOAT, [3])],
+                    [value_info("y", TensorProto.FLOAT, [3]), value_info("r_inside", TensorProto.FLOAT, [3])], 17, 8)
+    looped = gt.loop_back(model, "r_inside", "r")
+    assert [vi.name for vi in looped.graph.input] == ["x"] and [o.name for o in looped.graph.output] == ["y"]
+    onnx.checker.check_model(looped, full_check=True)
+    y = gt.create_session(looped).run(None, {"x": np.float32([1, 2, 3])})[0]
+    np.testing.assert_array_equal(y, [4, 7, 10])
+    with pytest.raises(gt.GraphError, match="cycle"):
+        gt.loop_back(model, "y", "r")
+    with pytest.raises(gt.GraphError, match="not an input"):
+        gt.loop_back(model, "r_inside", "nope")

@@ -1,5 +1,6 @@
 """The instance model (image -> boxes, scores, classes, masks): built from the one pipeline, detector
-once, parity with the Python reference and with the ROI model on real coco-tiny images."""
+once (twice with a detector preprocessing of its own), parity with the Python reference and with the
+ROI model on real coco-tiny images; raw-image input (boxes in pixels), float16; ``fuse --instances``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import graph_tools as gt
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 from roiseg.conventions import Preprocessing, preprocess, read_image
 from roiseg.deploy.detections import InstanceParams
-from roiseg.deploy.instances import KEY_INSTANCES, build_instances, fuse_instances, read_instance_props
+from roiseg.deploy.instances import build_instances, fuse_instances, read_instance_props
+from roiseg.deploy.metadata import KEY_INSTANCES
 from roiseg.deploy.instances_parity import instance_parity
 from roiseg.errors import InputError
 
@@ -40,6 +42,12 @@ def _images(coco_tiny, names):
     return [coco_tiny / "images" / "val2017" / n for n in names]
 
 
+@pytest.fixture(scope="module")
+def yolox_instances(work, yolox_nano, yolox_ckpt, coco_tiny):
+    out = work / "yolox_instances.onnx"
+    return fuse_instances(yolox_nano, yolox_ckpt, out, check_images=_images(coco_tiny, PERSON_IMAGES[:1])).out
+
+
 def test_stand_in_instance_model_contract_and_parity(work, stand_in_full, stand_in_ckpt, coco_tiny):
     params = InstanceParams(score_threshold=0.5, iou_threshold=0.5, max_instances=12)
     report = fuse_instances(stand_in_full, stand_in_ckpt, work / "stand_in_instances.onnx", params=params)
@@ -47,8 +55,8 @@ def test_stand_in_instance_model_contract_and_parity(work, stand_in_full, stand_
     assert report.inputs == [("images", [1, 3, 128, 128])]
     assert report.outputs == [("boxes", ["num_instances", 4]), ("scores", ["num_instances"]),
                               ("classes", ["num_instances"]), ("masks", ["num_instances", 3, 128, 128])]
-    spec, got_params = read_instance_props(model)
-    assert (spec.tensor, spec.format, got_params) == ("output0", "ultralytics", params)
+    spec, got_params, det_pre = read_instance_props(model)
+    assert (spec.tensor, spec.format, got_params, det_pre) == ("output0", "ultralytics", params, None)
     props = gt.read_props(model)
     assert props["roiseg.feature_tensor"] == "/model.34/Concat_output_0" and KEY_INSTANCES in props
     # the detector runs once: as many convolutions as the detector plus the head
@@ -61,10 +69,10 @@ def test_stand_in_instance_model_contract_and_parity(work, stand_in_full, stand_
     assert min(counts) > 0 and max(counts) <= 12
 
 
-def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt, coco_tiny):
-    out = work / "yolox_instances.onnx"
-    report = fuse_instances(yolox_nano, yolox_ckpt, out, check_images=_images(coco_tiny, PERSON_IMAGES[:1]))
-    assert report.spec.format == "yolox" and not report.spec.decoded and report.nodes_merged > 300
+def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt, coco_tiny, yolox_instances):
+    out = yolox_instances
+    spec = read_instance_props(gt.load_model(out)).spec
+    assert spec.format == "yolox" and not spec.decoded
     roi_model = fused_once(work, yolox_nano, yolox_ckpt)
     result = instance_parity(out, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE)))
     assert result["passed"], json.dumps(result, indent=1)
@@ -79,8 +87,9 @@ def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt
 
 def test_thresholds_and_cap_are_respected(work, yolox_nano, yolox_ckpt, coco_tiny):
     params = InstanceParams(score_threshold=0.6, iou_threshold=0.3, max_instances=4)
-    build = build_instances(yolox_nano, yolox_ckpt, params=params)
-    session = gt.create_session(build.model)
+    built = build_instances(yolox_nano, yolox_ckpt, params=params)
+    assert built.detector_runs == 1 and "rois" not in [vi.name for vi in built.build.model.graph.input]
+    session = gt.create_session(built.build.model)
     x = preprocess(read_image(_images(coco_tiny, ["000000005001.jpg"])[0]), (416, 416), YOLOX_PRE)
     boxes, scores, classes, masks = session.run(None, {"images": x})
     assert len(scores) == 4 and (scores > 0.6).all() and (classes == 0).all() and masks.shape[0] == 4
@@ -117,12 +126,62 @@ def test_fuse_instances_cli(work, stand_in_full, stand_in_ckpt, capsys):
     from roiseg.cli import main
 
     out = work / "cli_instances.onnx"
-    code = main(["fuse-instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt), "--out", str(out),
+    code = main(["fuse", "--instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt), "--out", str(out),
                  "--person-classes", "0,3", "--score-threshold", "0.55", "--iou-threshold", "0.4",
                  "--max-instances", "5", "--det-format", "ultralytics", "--no-simplify"])
-    assert code == 0 and "output boxes" in capsys.readouterr().out
-    spec, params = read_instance_props(gt.load_model(out))
+    printed = capsys.readouterr().out
+    assert code == 0 and "output boxes" in printed and "instances: detections output0 (ultralytics)" in printed
+    spec, params, _ = read_instance_props(gt.load_model(out))
     assert params == InstanceParams((0, 3), 0.55, 0.4, 5) and spec.format == "ultralytics"
-    code = main(["fuse-instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt),
+    code = main(["fuse", "--instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt),
                  "--out", str(work / "bad.onnx"), "--person-classes", "99"])
     assert code == 2 and "out of range" in capsys.readouterr().err and not (work / "bad.onnx").exists()
+    code = main(["fuse", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt), "--out", str(work / "bad.onnx"),
+                 "--max-instances", "5", "--det-preprocessing", "bgr,1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-instances, --det-preprocessing" in err and "--instances" in err
+    with pytest.raises(SystemExit):  # argparse refuses it
+        main(["fuse", "--instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt),
+              "--det-preprocessing", "hsv,2"])
+    assert "expected COLOR,SCALE" in capsys.readouterr().err and not (work / "bad.onnx").exists()
+
+
+def test_raw_image_instance_model_gives_pixel_boxes_and_float16_runs(work, yolox_nano, yolox_ckpt, coco_tiny,
+                                                                     yolox_instances):
+    """--image-input raw: the detection path reads the in-graph preprocessed image; boxes in original pixels."""
+    out = work / "yolox_raw_instances.onnx"
+    fuse_instances(yolox_nano, yolox_ckpt, out, image_input="raw", check_images=_images(coco_tiny, PERSON_IMAGES[:1]))
+    model = gt.load_model(out)
+    assert [vi.name for vi in model.graph.input] == ["image"]
+    assert gt.read_props(model)["roiseg.image_input"] == "raw" and len(gt.nodes_of_type(model, "Conv")) == 121
+    roi_model = fused_once(work, yolox_nano, yolox_ckpt, image_input="raw")
+    result = instance_parity(model, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES[:2], NO_PERSON_IMAGE)))
+    assert result["passed"], json.dumps(result, indent=1)
+    bgr = read_image(_images(coco_tiny, ["000000005001.jpg"])[0])
+    boxes, scores, _, masks = gt.create_session(model).run(None, {"image": bgr})
+    tensor_boxes = gt.create_session(gt.load_model(yolox_instances)).run(
+        ["boxes"], {"images": preprocess(bgr, (416, 416), YOLOX_PRE)})[0]
+    h0, w0 = bgr.shape[:2]
+    assert boxes.max() > 1.5 and masks.shape == (len(scores), 3, h0, w0)
+    # the same boxes up to the in-graph resize (one grey level off OpenCV here and there)
+    np.testing.assert_allclose(boxes / np.float32([w0, h0, w0, h0]), tensor_boxes, atol=5e-3)
+    half = fuse_instances(yolox_nano, yolox_ckpt, work / "yolox_raw_fp16.onnx", image_input="raw", fp16=True)
+    assert "float16" in half.precision_note and gt.read_props(gt.load_model(half.out))["roiseg.fp16"] == "true"
+    b16, s16, _, m16 = gt.create_session(gt.load_model(half.out)).run(None, {"image": bgr})
+    assert len(s16) == len(scores) and np.abs(b16 - boxes).max() < 2.0 and m16.shape == masks.shape
+
+
+def test_detector_preprocessing_of_its_own(work, yolox_nano, coco_tiny):
+    """A head trained on RGB / 255 features of YOLOX, whose detector wants BGR 0..255: a second detector
+    copy reads the converted image; the detections are YOLOX's own."""
+    ckpt = make_checkpoint(work / "yolox_rgb.pth", yolox_nano, YOLOX_TENSOR, variant="detail")
+    out = work / "yolox_det_pre.onnx"
+    report = fuse_instances(yolox_nano, ckpt, out, det_preprocessing=YOLOX_PRE)
+    assert any("second detector copy" in note for note in report.notes)
+    model = gt.load_model(out)
+    assert read_instance_props(model).det_preprocessing == YOLOX_PRE
+    assert gt.read_props(model)["roiseg.preprocessing"] == Preprocessing().to_json()
+    roi_model = fused_once(work, yolox_nano, ckpt)
+    result = instance_parity(model, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES[:2], NO_PERSON_IMAGE)))
+    assert result["passed"], json.dumps(result, indent=1)
+    assert {r["image"]: r["count"] for r in result["images"]}["000000020992.jpg"] == 1

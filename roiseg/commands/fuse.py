@@ -1,11 +1,84 @@
-"""``roiseg fuse``: detector ONNX + trained head -> one ONNX model (``images`` + ``rois`` -> ``masks``)."""
+"""``roiseg fuse``: detector ONNX + trained head -> one ONNX model (``images`` + ``rois`` -> ``masks``);
+with ``--instances`` the model takes only the image and finds the persons itself (``boxes``, ``scores``,
+``classes`` and the masks), the detector's own boxes and NMS in the graph.
+
+:func:`add_instance_arguments` and :func:`instance_params` are the detection options.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import DEFAULT_FUSED_MODEL, DEFAULT_OUTPUTS
+from roiseg.conventions import (
+    DEFAULT_FUSED_MODEL, DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_INSTANCES, DEFAULT_OUTPUTS, DEFAULT_PERSON_CLASSES,
+    DEFAULT_SCORE_THRESHOLD, DETECTION_FORMATS,
+)
+
+
+def _class_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"class ids are whole numbers separated by commas, got {text!r}") from None
+
+
+def _preprocessing(text: str):
+    """``COLOR,SCALE`` (``bgr,1``, ``rgb,1/255``) -> ``conventions.Preprocessing``."""
+    from roiseg.conventions import Preprocessing
+
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        num, _, den = parts[1].partition("/")
+        scale = float(num) / float(den or 1)
+    except (IndexError, ValueError, ZeroDivisionError):
+        scale = 0.0
+    if len(parts) != 2 or parts[0] not in ("rgb", "bgr") or not scale > 0:
+        raise argparse.ArgumentTypeError(f"expected COLOR,SCALE with COLOR rgb or bgr and SCALE > 0 "
+                                         f"(e.g. bgr,1 or rgb,1/255), got {text!r}")
+    return Preprocessing(color=parts[0], scale=scale)
+
+
+def add_instance_arguments(p: argparse.ArgumentParser) -> None:
+    """``--detections``, ``--det-format``, ``--person-classes``, ``--score-threshold``, ``--iou-threshold``,
+    ``--max-instances``, ``--det-preprocessing``."""
+    p.add_argument("--detections", default=None, metavar="TENSOR",
+                   help="with --instances: the detector's detection tensor (default: the one output shaped like "
+                        "detections)")
+    p.add_argument("--det-format", default=None, choices=DETECTION_FORMATS,
+                   help="with --instances: ultralytics [1,4+nc,A] cxcywh pixels + class scores; yolox [1,A,5+nc] "
+                        "grid outputs (or decoded), objectness x class score; nms [K,7] "
+                        "batchno,classid,score,x1,y1,x2,y2 (default: from the tensor's shape and the model's metadata)")
+    p.add_argument("--person-classes", type=_class_ids, default=list(DEFAULT_PERSON_CLASSES), metavar="IDS",
+                   help="with --instances: detector class ids that are persons, comma separated (default 0)")
+    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                   help=f"with --instances: keep detections scoring above this (default {DEFAULT_SCORE_THRESHOLD})")
+    p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
+                   help="with --instances: NMS suppresses a detection overlapping a better one by more "
+                        f"(default {DEFAULT_IOU_THRESHOLD})")
+    p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES,
+                   help=f"with --instances: at most this many instances, the best (default {DEFAULT_MAX_INSTANCES})")
+    p.add_argument("--det-preprocessing", type=_preprocessing, default=None, metavar="COLOR,SCALE",
+                   help="with --instances: the preprocessing the detector wants when the head was trained with "
+                        "another one, e.g. bgr,1 for YOLOX under a head trained on rgb,1/255 (default: the head's); "
+                        "the detection path is then a second detector copy fed by the converted image")
+
+
+INSTANCE_OPTIONS: tuple[tuple[str, str, object], ...] = (
+    ("--detections", "detections", None), ("--det-format", "det_format", None),
+    ("--person-classes", "person_classes", list(DEFAULT_PERSON_CLASSES)),
+    ("--score-threshold", "score_threshold", DEFAULT_SCORE_THRESHOLD),
+    ("--iou-threshold", "iou_threshold", DEFAULT_IOU_THRESHOLD), ("--max-instances", "max_instances", DEFAULT_MAX_INSTANCES),
+    ("--det-preprocessing", "det_preprocessing", None),
+)
+"""Flag, attribute and default of each option of :func:`add_instance_arguments`."""
+
+
+def instance_params(args: argparse.Namespace):
+    """The :class:`roiseg.deploy.detections.InstanceParams` of :func:`add_instance_arguments`' options."""
+    from roiseg.deploy.detections import InstanceParams
+
+    return InstanceParams(tuple(args.person_classes), args.score_threshold, args.iou_threshold, args.max_instances)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +115,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true",
                    help="compute in float16 where safe (detector and head convolutions); RoiAlign, box geometry, "
                         "normalisations and quantization ops stay float32; inputs and outputs float32")
+    p.add_argument("--instances", action="store_true",
+                   help="an instance model: input only the image; the detector's detections are decoded, "
+                        "thresholded, suppressed (NonMaxSuppression) and capped in the graph and feed the head; "
+                        "outputs boxes [K,4] (normalised x1y1x2y2; pixels with --image-input raw), scores [K], "
+                        "classes [K] and the masks [K,...]; K = 0 works (see docs/instances.md)")
+    add_instance_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -50,12 +129,23 @@ def run(args: argparse.Namespace) -> int:
     from roiseg.deploy.probes import read_probe_image
     from roiseg.utils.atomic import check_output_file
 
+    from roiseg.errors import InputError
+
+    given = [flag for flag, value, default in INSTANCE_OPTIONS if getattr(args, value) != default]
+    if given and not args.instances:
+        raise InputError(f"{', '.join(given)}: detection options, for an instance model (add --instances)")
     check_output_file(args.out)  # refuse a folder or an unwritable place before any work
     for image in args.check_image or []:
         read_probe_image(image)  # absent, truncated or corrupt: stop now, naming the file
-    report = fuse(args.detector, args.head, feature_tensor=args.feature_tensor, out=args.out, opset=args.opset,
-                  simplify=not args.no_simplify, strict=args.strict, check_images=args.check_image,
-                  outputs=args.outputs or DEFAULT_OUTPUTS, fp16=args.fp16,
-                  image_input=args.image_input)
+    common = dict(feature_tensor=args.feature_tensor, out=args.out, opset=args.opset, simplify=not args.no_simplify,
+                  strict=args.strict, check_images=args.check_image, outputs=args.outputs or DEFAULT_OUTPUTS,
+                  fp16=args.fp16, image_input=args.image_input)
+    if args.instances:
+        from roiseg.deploy.instances import fuse_instances
+
+        report = fuse_instances(args.detector, args.head, params=instance_params(args), detections=args.detections,
+                                det_format=args.det_format, det_preprocessing=args.det_preprocessing, **common)
+    else:
+        report = fuse(args.detector, args.head, **common)
     print(report.summary())
     return 0

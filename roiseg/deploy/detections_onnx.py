@@ -8,7 +8,8 @@ its best class only; the others get score -1, below any threshold), ``TopK`` kee
 ``max_instances`` best (``k = min(K, cap)``, so K = 0 gives empty outputs), ``Div``/``Clip`` normalise.
 The ``nms`` format filters with ``NonZero`` and only sorts and caps.
 
-Outputs: ``boxes`` float32 [K, 4] normalised x1y1x2y2 in [0, 1], ``scores`` float32 [K] (decreasing),
+Outputs: ``boxes`` float32 [K, 4] normalised x1y1x2y2 in [0, 1] (pixels of the original image when
+the graph also takes the raw image), ``scores`` float32 [K] (decreasing),
 ``classes`` int64 [K] (the detector's class ids).
 """
 
@@ -22,7 +23,8 @@ from onnx import TensorProto
 
 from graph_tools.build import GraphBuilder, value_info
 from roiseg.conventions import (
-    FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_SCORES_OUTPUT, INSTANCE_AXIS, MIN_HEAD_OPSET,
+    FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_SCORES_OUTPUT, INSTANCE_AXIS, MIN_HEAD_OPSET, RAW_HEIGHT_AXIS,
+    RAW_WIDTH_AXIS,
 )
 from roiseg.deploy.detections import NMS_COLUMNS, DetectionSpec, InstanceParams, grid_and_strides
 from roiseg.errors import InputError
@@ -74,16 +76,27 @@ def _best_k(b: GraphBuilder, scores: str, cap: int) -> tuple[str, str]:
     return values, order
 
 
-def _outputs(b: GraphBuilder, boxes_px: str, picked: str, scores: str, classes: str, spec: DetectionSpec) -> None:
-    """Name the outputs: the picked boxes normalised and clipped, the scores, the class ids."""
+def _outputs(b: GraphBuilder, boxes_px: str, picked: str, scores: str, classes: str, spec: DetectionSpec) -> str:
+    """Name the scores and class id outputs; the picked boxes normalised and clipped (returned)."""
     h, w = spec.input_hw
     boxes = b.op("Div", [b.op("Gather", [boxes_px, picked], axis=0), b.const([w, h, w, h], np.float32)])
-    b.op("Clip", [boxes, b.const(np.float32(0.0)), b.const(np.float32(1.0))], outputs=[FUSED_BOXES_OUTPUT])
     b.op("Identity", [scores], outputs=[FUSED_SCORES_OUTPUT])
     b.op("Identity", [classes], outputs=[FUSED_CLASSES_OUTPUT])
+    return b.op("Clip", [boxes, b.const(np.float32(0.0)), b.const(np.float32(1.0))])
 
 
-def _grid_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceParams) -> None:
+def _box_outputs(b: GraphBuilder, normalised: str, roi_feed: str | None, image_input: str | None) -> None:
+    """``boxes`` (normalised, or pixels of the ``image_input`` image [H0, W0, 3]) and the ``roi_feed`` copy."""
+    if image_input is None:
+        b.op("Identity", [normalised], outputs=[FUSED_BOXES_OUTPUT])
+    else:
+        size = b.op("Gather", [b.op("Shape", [image_input]), b.const([1, 0, 1, 0], np.int64)], axis=0)  # W0 H0 W0 H0
+        b.op("Mul", [normalised, b.op("Cast", [size], to=TensorProto.FLOAT)], outputs=[FUSED_BOXES_OUTPUT])
+    if roi_feed is not None:
+        b.op("Identity", [normalised], outputs=[roi_feed])
+
+
+def _grid_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceParams) -> str:
     boxes_px = _decoded_boxes(b, rows, spec)
     person = _person_scores(b, rows, spec, params.person_classes)
     slot = b.op("ArgMax", [person], axis=1, keepdims=1)  # [A, 1], first maximum on ties
@@ -102,10 +115,10 @@ def _grid_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: Instance
     scores, order = _best_k(b, kept, params.max_instances)
     classes = b.op("Gather", [b.const(list(params.person_classes), np.int64), b.op("Gather", [slots, order], axis=0)],
                    axis=0)
-    _outputs(b, boxes_px, b.op("Gather", [index, order], axis=0), scores, classes, spec)
+    return _outputs(b, boxes_px, b.op("Gather", [index, order], axis=0), scores, classes, spec)
 
 
-def _nms_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceParams) -> None:
+def _nms_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceParams) -> str:
     classes = b.op("Cast", [b.op("Reshape", [_slice(b, rows, 1, 2), b.const([-1], np.int64)])], to=TensorProto.INT64)
     score = b.op("Reshape", [_slice(b, rows, 2, 3), b.const([-1], np.int64)])
     person = b.op("Equal", [b.op("Unsqueeze", [classes, b.const([1], np.int64)]),
@@ -117,14 +130,18 @@ def _nms_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceP
     scores, order = _best_k(b, b.op("Gather", [score, index], axis=0), params.max_instances)
     picked = b.op("Gather", [index, order], axis=0)
     boxes_px = _slice(b, rows, 3, 7)
-    _outputs(b, boxes_px, picked, scores, b.op("Gather", [classes, picked], axis=0), spec)
+    return _outputs(b, boxes_px, picked, scores, b.op("Gather", [classes, picked], axis=0), spec)
 
 
 def postprocess_model(spec: DetectionSpec, params: InstanceParams, opset: int, ir_version: int,
-                      input_shape: Sequence[int | str] | None = None, prefix: str = "") -> onnx.ModelProto:
+                      input_shape: Sequence[int | str] | None = None, prefix: str = "", roi_feed: str | None = None,
+                      image_input: str | None = None) -> onnx.ModelProto:
     """A model from the detection tensor (input named ``spec.tensor``) to ``boxes``, ``scores``, ``classes``.
 
     ``input_shape`` defaults to the format's shape for ``spec``; ``prefix`` starts every inner name.
+    ``roi_feed``: also output the normalised boxes under this name (to feed a ROI model's ``rois``).
+    ``image_input``: a second input of that name, the original uint8 image [H0, W0, 3]; ``boxes`` are
+    then pixels of it (the normalised boxes times W0, H0).
     """
     params.check(spec)
     if opset < MIN_HEAD_OPSET:
@@ -134,11 +151,15 @@ def postprocess_model(spec: DetectionSpec, params: InstanceParams, opset: int, i
         input_shape = {"ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc]}.get(spec.format, ["num_detections", 7])
     b = GraphBuilder(prefix)
     rows = _rows(b, spec.tensor, spec)
-    (_nms_post if spec.format == "nms" else _grid_post)(b, rows, spec, params)
+    normalised = (_nms_post if spec.format == "nms" else _grid_post)(b, rows, spec, params)
+    _box_outputs(b, normalised, roi_feed, image_input)
     outputs = [
         value_info(FUSED_BOXES_OUTPUT, TensorProto.FLOAT, [INSTANCE_AXIS, 4]),
         value_info(FUSED_SCORES_OUTPUT, TensorProto.FLOAT, [INSTANCE_AXIS]),
         value_info(FUSED_CLASSES_OUTPUT, TensorProto.INT64, [INSTANCE_AXIS]),
+        *([value_info(roi_feed, TensorProto.FLOAT, [INSTANCE_AXIS, 4])] if roi_feed else []),
     ]
-    return b.model([value_info(spec.tensor, TensorProto.FLOAT, list(input_shape))], outputs, opset, ir_version,
-                   name="roiseg_detection_postprocessing")
+    inputs = [value_info(spec.tensor, TensorProto.FLOAT, list(input_shape))]
+    if image_input is not None:
+        inputs.append(value_info(image_input, TensorProto.UINT8, [RAW_HEIGHT_AXIS, RAW_WIDTH_AXIS, 3]))
+    return b.model(inputs, outputs, opset, ir_version, name="roiseg_detection_postprocessing")

@@ -108,13 +108,15 @@ def prepend_preprocessing(trimmed: onnx.ModelProto, input_hw: tuple[int, int], p
 def build_fused(
     detector: str | Path, head: str | Path | HeadSource, feature_tensor: str | None = None,
     opset: int | None = None, strict: bool = False, outputs: Sequence[str] = DEFAULT_OUTPUTS,
-    image_input: str = "tensor",
+    image_input: str = "tensor", keep_tensors: Sequence[str] = (),
 ) -> FusedBuild:
     """Step 1 of the module docstring; returns the unsimplified model.
 
     ``outputs``: output modes (``conventions.OUTPUT_MODES``; :class:`InputError` for an unknown one).
     ``image_input``: ``tensor`` (``images`` [1, 3, H, W], preprocessed by the caller) or ``raw``
     (``image`` uint8 [H0, W0, 3] BGR, preprocessed in the graph, masks at H0 x W0).
+    ``keep_tensors``: detector tensors the trimmed detector keeps as well, as extra outputs of the
+    model under their own names (the instance model reads the detections this way).
 
     ``feature_tensor`` defaults to the tensor recorded with the head; ``opset`` to the higher of
     the detector's and the head's (at least 16); ``strict`` refuses a head recorded with another
@@ -138,8 +140,9 @@ def build_fused(
         LOG.warning(note)
 
     original = gt.load_model(path)
-    LOG.info("trimming %s at %s", path.name, ", ".join([tensor, *extras]))
-    trimmed = gt.trim_at_tensor(original, [tensor, *extras])
+    keep = [t for t in keep_tensors if t not in (tensor, *extras)]
+    LOG.info("trimming %s at %s", path.name, ", ".join([tensor, *extras, *keep]))
+    trimmed = gt.trim_at_tensor(original, [tensor, *extras, *keep])
     head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
     trimmed = gt.convert_opset(trimmed, target, f"detector {path}")
@@ -192,18 +195,29 @@ def contract_feeds(image: np.ndarray) -> list[dict[str, np.ndarray]]:
     return [{DEFAULT_IMAGE_INPUT: image, FUSED_ROIS_INPUT: rois} for rois in contract_roi_sets()]
 
 
+def model_feeds(build: FusedBuild, check_images: Sequence[str | Path] | None = None) -> list[dict[str, np.ndarray]]:
+    """Feeds to verify the finished model on: :func:`check_feeds` and :func:`contract_feeds`, raw
+    images for a raw-image model, and only the inputs the model has: without ``rois`` (an instance
+    model finds its own boxes) each image once, plus a black one (no detections)."""
+    feeds = check_feeds(build.meta.input_hw, build.meta.preprocessing, check_images)
+    feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT])
+    if FUSED_ROIS_INPUT not in {vi.name for vi in gt.graph_inputs(build.model)}:
+        images = list({id(f[DEFAULT_IMAGE_INPUT]): f[DEFAULT_IMAGE_INPUT] for f in feeds}.values())
+        feeds = [{DEFAULT_IMAGE_INPUT: image, FUSED_ROIS_INPUT: np.zeros((0, 4), np.float32)}
+                 for image in [*images, np.zeros_like(images[0])]]
+    if build.meta.image_input == "raw":
+        feeds = raw_feeds(feeds, build.meta.preprocessing)
+    names = {vi.name for vi in gt.graph_inputs(build.model)}
+    return [{k: v for k, v in feed.items() if k in names} for feed in feeds]
+
+
 def finish_fused(
     build: FusedBuild, simplify: bool = True, check_images: Sequence[str | Path] | None = None, fp16: bool = False,
 ) -> tuple[onnx.ModelProto, str]:
     """Step 2: the model to write (simplified when verified; with ``fp16``, float16 compute where safe,
     :mod:`roiseg.deploy.precision`) and a note on what was done."""
     model = build.model
-    feeds = []
-    if simplify or fp16:
-        feeds = check_feeds(build.meta.input_hw, build.meta.preprocessing, check_images)
-        feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT])
-        if build.meta.image_input == "raw":
-            feeds = raw_feeds(feeds, build.meta.preprocessing)
+    feeds = model_feeds(build, check_images) if simplify or fp16 else []
     if simplify:
         result = gt.simplify_verified(model, feeds)
         model, note = result.model, result.note
@@ -247,6 +261,13 @@ def fuse(
     out = Path(out)
     build = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs,
                         image_input=image_input)
+    return finish_and_write(build, out, simplify, check_images, fp16)
+
+
+def finish_and_write(build: FusedBuild, out: str | Path, simplify: bool = True,
+                     check_images: Sequence[str | Path] | None = None, fp16: bool = False) -> FuseReport:
+    """Step 2 on a built model (:func:`finish_fused`), then save it atomically to ``out``; what was written."""
+    out = Path(out)
     nodes_before = len(build.model.graph.node)
     model, note = finish_fused(build, simplify, check_images, fp16)
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))

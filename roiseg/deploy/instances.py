@@ -1,94 +1,129 @@
 """Image -> person instances in one ONNX: the detector's boxes, NMS and the masks in one graph.
 
-``images`` [1, 3, H, W] -> ``boxes`` [K, 4] (normalised x1y1x2y2), ``scores`` [K], ``classes`` [K]
+``images`` [1, 3, H, W] (or the raw ``image``) -> ``boxes`` [K, 4], ``scores`` [K], ``classes`` [K]
 (int64) and the mask outputs of the ROI model (``masks`` [K, 3, H, W] by default) for those boxes.
+``boxes`` are normalised x1y1x2y2, or pixels of the original image with the raw-image input.
 
-Built from the one build pipeline: :func:`roiseg.deploy.fuse.build_fused` gives the ROI model
-(``images`` + ``rois`` -> masks, unsimplified); the detector cut at its detection tensor, at the
-same opset, and the post-processing graph (:mod:`roiseg.deploy.detections_onnx`) feed its
-``rois``; both detector copies share the image input, and :func:`graph_tools.dedupe.merge_duplicate_nodes`
-merges the copies, so the detector runs once (what only the taps need stays). Then simplification,
-verified on images only (:func:`finish_instances`), and the ROI model's metadata plus
-``roiseg.instances`` (JSON: detection spec and thresholds).
+Built from the one build pipeline (``roiseg fuse --instances``):
+
+1. :func:`roiseg.deploy.fuse.build_fused` gives the ROI model (``images`` + ``rois`` -> masks,
+   unsimplified) whose trimmed detector also keeps the detection tensor as an output
+   (``keep_tensors``): the detector runs once, and with the raw-image input it reads the in-graph
+   preprocessed image like the head.
+2. The post-processing graph (:mod:`roiseg.deploy.detections_onnx`) is spliced behind that output,
+   and its normalised boxes replace the ``rois`` input (:func:`graph_tools.loop_back`; the internal
+   tensor keeps the name ``rois``).
+3. :func:`roiseg.deploy.fuse.finish_fused` simplifies (verified on images only), converts to float16
+   with ``--fp16`` and writes the metadata: the ROI model's plus ``roiseg.instances``.
+
+A head trained with another preprocessing than the detector wants (``det_preprocessing``, e.g.
+YOLOX's BGR 0..255 under a head trained on RGB / 255) cannot share one detector run: the detection
+path is then a second copy of the detector (names under :data:`DET_PREFIX`) fed by the head's
+``images`` converted in the graph (:func:`roiseg.deploy.raw_input.conversion_model`; with the raw
+input, the raw image preprocessed for the detector). The detector then runs twice.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
-import numpy as np
 import onnx
 
 import graph_tools as gt
-from graph_tools.dedupe import merge_duplicate_nodes
 from roiseg.conventions import (
-    DEFAULT_FUSED_MODEL, DEFAULT_IMAGE_INPUT, DEFAULT_OUTPUTS, DETECTOR_PREFIX, FUSED_BOXES_OUTPUT, FUSED_ROIS_INPUT,
-    INSTANCE_AXIS, INSTANCE_OUTPUTS, POST_PREFIX,
+    DEFAULT_FUSED_MODEL, DEFAULT_IMAGE_INPUT, DEFAULT_OUTPUTS, DETECTOR_PREFIX, FUSED_ROIS_INPUT, INSTANCE_AXIS,
+    INSTANCE_OUTPUTS, POST_PREFIX, RAW_IMAGE_INPUT, Preprocessing,
 )
 from roiseg.deploy.detections import DetectionSpec, InstanceParams, detection_spec
 from roiseg.deploy.detections_onnx import postprocess_model
 from roiseg.deploy.export import output_tensors
-from roiseg.deploy.fuse import FusedBuild, build_fused, full_check
-from roiseg.deploy.head_source import HeadSource
-from roiseg.deploy.metadata import write_metadata
-from roiseg.deploy.probes import check_feeds
+from roiseg.deploy.fuse import FusedBuild, build_fused, finish_and_write, full_check
+from roiseg.deploy.fuse_report import FuseReport
+from roiseg.deploy.head_source import HeadSource, load_head_source
+from roiseg.deploy.metadata import KEY_INSTANCES, write_metadata
+from roiseg.deploy.raw_input import DETECTOR_IMAGES, conversion_model, preprocessing_model
 from roiseg.errors import InputError, translate_graph_errors
-from roiseg.utils.atomic import ensure_writable_dir
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
 
-KEY_INSTANCES: str = "roiseg.instances"
-"""Metadata of an instance model: JSON ``{"detections": DetectionSpec, "params": InstanceParams}``."""
-MASKS_PREFIX: str = "roiseg_masks/"
-"""Prefix of the ROI model's names inside an instance model (its detector copy is merged away)."""
 ROI_FEED: str = "rois_feed"
-"""Post-processing output that feeds the ROI model's ``rois`` (a copy of ``boxes``)."""
+"""Post-processing output that becomes the ROI model's ``rois`` (the normalised boxes)."""
+DET_PREFIX: str = "roiseg_det/"
+"""Prefix of the second detector copy (only with a detector preprocessing other than the head's)."""
+DET_PRE_PREFIX: str = "pre/"
+DETECTOR_INPUT: str = "detector_input"
+DET_PREPROCESSED: str = DET_PREFIX + DET_PRE_PREFIX + DETECTOR_IMAGES
+"""In a model with a second detector copy: the image as that detector reads it (tensor input)."""
+DET_PREPROCESSED_RAW: str = DET_PREFIX + DET_PRE_PREFIX + DEFAULT_IMAGE_INPUT
+"""The same with the raw-image input."""
+
+
+class InstanceProps(NamedTuple):
+    """What ``roiseg.instances`` records: how the detections are read and kept, and the detector's
+    preprocessing when it is not the head's (``None``: the one ``images`` serves both)."""
+
+    spec: DetectionSpec
+    params: InstanceParams
+    det_preprocessing: Preprocessing | None = None
 
 
 @dataclass
 class InstanceBuild:
-    """An unsimplified instance model and what it was built from."""
+    """An unsimplified instance model (``build.model``, with the ROI model's metadata) and how it reads detections."""
 
-    model: onnx.ModelProto
-    roi_build: FusedBuild
-    spec: DetectionSpec
-    params: InstanceParams
-    nodes_merged: int = 0
-    warnings: list[str] = field(default_factory=list)
+    build: FusedBuild
+    props: InstanceProps
 
-
-def instance_props(spec: DetectionSpec, params: InstanceParams) -> dict[str, str]:
-    return {KEY_INSTANCES: json.dumps({"detections": json.loads(spec.to_json()), "params": json.loads(params.to_json())},
-                                      sort_keys=True)}
+    @property
+    def detector_runs(self) -> int:
+        return 1 if self.props.det_preprocessing is None else 2
 
 
-def read_instance_props(model: onnx.ModelProto) -> tuple[DetectionSpec, InstanceParams] | None:
-    """The detection spec and thresholds of an instance model; ``None`` for a ROI model."""
-    text = gt.read_props(model).get(KEY_INSTANCES)
-    if text is None:
-        return None
+def instances_json(props: InstanceProps) -> str:
+    """The ``roiseg.instances`` value of ``props``."""
+    pre = props.det_preprocessing
+    return json.dumps({"detections": json.loads(props.spec.to_json()), "params": json.loads(props.params.to_json()),
+                       "det_preprocessing": json.loads(pre.to_json()) if pre is not None else None}, sort_keys=True)
+
+
+def parse_instances(text: str) -> InstanceProps:
+    """Inverse of :func:`instances_json`."""
     d = json.loads(text)
-    p = d["params"]
-    return (DetectionSpec.from_json(json.dumps(d["detections"])),
-            InstanceParams(tuple(p["person_classes"]), p["score_threshold"], p["iou_threshold"], p["max_instances"]))
+    p, pre = d["params"], d.get("det_preprocessing")
+    return InstanceProps(
+        DetectionSpec.from_json(json.dumps(d["detections"])),
+        InstanceParams(tuple(p["person_classes"]), p["score_threshold"], p["iou_threshold"], p["max_instances"]),
+        Preprocessing.from_json(json.dumps(pre)) if pre is not None else None)
 
 
-def detection_front(original: onnx.ModelProto, spec: DetectionSpec, params: InstanceParams, opset: int) -> onnx.ModelProto:
-    """``images`` -> ``boxes``, ``scores``, ``classes`` and :data:`ROI_FEED`: the detector cut at the
-    detection tensor (at ``opset``) with the post-processing behind it."""
+def read_instance_props(model: onnx.ModelProto) -> InstanceProps | None:
+    """The :class:`InstanceProps` of an instance model; ``None`` for a ROI model."""
+    text = gt.read_props(model).get(KEY_INSTANCES)
+    return parse_instances(text) if text is not None else None
+
+
+def _output_dims(model: onnx.ModelProto, name: str) -> list:
+    return next(gt.dims(o) for o in model.graph.output if o.name == name)
+
+
+def detection_copy(original: onnx.ModelProto, spec: DetectionSpec, opset: int, head_pre: Preprocessing,
+                   det_pre: Preprocessing, input_hw: tuple[int, int], raw: bool) -> onnx.ModelProto:
+    """The detector cut at its detections, at ``opset``, fed by the head's ``images`` converted to
+    ``det_pre`` (with ``raw``: by the raw ``image`` preprocessed with ``det_pre``)."""
     detector = gt.convert_opset(gt.trim_at_tensor(original, [spec.tensor]), opset, "detector (detection path)")
     inputs = gt.graph_inputs(detector)
-    post = postprocess_model(spec, params, opset, detector.ir_version, gt.dims(detector.graph.output[0]))
-    post.graph.node.append(onnx.helper.make_node("Identity", [FUSED_BOXES_OUTPUT], [ROI_FEED], name="roi_feed"))
-    post.graph.output.append(onnx.helper.make_tensor_value_info(ROI_FEED, onnx.TensorProto.FLOAT, [INSTANCE_AXIS, 4]))
-    public = {name: name for name in INSTANCE_OUTPUTS}
-    return gt.splice(detector, post, {spec.tensor: spec.tensor}, rename_first_inputs={inputs[0].name: DEFAULT_IMAGE_INPUT},
-                     public=public, prefix=POST_PREFIX, clash_prefix=DETECTOR_PREFIX, pin_batch_of=(DEFAULT_IMAGE_INPUT,),
-                     producer_name="roiseg")
+    if len(inputs) != 1:
+        raise InputError(f"the detector has {len(inputs)} inputs; expected one image input")
+    gt.rename_tensors(detector.graph, {inputs[0].name: DETECTOR_INPUT})
+    if raw:
+        pre, pre_out = preprocessing_model(input_hw, det_pre, opset, detector.ir_version), DEFAULT_IMAGE_INPUT
+    else:
+        pre, pre_out = conversion_model(input_hw, head_pre, det_pre, opset, detector.ir_version), DETECTOR_IMAGES
+    return gt.feed_input(detector, DETECTOR_INPUT, pre, pre_out, prefix=DET_PRE_PREFIX)
 
 
 @translate_graph_errors
@@ -96,87 +131,71 @@ def build_instances(
     detector: str | Path, head: str | Path | HeadSource, detections: str | None = None, det_format: str | None = None,
     params: InstanceParams = InstanceParams(), feature_tensor: str | None = None, opset: int | None = None,
     strict: bool = False, outputs: Sequence[str] = DEFAULT_OUTPUTS, decoded: bool | None = None,
+    image_input: str = "tensor", det_preprocessing: Preprocessing | None = None,
 ) -> InstanceBuild:
     """The unsimplified instance model (see the module docstring); nothing is written.
 
     ``detections``/``det_format``/``decoded``: :func:`roiseg.deploy.detections.detection_spec`
     (the detector's detection output and its format, found from shapes and metadata by default).
-    The other arguments are :func:`roiseg.deploy.fuse.build_fused`'s.
+    ``det_preprocessing``: what the detector wants when the head was trained with another
+    preprocessing (``None``: the head's). The other arguments are :func:`build_fused`'s.
     """
-    roi = build_fused(detector, head, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs)
-    original = gt.load_model(roi.detector_path)
+    source = head if isinstance(head, HeadSource) else load_head_source(head)
+    original = gt.load_model(detector)
     spec = detection_spec(original, detections, det_format, decoded)
     params.check(spec)
+    if det_preprocessing == source.preprocessing:
+        det_preprocessing = None
     LOG.info("detections: %s (%s, %d classes); persons %s, score > %g, IoU > %g suppressed, at most %d",
              spec.tensor, spec.format, spec.num_classes, list(params.person_classes), params.score_threshold,
              params.iou_threshold, params.max_instances)
-    front = detection_front(original, spec, params, roi.opset)
+    roi = build_fused(detector, source, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs,
+                      image_input=image_input, keep_tensors=() if det_preprocessing else (spec.tensor,))
+    raw = roi.meta.image_input == "raw"
+    image = RAW_IMAGE_INPUT if raw else DEFAULT_IMAGE_INPUT
+    order = (image, FUSED_ROIS_INPUT)
+    model, det_out, det_shape = roi.model, spec.tensor, None
+    if det_preprocessing is None:
+        det_shape = _output_dims(roi.detector, spec.tensor)
+    else:
+        LOG.info("the detector wants %s, the head was trained on %s: the detection path is a second detector copy",
+                 det_preprocessing.to_json(), source.preprocessing.to_json())
+        copy = detection_copy(original, spec, roi.opset, source.preprocessing, det_preprocessing, roi.meta.input_hw, raw)
+        det_shape = _output_dims(copy, spec.tensor)
+        model = gt.splice(model, copy, {}, share_inputs={image: image}, public={}, prefix=DET_PREFIX,
+                          clash_prefix=DETECTOR_PREFIX, input_order=order, producer_name="roiseg")
+        det_out = DET_PREFIX + spec.tensor
+    post = postprocess_model(spec, params, roi.opset, model.ir_version, det_shape, roi_feed=ROI_FEED,
+                             image_input=RAW_IMAGE_INPUT if raw else None)
+    model = gt.splice(model, post, {det_out: spec.tensor}, share_inputs={image: image} if raw else {},
+                      public={name: name for name in INSTANCE_OUTPUTS}, prefix=POST_PREFIX,
+                      clash_prefix=DETECTOR_PREFIX, input_order=order, producer_name="roiseg")
+    model = gt.loop_back(model, POST_PREFIX + ROI_FEED, FUSED_ROIS_INPUT)
     masks = output_tensors(roi.meta.outputs)
-    combined = gt.splice(
-        front, roi.model, {POST_PREFIX + ROI_FEED: FUSED_ROIS_INPUT}, share_inputs={DEFAULT_IMAGE_INPUT: DEFAULT_IMAGE_INPUT},
-        public={name: name for name in masks}, prefix=MASKS_PREFIX, clash_prefix=DETECTOR_PREFIX,
-        input_order=(DEFAULT_IMAGE_INPUT,), producer_name="roiseg",
-    )
-    for vi in combined.graph.output:  # the masks are per instance
+    kept = [o for o in model.graph.output if o.name in (*INSTANCE_OUTPUTS, *masks)]
+    del model.graph.output[:]  # the instance outputs first, then the masks (a kept detection tensor goes)
+    model.graph.output.extend(sorted(kept, key=lambda o: (*INSTANCE_OUTPUTS, *masks).index(o.name)))
+    for vi in model.graph.output:  # the masks are per instance
         if vi.name in masks and vi.type.tensor_type.shape.dim:
+            vi.type.tensor_type.shape.dim[0].Clear()
             vi.type.tensor_type.shape.dim[0].dim_param = INSTANCE_AXIS
-    merged, report = merge_duplicate_nodes(combined)
-    LOG.info("merged %d duplicate detector nodes (%d initializers)", report.nodes_removed, report.initializers_removed)
-    write_metadata(merged, roi.meta)
-    for key, value in instance_props(spec, params).items():
-        gt.set_prop(merged, key, value)
-    full_check(merged)
-    return InstanceBuild(merged, roi, spec, params, report.nodes_removed, list(roi.warnings))
+    props = InstanceProps(spec, params, det_preprocessing)
+    roi.meta.instances = instances_json(props)
+    write_metadata(model, roi.meta)
+    full_check(model)
+    build = FusedBuild(model, roi.detector, roi.meta, roi.opset, roi.head, roi.detector_path, roi.warnings)
+    return InstanceBuild(build, props)
 
 
-def instance_feeds(build: InstanceBuild, check_images: Sequence[str | Path] | None = None) -> list[dict[str, np.ndarray]]:
-    """Images to verify the simplified instance model on: the probe images and a black image (few or no detections)."""
-    meta = build.roi_build.meta
-    images = [f[DEFAULT_IMAGE_INPUT] for f in check_feeds(meta.input_hw, meta.preprocessing, check_images)][::2]
-    images.append(np.zeros_like(images[0]))
-    return [{DEFAULT_IMAGE_INPUT: image} for image in images]
-
-
-def finish_instances(build: InstanceBuild, simplify: bool = True,
-                     check_images: Sequence[str | Path] | None = None) -> tuple[onnx.ModelProto, str]:
-    """The model to write (simplified when verified on :func:`instance_feeds`) and a note on what was done."""
-    meta = build.roi_build.meta
-    model, note = build.model, "simplification switched off"
-    meta.simplified, meta.simplifier = False, ""
-    if simplify:
-        result = gt.simplify_verified(model, instance_feeds(build, check_images))
-        model, note = result.model, result.note
-        if not result.simplified:
-            build.warnings.append(f"kept the unsimplified model: {note}")
-        meta.simplified, meta.simplifier = result.simplified, result.tool
-    write_metadata(model, meta)
-    for key, value in instance_props(build.spec, build.params).items():
-        gt.set_prop(model, key, value)
-    return model, note
-
-
-@dataclass
-class InstanceFuseReport:
-    """What :func:`fuse_instances` wrote."""
-
-    out: Path
-    inputs: list
-    outputs: list
-    spec: DetectionSpec
-    params: InstanceParams
-    nodes: int
-    nodes_merged: int
-    simplify_note: str
-    warnings: list[str]
-
-    def summary(self) -> str:
-        lines = [f"instance model: {self.out}"]
-        lines += [f"  input  {n:<8} {s}" for n, s in self.inputs] + [f"  output {n:<8} {s}" for n, s in self.outputs]
-        lines += [f"  detections {self.spec.tensor} ({self.spec.format}); person classes {list(self.params.person_classes)}, "
-                  f"score > {self.params.score_threshold:g}, NMS IoU {self.params.iou_threshold:g}, "
-                  f"at most {self.params.max_instances}",
-                  f"  {self.nodes} nodes ({self.nodes_merged} duplicate detector nodes merged); {self.simplify_note}"]
-        return "\n".join(lines + [f"  warning: {w}" for w in self.warnings])
+def instance_notes(props: InstanceProps, detector_runs: int) -> list[str]:
+    """What a report says about the instance part of a model."""
+    spec, params = props.spec, props.params
+    notes = [f"instances: detections {spec.tensor} ({spec.format}); person classes {list(params.person_classes)}, "
+             f"score > {params.score_threshold:g}, NMS IoU {params.iou_threshold:g}, at most {params.max_instances}"]
+    if props.det_preprocessing is not None:
+        notes.append(f"the detector reads its own preprocessing {props.det_preprocessing.to_json()} "
+                     f"(a second detector copy: it runs {detector_runs} times)")
+    return notes
 
 
 @translate_graph_errors
@@ -185,17 +204,12 @@ def fuse_instances(
     detections: str | None = None, det_format: str | None = None, params: InstanceParams = InstanceParams(),
     feature_tensor: str | None = None, opset: int | None = None, simplify: bool = True, strict: bool = False,
     check_images: Sequence[str | Path] | None = None, outputs: Sequence[str] = DEFAULT_OUTPUTS,
-    decoded: bool | None = None,
-) -> InstanceFuseReport:
-    """Build, finish and write the instance model to ``out``; nothing is written when a check fails."""
-    out = Path(out)
-    build = build_instances(detector, head, detections, det_format, params, feature_tensor, opset, strict, outputs, decoded)
-    model, note = finish_instances(build, simplify, check_images)
-    if gt.needs_external_data(model):
-        raise InputError("the instance model is over 2 GB; write the ROI model with roiseg fuse instead")
-    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
-    gt.save_model(model, out)
-    io = gt.describe_io(model)
-    LOG.info("wrote %s", out)
-    return InstanceFuseReport(out, io["inputs"], io["outputs"], build.spec, build.params, len(model.graph.node),
-                              build.nodes_merged, note, build.warnings)
+    decoded: bool | None = None, fp16: bool = False, image_input: str = "tensor",
+    det_preprocessing: Preprocessing | None = None,
+) -> FuseReport:
+    """Build (:func:`build_instances`), finish (:func:`roiseg.deploy.fuse.finish_fused`) and write the
+    instance model to ``out``; nothing is written when a check fails."""
+    result = build_instances(detector, head, detections, det_format, params, feature_tensor, opset, strict, outputs,
+                             decoded, image_input, det_preprocessing)
+    result.build.notes.extend(instance_notes(result.props, result.detector_runs))
+    return finish_and_write(result.build, out, simplify, check_images, fp16)

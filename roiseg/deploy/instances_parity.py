@@ -1,6 +1,9 @@
 """Parity of an instance model (:mod:`roiseg.deploy.instances`) on real images.
 
-Per image, preprocessed as the model's metadata says:
+Per image, preprocessed as the model's metadata says (a raw-image model gets the image file as it is;
+the reference detector then reads the graph's own preprocessed image, and its boxes, in original
+pixels, are compared normalised; with a detector preprocessing of its own the reference detector
+gets the image converted to it):
 
 * ``boxes``/``scores``/``classes`` vs the Python reference: the original detector ONNX (onnxruntime)
   gives the detection tensor, :func:`roiseg.deploy.detections.reference_instances` (decode,
@@ -21,11 +24,13 @@ import onnx
 
 import graph_tools as gt
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, INSTANCE_OUTPUTS, PARITY_ATOL, preprocess, read_image,
+    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, INSTANCE_OUTPUTS, PARITY_ATOL, PREPROCESSED_TENSOR, RAW_IMAGE_INPUT,
+    Preprocessing, preprocess, read_image,
 )
 from roiseg.deploy.detections import Instances, reference_instances
-from roiseg.deploy.instances import read_instance_props
+from roiseg.deploy.instances import DET_PREPROCESSED_RAW, read_instance_props
 from roiseg.deploy.metadata import read_metadata
+from roiseg.deploy.raw_input import convert_preprocessed
 from roiseg.errors import InputError
 
 BOX_ATOL: float = 1e-4
@@ -54,6 +59,28 @@ def compare_instances(got: Instances, ref: Instances) -> dict[str, Any]:
             "classes_equal": bool(np.array_equal(got.classes[g], ref.classes[r]))}
 
 
+class _Inputs:
+    """How one image reaches the instance model, the reference detector and the ROI model."""
+
+    def __init__(self, model: onnx.ModelProto, meta, det_pre: Preprocessing | None) -> None:
+        self.meta, self.det_pre, self.raw = meta, det_pre, meta.image_input == "raw"
+        self.graph_pre = None
+        if self.raw:  # the reference detector reads what the graph's own preprocessing gives
+            tensor = PREPROCESSED_TENSOR if det_pre is None else DET_PREPROCESSED_RAW
+            self.graph_pre = gt.create_session(gt.trim_at_tensor(model, [tensor]))
+
+    def __call__(self, path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int]]:
+        """(the model's image feed, the detector's input, the original size)."""
+        bgr = read_image(path)
+        hw = (int(bgr.shape[0]), int(bgr.shape[1]))
+        if self.raw:
+            feed = {RAW_IMAGE_INPUT: np.ascontiguousarray(bgr)}
+            return feed, self.graph_pre.run(None, feed)[0].astype(np.float32), hw
+        x = preprocess(bgr, self.meta.input_hw, self.meta.preprocessing)
+        det = x if self.det_pre is None else convert_preprocessed(x, self.meta.preprocessing, self.det_pre)
+        return {DEFAULT_IMAGE_INPUT: x}, det, hw
+
+
 def instance_parity(
     instance_model: onnx.ModelProto | str | Path, detector: onnx.ModelProto | str | Path,
     roi_model: onnx.ModelProto | str | Path, images: Sequence[str | Path],
@@ -64,7 +91,7 @@ def instance_parity(
     found = read_instance_props(model)
     if found is None:
         raise InputError("not an instance model (no roiseg.instances metadata)")
-    spec, params = found
+    spec, params, det_pre = found
     meta = read_metadata(model)
     original = _load(detector)
     exposed = original if spec.tensor in {o.name for o in original.graph.output} else \
@@ -72,14 +99,17 @@ def instance_parity(
     det, inst, roi = gt.create_session(exposed), gt.create_session(model), gt.create_session(_load(roi_model))
     det_input = det.get_inputs()[0].name
     mask_names = [o.name for o in inst.get_outputs() if o.name not in INSTANCE_OUTPUTS]
+    inputs = _Inputs(model, meta, det_pre)
     rows = []
     for path in images:
-        x = preprocess(read_image(path), meta.input_hw, meta.preprocessing)
-        outs = dict(zip([o.name for o in inst.get_outputs()], inst.run(None, {DEFAULT_IMAGE_INPUT: x})))
+        feed, x_det, (h0, w0) = inputs(path)
+        outs = dict(zip([o.name for o in inst.get_outputs()], inst.run(None, feed)))
         got = Instances(*(outs[name] for name in INSTANCE_OUTPUTS))
-        ref = reference_instances(det.run([spec.tensor], {det_input: x})[0], spec, params)
+        if inputs.raw:  # boxes in original pixels: compare them normalised
+            got.boxes = (got.boxes / np.float32([w0, h0, w0, h0])).astype(np.float32)
+        ref = reference_instances(det.run([spec.tensor], {det_input: x_det})[0], spec, params)
         row = {"image": Path(path).name, **compare_instances(got, ref)}
-        roi_outs = roi.run(mask_names, {DEFAULT_IMAGE_INPUT: x, FUSED_ROIS_INPUT: got.boxes})
+        roi_outs = roi.run(mask_names, {**feed, FUSED_ROIS_INPUT: got.boxes})
         row["mask_max_abs"] = max((float(np.abs(outs[n].astype(np.float64) - r).max()) if r.size else 0.0
                                    for n, r in zip(mask_names, roi_outs)), default=0.0)
         row["thresholds_held"] = bool(len(got.scores) <= params.max_instances
@@ -90,3 +120,24 @@ def instance_parity(
         rows.append(row)
     return {"images": rows, "box_atol": box_atol, "mask_atol": mask_atol, "detections": spec.to_json(),
             "params": params.to_json(), "passed": bool(rows) and all(r["passed"] for r in rows)}
+
+
+def format_instance_table(report: dict[str, Any]) -> str:
+    """The per-image table ``roiseg parity-check`` prints for an instance model."""
+    head = f"{'image':<22} {'K':>4} {'ref K':>6} {'box max abs':>12} {'score max abs':>14} {'masks max abs':>14}  result"
+    lines = [head, "-" * len(head)]
+    for r in report["images"]:
+        lines.append(f"{r['image'][:22]:<22} {r['count']:>4} {r['reference_count']:>6} {r['box_max_abs']:>12.2e} "
+                     f"{r['score_max_abs']:>14.2e} {r['mask_max_abs']:>14.2e}  "
+                     f"{'PASS' if r['passed'] else 'FAIL'}{'' if r['classes_equal'] else ' (classes differ)'}"
+                     f"{'' if r['thresholds_held'] else ' (thresholds not held)'}")
+    lines.append(f"{len(report['images'])} image(s), {sum(r['count'] for r in report['images'])} instances; boxes and "
+                 f"scores <= {report['box_atol']:g}, masks <= {report['mask_atol']:g}: "
+                 f"{'PASS' if report['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def instance_failure_summary(report: dict[str, Any]) -> str:
+    """One line naming the images that failed."""
+    bad = [r["image"] for r in report["images"] if not r["passed"]]
+    return f"{len(bad)} of {len(report['images'])} image(s) failed: {', '.join(bad[:8])}" if bad else "no image compared"

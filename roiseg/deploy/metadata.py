@@ -27,6 +27,9 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.fp16``                 ``"true"`` when the model computes in float16 where safe (inputs/outputs float32)
 ``roiseg.outputs``              JSON list of the output modes present (``probs``, ``labels``, ``target``,
                                 ``roi_logits``; absent = ``["probs"]``), see ``conventions.OUTPUT_MODES``
+``roiseg.instances``            instance model only (``roiseg fuse --instances``): JSON ``{"detections":
+                                DetectionSpec, "params": InstanceParams, "det_preprocessing": Preprocessing
+                                or null}`` (``roiseg.deploy.instances.read_instance_props``); absent for a ROI model
 ==============================  =============================================================
 
 An exported head (``roiseg fuse --head head.onnx`` accepts one) carries ``roiseg.head_config``
@@ -72,6 +75,8 @@ KEY_FP16 = PREFIX + "fp16"
 KEY_IMAGE_INPUT = PREFIX + "image_input"
 KEY_OUTPUTS = PREFIX + "outputs"
 """Fused model and exported head: JSON list of the output modes present."""
+KEY_INSTANCES = PREFIX + "instances"
+"""Instance model only: how its detections are read and kept (JSON, see the module docstring)."""
 KEY_EXTRACTOR = PREFIX + "extractor"
 """Exported head only: the checkpoint's extractor info (``ExtractorInfo.to_dict``) as JSON."""
 
@@ -103,6 +108,8 @@ class FusedMetadata:
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     """Output modes present (keys of ``conventions.OUTPUT_MODES``, in that order)."""
     class_names: tuple[str, ...] = CLASS_NAMES
+    instances: str = ""
+    """An instance model's :data:`KEY_INSTANCES` JSON (empty for a ROI model, which has no such entry)."""
     version: str = __version__
     roi_format: str = ROI_FORMAT
     extra: dict[str, str] = field(default_factory=dict)
@@ -129,6 +136,7 @@ class FusedMetadata:
             KEY_FP16: "true" if self.fp16 else "false",
             KEY_IMAGE_INPUT: self.image_input,
             KEY_OUTPUTS: json.dumps(list(self.outputs)),
+            **({KEY_INSTANCES: self.instances} if self.instances else {}),
         }
         return {**self.extra, **props}
 
@@ -166,7 +174,7 @@ class FusedMetadata:
             simplified=props.get(KEY_SIMPLIFIED, "false") == "true", simplifier=props.get(KEY_SIMPLIFIER, ""),
             fp16=props.get(KEY_FP16, "false") == "true", image_input=props.get(KEY_IMAGE_INPUT, "tensor"),
             class_names=names, extra_tensors=extra_tensors,
-            outputs=outputs,
+            outputs=outputs, instances=props.get(KEY_INSTANCES, ""),
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
         )
 
@@ -179,6 +187,7 @@ class FusedMetadata:
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
             "head_config": self.head_config.to_dict(), "simplified": self.simplified, "simplifier": self.simplifier, "fp16": self.fp16, "image_input": self.image_input, "version": self.version,
             "outputs": list(self.outputs),
+            **({"instances": json.loads(self.instances)} if self.instances else {}),
         }
 
 

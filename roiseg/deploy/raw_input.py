@@ -66,3 +66,37 @@ def raw_from_tensor(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """[1, 3, H, W] preprocessed float32 -> [H, W, 3] uint8 BGR that preprocesses back to (nearly) it."""
     hwc = np.clip(np.rint(images[0].transpose(1, 2, 0) / pre.scale), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(hwc[:, :, ::-1] if pre.color == "rgb" else hwc)
+
+
+DETECTOR_IMAGES: str = "detector_images"
+"""Output of :func:`conversion_model`: the image as the detector wants it."""
+
+
+def conversion_model(input_hw: tuple[int, int], head_pre: Preprocessing, det_pre: Preprocessing, opset: int,
+                     ir_version: int) -> onnx.ModelProto:
+    """``images`` [1, 3, H, W] preprocessed for the head -> :data:`DETECTOR_IMAGES` preprocessed for a
+    detector that wants ``det_pre`` (channels reversed when the colour orders differ, times the ratio of
+    the scales): the instance model's detection path when the head was trained on other preprocessing."""
+    for pre in (head_pre, det_pre):
+        check_raw_preprocessing(pre)
+    h, w = input_hw
+    consts = [numpy_helper.from_array(np.float32(det_pre.scale / head_pre.scale), "scale_ratio"),
+              numpy_helper.from_array(np.array([2, 1, 0], np.int64), "reverse")]
+    flip = head_pre.color != det_pre.color
+    nodes = [helper.make_node("Gather", [DEFAULT_IMAGE_INPUT, "reverse"], ["reordered"], name="channel_order", axis=1)]
+    nodes = nodes if flip else []
+    nodes.append(helper.make_node("Mul", ["reordered" if flip else DEFAULT_IMAGE_INPUT, "scale_ratio"], [DETECTOR_IMAGES],
+                                  name="rescale"))
+    graph = helper.make_graph(
+        nodes, "roiseg_detector_preprocessing",
+        [helper.make_tensor_value_info(DEFAULT_IMAGE_INPUT, TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info(DETECTOR_IMAGES, TensorProto.FLOAT, [1, 3, h, w])], consts,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def convert_preprocessed(images: np.ndarray, head_pre: Preprocessing, det_pre: Preprocessing) -> np.ndarray:
+    """What :func:`conversion_model` computes, in numpy."""
+    out = images[:, ::-1] if head_pre.color != det_pre.color else images
+    return np.ascontiguousarray(out * np.float32(det_pre.scale / head_pre.scale), dtype=np.float32)
+
