@@ -129,3 +129,51 @@ def test_predict_cli_prints_and_writes(fused, coco_tiny, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "#1 box 20,20,200,300" in printed and f"wrote {out}" in printed
     assert cv2.imread(str(out)) is not None  # a real JPEG, named .jpg
+
+
+@pytest.fixture(scope="module")
+def instance_model(tmp_path_factory, yolox_nano):
+    """yolox_nano instance model (tensor input, BGR 0..255 as YOLOX wants) with a random detail head."""
+    from helpers_graph import YOLOX_TENSOR
+
+    from roiseg.deploy.instances import fuse_instances
+
+    root = tmp_path_factory.mktemp("predict_instances")
+    ckpt = make_checkpoint(root / "yolox.pth", yolox_nano, YOLOX_TENSOR, preprocessing=Preprocessing(color="bgr", scale=1.0))
+    return fuse_instances(yolox_nano, ckpt, root / "instances.onnx", simplify=False).out
+
+
+def test_predict_instance_model_draws_every_person(instance_model, coco_tiny, tmp_path, capsys):
+    image = coco_tiny / "images/val2017/000000005001.jpg"
+    out, masks = tmp_path / "persons.png", tmp_path / "masks"
+    assert main(["predict", "--model", str(instance_model), "--image", str(image), "--out", str(out),
+                 "--save-masks", str(masks), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    bgr = cv2.imread(str(image))
+    h0, w0 = bgr.shape[:2]
+    boxes, scores, classes, probs = ort_session(instance_model).run(
+        None, {"images": preprocess(bgr, (416, 416), Preprocessing(color="bgr", scale=1.0))})
+    k = len(scores)
+    assert k >= 8 and f"{k} person(s) detected on {image} ({w0}x{h0})" in printed
+    first = ",".join(f"{v:.1f}" for v in boxes[0] * np.float32([w0, h0, w0, h0]))
+    assert f"#1 score {scores[0]:.3f} class 0 box {first}:" in printed and f"#{k} score" in printed
+    from roiseg.deploy.predict_instances import InstanceSession
+
+    pred = InstanceSession(instance_model, "cpu").predict(bgr)
+    full, labels = masks_to_original(probs, (h0, w0))
+    np.testing.assert_allclose(pred.probs, full, atol=1e-6)
+    np.testing.assert_array_equal(pred.labels, labels)
+    names = {p.name for p in masks.iterdir()}
+    assert len(names) == 2 * k and {f"000000005001_person{i}_{w}.png" for i in (1, k) for w in ("classes", "target")} <= names
+    assert cv2.imread(str(out)).shape == bgr.shape
+
+
+def test_predict_instance_model_without_persons_and_wrong_rois(instance_model, fused, coco_tiny, tmp_path, capsys):
+    empty = coco_tiny / "images/val2017/000000454661.jpg"
+    assert main(["predict", "--model", str(instance_model), "--image", str(empty), "--out", str(tmp_path / "e.png")]) == 0
+    assert f"no person detected on {empty}" in capsys.readouterr().out
+    assert main(["predict", "--model", str(instance_model), "--image", str(empty), "--roi", "1,1,50,50",
+                 "--out", str(tmp_path / "r.png")]) == 2
+    assert "finds the persons itself" in capsys.readouterr().err and not (tmp_path / "r.png").exists()
+    assert main(["predict", "--model", str(fused), "--image", str(empty), "--out", str(tmp_path / "r.png")]) == 2
+    assert "give at least one --roi" in capsys.readouterr().err and not (tmp_path / "r.png").exists()

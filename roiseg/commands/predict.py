@@ -15,19 +15,23 @@ LOG = get_logger("roiseg.commands.predict")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="segment the persons in given boxes of an image with the fused model",
+        help="segment the persons in given boxes of an image with the fused model (or every person an "
+             "instance model finds)",
         description=(
             "ROIs are pixel boxes x1,y1,x2,y2 of the original image (or normalised 0..1 boxes with --normalized; "
             "negative numbers work as --roi -50,-50,100,100); they are clipped to the image (with a "
             "warning), empty ones are refused; they are numbered from 1. Every output path is checked before "
             "any work. The image is preprocessed as the model's metadata says; "
-            "masks are resized back to the original size (bilinear probabilities, then argmax)."
+            "masks are resized back to the original size (bilinear probabilities, then argmax). An instance model "
+            "(fuse --instances) takes no --roi: every person it detects is drawn with its mask and score."
         ),
     )
-    p.add_argument("--model", type=Path, required=True, help="fused ONNX written by roiseg fuse")
+    p.add_argument("--model", type=Path, required=True,
+                   help="fused ONNX written by roiseg fuse (an instance model, fuse --instances, finds the persons "
+                        "itself: no --roi)")
     p.add_argument("--image", type=Path, required=True, help="image file")
-    p.add_argument("--roi", action="append", required=True, metavar="X1,Y1,X2,Y2",
-                   help="ROI in pixels of the original image (repeatable)")
+    p.add_argument("--roi", action="append", default=None, metavar="X1,Y1,X2,Y2",
+                   help="ROI in pixels of the original image (repeatable; a ROI model needs at least one)")
     p.add_argument("--normalized", action="store_true",
                    help="the --roi numbers are normalised to [0, 1] (fractions of the width and height)")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OVERLAY), help=f"overlay picture (default {DEFAULT_OVERLAY})")
@@ -52,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
         ok = False
     if not ok:
         raise InputError(f"--trt-rois must be three integers MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {args.trt_rois!r}")
+    from roiseg.deploy.predict_instances import is_instance_model
+
+    if is_instance_model(args.model):
+        if args.roi or args.normalized:
+            raise InputError(f"{args.model} is an instance model: it finds the persons itself; --roi and --normalized "
+                             "are for a ROI model")
+        return _run_instances(args)
+    if not args.roi:
+        raise InputError(f"{args.model} is a ROI model: give at least one --roi X1,Y1,X2,Y2 (pixels of the image)")
     rois = [parse_roi(r) for r in args.roi]
     if not args.normalized and max(max(r) for r in rois) <= 1.0:
         LOG.warning("every --roi coordinate is <= 1: these are pixels of the image, so the box is at most 1 pixel; "
@@ -66,3 +79,23 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _run_instances(args: argparse.Namespace) -> int:
+    from roiseg.conventions import NON_TARGET, TARGET
+    from roiseg.deploy.predict_instances import predict_instances
+
+    pred, written = predict_instances(args.model, args.image, out=args.out, masks_dir=args.save_masks, device=args.device)
+    if len(pred.scores) == 0:
+        print(f"no person detected on {args.image}")
+    else:
+        h, w = pred.labels.shape[1:]
+        print(f"{len(pred.scores)} person(s) detected on {args.image} ({w}x{h})")
+    for i, (box, score, cls, labels) in enumerate(zip(pred.rois_px, pred.scores, pred.classes, pred.labels), start=1):
+        box_text = ",".join(f"{v:.1f}" for v in box)
+        print(f"  #{i} score {score:.3f} class {int(cls)} box {box_text}: target {(labels == TARGET).sum()} px, "
+              f"non-target {(labels == NON_TARGET).sum()} px")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+

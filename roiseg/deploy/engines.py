@@ -63,8 +63,9 @@ def check_trt_rois(rois: Sequence[int]) -> tuple[int, int, int]:
 
 
 def trt_profiles(input_hw: tuple[int, int], image_input: str = "tensor",
-                 rois: Sequence[int] = TRT_ROIS) -> dict[str, str]:
-    """onnxruntime TensorRT provider options ``trt_profile_{min,opt,max}_shapes`` for a fused model."""
+                 rois: Sequence[int] = TRT_ROIS, has_rois: bool = True) -> dict[str, str]:
+    """onnxruntime TensorRT provider options ``trt_profile_{min,opt,max}_shapes`` for a fused model
+    (``has_rois`` False: an instance model, the image input only)."""
     lo, opt, hi = check_trt_rois(rois)
     h, w = input_hw
     if image_input == "raw":
@@ -72,7 +73,7 @@ def trt_profiles(input_hw: tuple[int, int], image_input: str = "tensor",
         images = [f"{RAW_IMAGE_INPUT}:{small}x{small}x3", f"{RAW_IMAGE_INPUT}:{h}x{w}x3", f"{RAW_IMAGE_INPUT}:{big}x{big}x3"]
     else:
         images = [f"{DEFAULT_IMAGE_INPUT}:1x3x{h}x{w}"] * 3
-    return {f"trt_profile_{kind}_shapes": f"{img},{FUSED_ROIS_INPUT}:{n}x4"
+    return {f"trt_profile_{kind}_shapes": f"{img},{FUSED_ROIS_INPUT}:{n}x4" if has_rois else img
             for kind, img, n in zip(("min", "opt", "max"), images, (lo, opt, hi))}
 
 

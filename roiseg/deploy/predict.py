@@ -151,8 +151,9 @@ def _blend(img: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alph
         img[mask] = ((1.0 - alpha) * img[mask] + alpha * np.asarray(colour, np.float32)).astype(np.uint8)
 
 
-def draw_overlay(image_bgr: np.ndarray, pred: Prediction) -> np.ndarray:
-    """Copy of the image with each ROI's box, its target mask (ROI colour) and non-target pixels (red)."""
+def draw_overlay(image_bgr: np.ndarray, pred: Prediction, captions: Sequence[str] | None = None) -> np.ndarray:
+    """Copy of the image with each ROI's box, its target mask (ROI colour) and non-target pixels (red);
+    each box captioned ``captions[i]`` (default ``#i``, from 1)."""
     out = image_bgr.copy()
     for i, labels in enumerate(pred.labels):
         _blend(out, labels == NON_TARGET, NON_TARGET_BGR, NON_TARGET_ALPHA)
@@ -162,7 +163,8 @@ def draw_overlay(image_bgr: np.ndarray, pred: Prediction) -> np.ndarray:
         colour = PALETTE_BGR[i % len(PALETTE_BGR)]
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x1, y1), (max(x2 - 1, x1), max(y2 - 1, y1)), colour, thickness)
-        cv2.putText(out, f"#{i + 1}", (x1 + 2, max(y1 + 14, 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        caption = captions[i] if captions is not None else f"#{i + 1}"
+        cv2.putText(out, caption, (x1 + 2, max(y1 + 14, 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     return out
 
 
@@ -178,10 +180,11 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     return write_bytes(path, buf.tobytes())
 
 
-def save_masks(pred: Prediction, folder: str | Path, stem: str) -> list[Path]:
-    """Per ROI ``<stem>_roi<i>_classes.png`` (class ids 0/1/2) and ``<stem>_roi<i>_target.png`` (0/255), ``i`` from 1."""
+def save_masks(pred: Prediction, folder: str | Path, stem: str, kind: str = "roi") -> list[Path]:
+    """Per ROI ``<stem>_roi<i>_classes.png`` (class ids 0/1/2) and ``<stem>_roi<i>_target.png`` (0/255), ``i``
+    from 1 (``kind`` replaces ``roi``: ``person`` for the instances an instance model found)."""
     folder = ensure_writable_dir(folder)
-    names = mask_file_names(stem, len(pred.labels))
+    names = mask_file_names(stem, len(pred.labels), kind)
     written = []
     for labels, classes_name, target_name in zip(pred.labels, names[0::2], names[1::2]):
         written.append(write_image(folder / classes_name, labels))
@@ -189,9 +192,9 @@ def save_masks(pred: Prediction, folder: str | Path, stem: str) -> list[Path]:
     return written
 
 
-def mask_file_names(stem: str, n: int) -> list[str]:
+def mask_file_names(stem: str, n: int, kind: str = "roi") -> list[str]:
     """The file names :func:`save_masks` writes for ``n`` ROIs of an image named ``stem``."""
-    return [f"{stem}_roi{i}_{kind}.png" for i in range(1, n + 1) for kind in ("classes", "target")]
+    return [f"{stem}_{kind}{i}_{what}.png" for i in range(1, n + 1) for what in ("classes", "target")]
 
 
 def check_outputs(out: str | Path | None, masks_dir: str | Path | None, stem: str, n: int) -> None:
