@@ -62,3 +62,58 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, built, yolox_nano
     assert code == 2 and len(_errors(err)) == 1 and expected[case] in _errors(err)[0], err
     assert "Traceback" not in err
     assert report.is_dir() if case == "report is a folder" else not report.exists()
+
+
+def test_crowd_regions_ignore_the_detections_on_them():
+    """COCO's crowd rule: a detection on an iscrowd region is neither a true nor a false positive."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from roiseg.metrics.coco_ap import coco_mask_ap, instance_result
+
+    person, crowd = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+    person[5:20, 5:15], crowd[25:38, 20:38] = True, True
+    rle = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))  # noqa: E731
+    gt = [{"id": 1, "image_id": 7, "segmentation": rle(person), "area": 150.0, "bbox": [5, 5, 10, 15]},
+          {"id": 2, "image_id": 7, "segmentation": rle(crowd), "area": 234.0, "bbox": [20, 25, 18, 13], "iscrowd": 1}]
+    dets = [instance_result(7, crowd, 0.95), instance_result(7, person, 0.9)]
+    images = [{"id": 7, "height": 40, "width": 40}]
+    assert coco_mask_ap(images, gt, dets)["AP"] == pytest.approx(1.0)
+    assert coco_mask_ap(images, [gt[0], {**gt[1], "iscrowd": 0}], dets)["AP50"] == pytest.approx(1.0)  # both found
+    assert coco_mask_ap(images, gt[:1], dets)["AP"] < 0.9  # without the crowd region it is a false positive
+
+
+@pytest.fixture(scope="module")
+def instance_model(work, yolox_nano):
+    from helpers_graph import YOLOX_TENSOR
+
+    from roiseg.conventions import Preprocessing
+    from roiseg.deploy.instances import fuse_instances
+
+    ckpt = make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, preprocessing=Preprocessing(color="bgr", scale=1.0))
+    return fuse_instances(yolox_nano, ckpt, work / "instances.onnx", simplify=False).out
+
+
+def test_instance_model_is_scored_with_its_own_detections(instance_model, built, coco_tiny, work, capsys):
+    """yolox_nano instance model on the first 3 coco-tiny val images (one with a crowd region, one without persons)."""
+    report, md = work / "instances.json", work / "instances.md"
+    common = ["--annotations", str(coco_tiny / VAL_JSON), "--images", str(coco_tiny / VAL_IMAGES), "--max-images", "3"]
+    assert main(["evaluate", "--model", str(instance_model), "--rois", "detector", *common, "--report", str(report),
+                 "--markdown", str(md), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    got = json.loads(report.read_text())
+    assert got["protocol"] == "instances" and got["images"]["evaluated"] == 3
+    assert all(0.0 <= got["mask_ap"][k] <= 1.0 for k in ("AP", "AP50", "AP75"))
+    assert got["num_crowd_regions"] == 1 and got["num_persons"] >= 14
+    counts = {r["file_name"]: r["detections"] for r in got["per_image"]}
+    assert counts["000000454661.jpg"] == 0 and counts["000000184324.jpg"] > 0
+    assert got["num_detections"] == sum(counts.values()) > 0
+    assert "mask AP with the model's own detections" in printed and f"{got['num_detections']} detections" in printed
+    assert "| AP | AP50 |" in md.read_text()
+    # what each mode cannot do: one line, exit 2
+    ckpt, fused = built
+    for args, expected in ((["--model", str(instance_model)], "evaluate it with --rois detector"),
+                           (["--model", str(fused), "--rois", "detector"], "is a ROI model"),
+                           (["--model", str(instance_model), "--rois", "detector", "--worst", "2"], "--worst")):
+        assert main(["evaluate", *args, *common]) == 2
+        assert expected in _errors(capsys.readouterr().err)[0]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from roiseg.conventions import DEVICE_CHOICES, EVALUATE_WORST_PICTURE
 
+ROI_SOURCES: tuple[str, ...] = ("gt", "detector")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,7 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Run a fused ONNX model (or a checkpoint through the PyTorch path, with --extractor) on the "
             "ground-truth person boxes of a COCO file (no-crowd persons; images with a crowd person skipped) "
             "and compare the masks at each image's original resolution: mean per-ROI target IoU beside the "
-            "whole-box floor, target boundary IoU, non-target IoU, COCO mask AP, by COCO size bucket."
+            "whole-box floor, target boundary IoU, non-target IoU, COCO mask AP, by COCO size bucket. With --rois "
+            "detector an instance model (fuse --instances) is scored with its own detections: COCO mask AP over "
+            "every image of the file, crowd regions ignored."
         ),
     )
     p.add_argument("--model", type=Path, required=True, help="fused ONNX model, or a roiseg checkpoint (.pth)")
@@ -35,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--worst-picture", type=Path, default=Path(EVALUATE_WORST_PICTURE),
                    help=f"file of the --worst picture (default {EVALUATE_WORST_PICTURE})")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+    p.add_argument("--rois", default="gt", choices=ROI_SOURCES,
+                   help="gt (default): the ground-truth person boxes, per-ROI figures; detector: an instance model "
+                        "(fuse --instances) with its own detections, scored with COCO mask AP (every detection a "
+                        "result with its score; crowd regions ignored as COCO does)")
     p.set_defaults(func=run)
 
 
@@ -56,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--worst and --workers must be >= 0")
     for out in _outputs(args):  # refuse unwritable outputs before any work
         check_output_file(out)
+    if args.rois == "detector":
+        return _run_detector(args)
+    if args.model.suffix.lower() == ".onnx":
+        from roiseg.deploy.predict_instances import is_instance_model
+
+        if is_instance_model(args.model):
+            raise InputError(f"{args.model} is an instance model: it finds its own boxes; evaluate it with --rois detector")
     model = load_mask_model(args.model, args.detector, args.feature_tensor, args.device)
     result = evaluate(model, args.annotations, args.images, max_images=args.max_images, workers=args.workers,
                       worst=args.worst, dilation_ratio=args.dilation_ratio)
@@ -68,3 +83,26 @@ def run(args: argparse.Namespace) -> int:
     if args.worst > 0:
         print(f"wrote {write_worst_picture(args.worst_picture, result.worst)}")
     return 0
+
+
+def _run_detector(args: argparse.Namespace) -> int:
+    from roiseg.deploy.evaluate_instances import evaluate_instances, format_instance_table, write_instance_markdown
+    from roiseg.deploy.evaluate_report import write_report_json
+    from roiseg.deploy.predict_instances import InstanceSession
+    from roiseg.errors import InputError
+
+    if args.model.suffix.lower() != ".onnx" or args.detector is not None:
+        raise InputError("--rois detector evaluates an instance model ONNX (roiseg fuse --instances); "
+                         "a checkpoint with --extractor has no detections")
+    if args.worst > 0:
+        raise InputError("--worst draws the ROIs of lowest target IoU, a per-ROI figure that --rois detector has not")
+    session = InstanceSession(args.model, args.device)
+    report = evaluate_instances(session, args.annotations, args.images, max_images=args.max_images, workers=args.workers)
+    print(f"model: instance model {args.model.name}")
+    print(format_instance_table(report))
+    if args.report is not None:
+        print(f"wrote {write_report_json(args.report, report)}")
+    if args.markdown is not None:
+        print(f"wrote {write_instance_markdown(args.markdown, report)}")
+    return 0
+

@@ -2,7 +2,8 @@
 
 The ground truth is a COCO object built in memory from the evaluated images and the annotations
 of the evaluated ROIs only (person category, ``iscrowd`` 0, each with an ``area``, which sets its
-size range). Each ROI contributes at most one detection: the RLE of its predicted target mask at
+size range; the instance protocol, ``evaluate --rois detector``, also passes the crowd regions with
+``iscrowd`` 1). Each ROI contributes at most one detection: the RLE of its predicted target mask at
 the original resolution (category person), scored by the mean predicted target probability inside
 that mask (:func:`detection`). Empty predicted masks are not detections.
 
@@ -46,17 +47,26 @@ def detection(image_id: int, mask: np.ndarray, target_prob: np.ndarray) -> dict[
     return {"image_id": image_id, "category_id": COCO_PERSON_CATEGORY_ID, "segmentation": rle, "score": score}
 
 
+def instance_result(image_id: int, mask: np.ndarray, score: float) -> dict[str, Any]:
+    """One COCO segm result for a detected instance: its [H0, W0] bool mask (empty allowed: a detection
+    whose mask is empty still counts, and misses) and the detector's ``score``."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"image_id": image_id, "category_id": COCO_PERSON_CATEGORY_ID, "segmentation": rle, "score": float(score)}
+
+
 def ground_truth(images: Sequence[dict], annotations: Sequence[dict]) -> COCO:
     """In-memory pycocotools COCO of ``images`` (``id``, ``height``, ``width``) and person ``annotations``.
 
     Each annotation needs ``id``, ``image_id``, ``segmentation`` (polygons or RLE, pixels of the
-    original image) and ``area``; it is stored with ``iscrowd`` 0 and the person category.
+    original image) and ``area``; it is stored with the person category and its own ``iscrowd`` (0 when
+    absent: COCOeval then ignores the detections that match a crowd region instead of counting them false).
     """
     gt = COCO()
     gt.dataset = {
         "images": [{"id": im["id"], "height": im["height"], "width": im["width"]} for im in images],
         "annotations": [
-            {"id": a["id"], "image_id": a["image_id"], "category_id": COCO_PERSON_CATEGORY_ID, "iscrowd": 0,
+            {"id": a["id"], "image_id": a["image_id"], "category_id": COCO_PERSON_CATEGORY_ID,
+             "iscrowd": int(a.get("iscrowd", 0)),
              "segmentation": a["segmentation"], "area": float(a["area"]), "bbox": list(a["bbox"])}
             for a in annotations
         ],
@@ -77,7 +87,7 @@ def coco_mask_ap(images: Sequence[dict], annotations: Sequence[dict], detections
     if not annotations:
         return {k: None for k in AP_KEYS}
     if not dets:
-        areas = [float(a["area"]) for a in annotations]
+        areas = [float(a["area"]) for a in annotations if not a.get("iscrowd", 0)]
         has = {k: any(lo <= x <= hi for x in areas) for k, (lo, hi) in _AREA_RANGES.items()}
         return {k: (0.0 if has.get(k, True) else None) for k in AP_KEYS}
     gt = ground_truth(images, annotations)
@@ -93,4 +103,4 @@ def coco_mask_ap(images: Sequence[dict], annotations: Sequence[dict], detections
     return {k: (None if v < 0 else v) for k, v in zip(AP_KEYS, stats)}
 
 
-__all__ = ["AP_KEYS", "coco_mask_ap", "detection", "ground_truth"]
+__all__ = ["AP_KEYS", "coco_mask_ap", "detection", "ground_truth", "instance_result"]
