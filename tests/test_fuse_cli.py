@@ -201,6 +201,29 @@ def test_parity_check_cli_passes_and_fails(work, stand_in_full, coco_tiny, capsy
     assert json.loads(bad_report.read_text())["passed"] is False
 
 
+def test_parity_check_cli_on_an_instance_model(work, stand_in_full, coco_tiny, capsys):
+    """parity-check --fused on a fuse --instances model: per-image table; another head's masks fail with exit 1."""
+    ckpt = make_checkpoint(work / "inst.pth", stand_in_full, variant="detail")
+    fused = work / "instances.onnx"
+    assert main(["fuse", "--instances", "--yolo", str(stand_in_full), "--head", str(ckpt), "--out", str(fused),
+                 "--score-threshold", "0.5"]) == 0
+    common = ["--yolo", str(stand_in_full), "--fused", str(fused), "--annotations", str(coco_tiny / VAL_JSON),
+              "--images", str(coco_tiny / VAL_IMAGES), "--max-images", "2"]
+    report = work / "inst_parity.json"
+    capsys.readouterr()
+    assert main(["parity-check", *common, "--head", str(ckpt), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "box max abs" in printed and "2 image(s)" in printed and "PASS" in printed
+    data = json.loads(report.read_text())
+    assert data["kind"] == "instances" and data["passed"] and sum(r["count"] for r in data["images"]) > 0
+    other = make_checkpoint(work / "inst_other.pth", stand_in_full, variant="detail", seed=5)
+    assert main(["parity-check", *common, "--head", str(other), "--report", str(report)]) == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "parity outside tolerance" in errors[0] and "image(s) failed" in errors[0]
+    assert main(["parity-check", *common[:4], "--head", str(ckpt), "--report", str(report)]) == 2
+    assert "checked on real images" in _error_lines(capsys.readouterr().err)[0]
+
+
 def test_fuse_accepts_an_exported_head_onnx(work, stand_in_featext, featext_ckpt):
     from roiseg.deploy.export import export_head
     from roiseg.training.checkpoint import load_head

@@ -19,7 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Run the fused model in onnxruntime and the PyTorch path (features from the original detector "
             "ONNX through onnxruntime, head in torch) on real images with GT boxes and edge-case ROIs. "
             "Reports per stage (trim, simplify, fused) max/mean/p99 absolute and max relative error, argmax "
-            "agreement and target-mask IoU. Exit 0 within tolerance, 1 otherwise."
+            "agreement and target-mask IoU. Exit 0 within tolerance, 1 otherwise. An instance model (--fused, "
+            "built with fuse --instances) is checked per image instead: its boxes, scores and classes against the "
+            "Python reference on the detector's output, its masks against the ROI model built here with its boxes "
+            "(needs --images)."
         ),
     )
     p.add_argument("--fused", type=Path, default=None,
@@ -49,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from roiseg.deploy.instances_parity import format_instance_table, instance_failure_summary
     from roiseg.deploy.parity import failure_summary, format_table, run_parity
     from roiseg.errors import CheckFailed, InputError
     from roiseg.utils.atomic import check_output_file, write_json
@@ -65,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
                         atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
                         feature_tensor=args.feature_tensor, mean_atol=args.mean_atol,
                         engine=args.engine)
-    print(format_table(report))
+    instances = report.get("kind") == "instances"
+    print(format_instance_table(report) if instances else format_table(report))
     write_json(args.report, report)
     print(f"wrote {args.report}")
     if not report["passed"]:
-        raise CheckFailed(f"parity outside tolerance: {failure_summary(report)}")
+        why = instance_failure_summary(report) if instances else failure_summary(report)
+        raise CheckFailed(f"parity outside tolerance: {why}")
     return 0

@@ -29,9 +29,14 @@ from roiseg.conventions import (
 )
 from roiseg.deploy.detections import Instances, reference_instances
 from roiseg.deploy.instances import DET_PREPROCESSED_RAW, read_instance_props
+from roiseg.deploy.fuse import build_fused, finish_fused
 from roiseg.deploy.metadata import read_metadata
+from roiseg.deploy.probes import probe_image_paths
 from roiseg.deploy.raw_input import convert_preprocessed
-from roiseg.errors import InputError
+from roiseg.errors import InputError, translate_graph_errors
+from roiseg.utils.progress import get_logger
+
+LOG = get_logger(__name__)
 
 BOX_ATOL: float = 1e-4
 """Largest difference of a normalised box coordinate or a score between the graph and the reference."""
@@ -141,3 +146,32 @@ def instance_failure_summary(report: dict[str, Any]) -> str:
     """One line naming the images that failed."""
     bad = [r["image"] for r in report["images"] if not r["passed"]]
     return f"{len(bad)} of {len(report['images'])} image(s) failed: {', '.join(bad[:8])}" if bad else "no image compared"
+
+
+@translate_graph_errors
+def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Path, annotations: str | Path | None = None,
+                        images: str | Path | None = None, max_images: int | None = None,
+                        atol: float | None = None) -> dict[str, Any]:
+    """``parity-check`` on an instance model: the ROI model built from ``detector`` and ``head`` as
+    ``roiseg fuse`` builds it (with the file's feature tensor, opset, output modes and image input),
+    then :func:`instance_parity` on the real images (``annotations`` + ``images``, or every image of the
+    ``images`` folder). ``atol``: the mask tolerance (default ``PARITY_ATOL``)."""
+    fused = Path(fused)
+    meta = read_metadata(fused)
+    if meta.fp16:
+        raise InputError(f"{fused} computes in float16: instance parity compares detections exactly; "
+                         "check the float32 instance model")
+    if images is None:
+        raise InputError("an instance model is checked on real images (give --images, with or without --annotations)")
+    paths = probe_image_paths(annotations, images, max_images)
+    opset = gt.default_opset(gt.load_model(fused, load_external_data=False))
+    build = build_fused(detector, head, feature_tensor=meta.feature_tensor, opset=opset, outputs=meta.outputs,
+                        image_input=meta.image_input)
+    if meta.extractor_sha256 != build.meta.extractor_sha256:
+        LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
+    roi_model, _ = finish_fused(build)
+    report = instance_parity(fused, detector, roi_model, paths, mask_atol=PARITY_ATOL if atol is None else atol)
+    report.update({"kind": "instances", "fused": str(fused), "detector": str(detector), "head": str(head),
+                   "metadata": meta.summary()})
+    return report
+

@@ -6,6 +6,9 @@ Stages (each compares a candidate with a reference on the same inputs):
   tensor inside the *original* detector (exposed as an extra output, nothing else changed);
   onnxruntime on both sides.
 * ``simplify``: the simplified fused model vs the unsimplified one (skipped when not simplified).
+* An instance model (``fuse --instances``) is checked by
+  :func:`roiseg.deploy.instances_parity.run_instance_parity` instead (detections vs the Python reference,
+  masks vs the ROI model built here).
 * ``fused``: the fused model in onnxruntime vs the PyTorch path: features from the original
   detector ONNX through onnxruntime, then the head in torch (:func:`roiseg.deploy.export.deployed_masks`:
   the same ROI sanitising as the graph), same preprocessing. The first image also runs the contract's
@@ -48,6 +51,7 @@ from roiseg.deploy.engines import ENGINES, engine_session
 from roiseg.deploy.export import deployed_outputs, output_tensors
 from roiseg.deploy.fuse import build_fused, contract_roi_sets, finish_fused
 from roiseg.deploy.head_source import load_head_source
+from roiseg.deploy.instances_parity import run_instance_parity
 from roiseg.deploy.metadata import read_metadata
 from roiseg.deploy.raw_input import RAW_PREPROCESS_ATOL, raw_from_tensor
 from roiseg.deploy.probes import (
@@ -213,6 +217,10 @@ def run_parity(
         raise InputError("OpenVINO is not installed; it is the optional dependency group 'openvino' (uv sync --group openvino)")
     if annotations is not None and images is None:
         raise InputError("annotations need the folder of the annotated image files (images)")
+    if fused is not None and read_metadata(fused).instances:
+        if engine != "onnxruntime":
+            raise InputError("an instance model is checked in onnxruntime only")
+        return run_instance_parity(detector, head, fused, annotations, images, max_images, atol)
     source = load_head_source(head)
     if source.head is None:
         raise InputError(f"head {head}: parity needs a checkpoint (the PyTorch path runs its weights)")

@@ -130,6 +130,23 @@ def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], prepr
         yield ProbeImage(p.name, preprocess(raw, input_hw, preprocessing), plausible_rois(3, seed=i), raw=raw)
 
 
+def probe_image_paths(annotations: str | Path | None, images_dir: str | Path,
+                      max_images: int | None = None) -> list[Path]:
+    """The files :func:`coco_probe_images` (with ``annotations``) or :func:`folder_probe_images` would use."""
+    _check_max_images(max_images)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"image folder not found: {images_dir}")
+    if annotations is not None:
+        sel = select_persons(load_coco_json(annotations), annotations, images_dir)
+        files = [images_dir / rec["file_name"] for rec in sel.images]
+    else:
+        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no image to compare on in {images_dir}")
+    return files[:max_images]
+
+
 def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], large: int = 0) -> list[np.ndarray]:
     """ROI sets run on one image: 1 ROI, ``MANY_ROIS`` (GT + edge cases) and, if ``large``, that many."""
     one = probe.gt_rois[:1] if len(probe.gt_rois) else plausible_rois(1)
