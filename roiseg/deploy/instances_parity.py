@@ -1,9 +1,10 @@
 """Parity of an instance model (:mod:`roiseg.deploy.instances`) on real images.
 
-Per image, preprocessed as the model's metadata says (a raw-image model gets the image file as it is;
-the reference detector then reads the graph's own preprocessed image, and its boxes, in original
-pixels, are compared normalised; with a detector preprocessing of its own the reference detector
-gets the image converted to it):
+Per image, preprocessed as the model's metadata says. A raw-image model gets the image file as it is;
+the reference detector then reads the graph's own preprocessed image, the model's normalised boxes
+(its internal ``rois``, which feed its head) are compared and fed to the ROI model, and its pixel
+``boxes`` must be those times the image size. With a detector preprocessing of its own
+(``--det-preprocessing``) the reference detector gets the image converted to it.
 
 * ``boxes``/``scores``/``classes`` vs the Python reference: the original detector ONNX (onnxruntime)
   gives the detection tensor, :func:`roiseg.deploy.detections.reference_instances` (decode,
@@ -11,7 +12,8 @@ gets the image converted to it):
   classes, box and score max abs ``<= box_atol``.
 * the mask outputs vs the ROI model (``images`` + ``rois``, from ``roiseg fuse``) run with the
   instance model's own boxes: max abs ``<= mask_atol``.
-* the thresholds: every score ``> score_threshold``, ``K <= max_instances``, classes among the person classes.
+* the thresholds: every score ``> score_threshold``, ``K <= max_instances``, classes among the person classes
+  (and, for a raw-image model, the pixel boxes).
 """
 
 from __future__ import annotations
@@ -101,17 +103,24 @@ def instance_parity(
     original = _load(detector)
     exposed = original if spec.tensor in {o.name for o in original.graph.output} else \
         gt.trim_at_tensor(original, [spec.tensor], keep_original_outputs=True)
-    det, inst, roi = gt.create_session(exposed), gt.create_session(model), gt.create_session(_load(roi_model))
-    det_input = det.get_inputs()[0].name
-    mask_names = [o.name for o in inst.get_outputs() if o.name not in INSTANCE_OUTPUTS]
     inputs = _Inputs(model, meta, det_pre)
+    # a raw-image model's boxes are pixels: read its normalised boxes (the internal rois) as well
+    internal = inputs.raw and FUSED_ROIS_INPUT in {o for n in model.graph.node for o in n.output}
+    run_model = gt.trim_at_tensor(model, [FUSED_ROIS_INPUT], keep_original_outputs=True) if internal else model
+    det, inst, roi = gt.create_session(exposed), gt.create_session(run_model), gt.create_session(_load(roi_model))
+    det_input = det.get_inputs()[0].name
+    mask_names = [o.name for o in inst.get_outputs() if o.name not in (*INSTANCE_OUTPUTS, FUSED_ROIS_INPUT)]
     rows = []
     for path in images:
         feed, x_det, (h0, w0) = inputs(path)
         outs = dict(zip([o.name for o in inst.get_outputs()], inst.run(None, feed)))
         got = Instances(*(outs[name] for name in INSTANCE_OUTPUTS))
+        pixels_held = True
         if inputs.raw:  # boxes in original pixels: compare them normalised
-            got.boxes = (got.boxes / np.float32([w0, h0, w0, h0])).astype(np.float32)
+            size = np.float32([w0, h0, w0, h0])
+            normalised = outs[FUSED_ROIS_INPUT] if internal else (got.boxes / size).astype(np.float32)
+            pixels_held = bool(np.allclose(got.boxes, normalised * size, rtol=1e-6, atol=1e-3))
+            got.boxes = normalised
         ref = reference_instances(det.run([spec.tensor], {det_input: x_det})[0], spec, params)
         row = {"image": Path(path).name, **compare_instances(got, ref)}
         roi_outs = roi.run(mask_names, {**feed, FUSED_ROIS_INPUT: got.boxes})
@@ -119,7 +128,7 @@ def instance_parity(
                                    for n, r in zip(mask_names, roi_outs)), default=0.0)
         row["thresholds_held"] = bool(len(got.scores) <= params.max_instances
                                       and (got.scores > params.score_threshold).all()
-                                      and np.isin(got.classes, params.person_classes).all())
+                                      and np.isin(got.classes, params.person_classes).all() and pixels_held)
         row["passed"] = bool(row["box_max_abs"] <= box_atol and row["score_max_abs"] <= box_atol
                              and row["classes_equal"] and row["mask_max_abs"] <= mask_atol and row["thresholds_held"])
         rows.append(row)
