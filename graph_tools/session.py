@@ -30,15 +30,19 @@ def create_session(
     providers: Sequence[ProviderSpec] | None = None,
     options: ort.SessionOptions | None = None,
     what: str | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session on an in-memory model or a file.
 
     ``providers`` default to CPU only. ``what`` names the model in the :class:`GraphError` raised
-    when onnxruntime cannot load it (default: the path, or "model").
+    when onnxruntime cannot load it (default: the path, or "model"). ``arena=False`` turns off the
+    CPU memory arena, so a run's buffers are freed after it (lower peak when runs of very different
+    sizes alternate, e.g. checks; a little slower).
     """
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = DEFAULT_LOG_SEVERITY
+        options.enable_cpu_mem_arena = arena
     tmp = None
     if isinstance(model, onnx.ModelProto):
         if needs_external_data(model):

@@ -77,10 +77,12 @@ def trt_profiles(input_hw: tuple[int, int], image_input: str = "tensor",
             for kind, img, n in zip(("min", "opt", "max"), images, (lo, opt, hi))}
 
 
-def engine_session(engine: str, model: onnx.ModelProto) -> Any:
-    """A session with ``run(output_names, feeds)`` on ``engine`` (``onnxruntime`` CPU, ``openvino`` CPU f32)."""
+def engine_session(engine: str, model: onnx.ModelProto, arena: bool = True) -> Any:
+    """A session with ``run(output_names, feeds)`` on ``engine`` (``onnxruntime`` CPU, ``openvino`` CPU f32).
+
+    ``arena=False``: onnxruntime frees a run's buffers after it (parity checks bound their peak so)."""
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine == "openvino":
         return gt.create_openvino_session(model, "CPU", OPENVINO_PRECISION)
-    return gt.create_session(model)
+    return gt.create_session(model, arena=arena)

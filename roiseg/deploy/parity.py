@@ -62,6 +62,8 @@ from roiseg.utils.progress import get_logger, progress
 
 LOG = get_logger(__name__)
 
+COMPARE_CHUNK: int = 16
+"""ROIs compared at a time (PyTorch path and statistics): bounds the peak memory of large ROI sets."""
 LARGE_ROI_SET: int = 64
 """Size of the extra large ROI set run on the first image."""
 
@@ -144,7 +146,7 @@ class TorchPath:
 
     def __init__(self, detector: onnx.ModelProto, tensors: Sequence[str], head) -> None:
         self.tensors = list(tensors)
-        self.session = gt.create_session(exposed_feature_model(detector, self.tensors))
+        self.session = gt.create_session(exposed_feature_model(detector, self.tensors), arena=False)
         self.input_name = self.session.get_inputs()[0].name
         self.head = head.eval()
 
@@ -302,10 +304,10 @@ def compare_paths(
     the fused model (and the unsimplified one): ``onnxruntime`` or ``openvino`` (CPU, f32).
     """
     raw = RawPath(fused, raw_pre, input_hw) if raw_pre is not None else None
-    fused_s = engine_session(engine, fused)
-    trim_s = gt.create_session(trimmed_detector)
+    fused_s = engine_session(engine, fused, arena=False)  # no arena: the 64-ROI set must not stay resident
+    trim_s = gt.create_session(trimmed_detector, arena=False)
     trim_in = trim_s.get_inputs()[0].name
-    unsimp_s = engine_session(engine, unsimplified) if unsimplified is not None else None
+    unsimp_s = engine_session(engine, unsimplified, arena=False) if unsimplified is not None else None
     names = output_tensors(modes)
     stages = {
         "trim": ErrorStats("trim", "trimmed detector (fused model's detector path) vs the tensor inside the "
@@ -331,11 +333,17 @@ def compare_paths(
         for rois in sets:
             feeds = {**image_feed, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
             got = dict(zip(names, fused_s.run(names, feeds)))
-            want = reference.outputs(feats, image, feeds[FUSED_ROIS_INPUT], modes, out_hw)
-            for name in names:
-                stages[stage_name(name)].update(want[name], got[name])
-            if unsimp_s is not None:
-                stages["simplify"].update(unsimp_s.run(names[:1], feeds)[0], got[names[0]])
+            for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):  # PyTorch path and statistics in chunks
+                sl = slice(lo, lo + COMPARE_CHUNK)
+                want = reference.outputs(feats, image, feeds[FUSED_ROIS_INPUT][sl], modes, out_hw)
+                for name in names:
+                    stages[stage_name(name)].update(want[name], got[name][sl])
+                del want
+            if unsimp_s is not None:  # a ROI's output does not depend on the others: run it in chunks too
+                for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):
+                    part = {**feeds, FUSED_ROIS_INPUT: feeds[FUSED_ROIS_INPUT][lo:lo + COMPARE_CHUNK]}
+                    stages["simplify"].update(unsimp_s.run(names[:1], part)[0], got[names[0]][lo:lo + COMPARE_CHUNK])
+            del got
             n_sets += 1
             n_rois += len(rois)
     fixed = {"trim": PARITY_ATOL if fp16 else atol, "preprocess": RAW_PREPROCESS_ATOL + (1e-3 if fp16 else 0.0)}
