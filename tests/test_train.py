@@ -166,8 +166,10 @@ def trained(tmp_path_factory, stand_in_full):
     root = tmp_path_factory.mktemp("train_run")
     data = make_person_data(root / "data", n_train=8, n_val=4)
     out = root / "run"
+    # hflip 1.0: every train image mirrored every epoch, so from epoch 2 on every entry (plain val, mirrored
+    # train) is in the cache; with 0 < hflip < 1 a mirrored entry is computed the first time it is drawn.
     cfg = load_config(None, tiny_overrides(data, stand_in_full, out, train__epochs=3, features__cache=str(root / "cache"),
-                                           head__variant="detail"))
+                                           head__variant="detail", data__hflip=1.0))
     summary = train(cfg)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"out": out, "summary": summary, "records": records, "extractor": stand_in_full, "data": data}

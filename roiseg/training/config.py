@@ -83,7 +83,7 @@ class DataConfig:
     max_val_images: int = _opt(0, "--max-val-images", "use the first N val images (0 = all)")
     jitter: float = 0.0
     """ROI jitter of the train set (fraction of the box size), re-drawn each epoch."""
-    hflip: float = 0.0
+    hflip: float = 0.5
     """Probability that a train image is mirrored horizontally (image, masks and ROIs; its features
     are computed on the mirrored image and cached as a second entry), re-drawn each epoch."""
     batch_size: int = _opt(4, "--batch-size", "images per step")
