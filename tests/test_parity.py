@@ -124,3 +124,23 @@ def test_parity_fails_when_the_paths_differ(checkpoints, work, coco_tiny):
     assert report["stages"]["trim"]["passed"] is True  # the detector path is unchanged
     assert "fused: max abs" in failure_summary(report)
     assert "FAIL" in format_table(report)
+
+
+def test_large_roi_sets_are_compared_in_bounded_chunks(checkpoints, work, coco_tiny, monkeypatch):
+    """Peak memory of parity-check: the 64-ROI set never meets the PyTorch path or the statistics whole."""
+    import graph_tools
+    from roiseg.deploy import parity as parity_mod
+
+    detector, ckpt = checkpoints["stand_in"]
+    fused = fused_once(work, detector, ckpt, simplify=True)
+    seen, arenas = [], []
+    outputs = parity_mod.TorchPath.outputs
+    monkeypatch.setattr(parity_mod.TorchPath, "outputs",
+                        lambda self, f, image, rois, *a, **k: seen.append(len(rois)) or outputs(self, f, image, rois, *a, **k))
+    create = graph_tools.create_session
+    monkeypatch.setattr(graph_tools, "create_session", lambda *a, **k: arenas.append(k.get("arena", True)) or create(*a, **k))
+    report = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / VAL_JSON, images=coco_tiny / VAL_IMAGES,
+                        max_images=1, large_set=64)
+    assert report["passed"] and report["rois"] >= 64
+    assert max(seen) == parity_mod.COMPARE_CHUNK and sum(seen) >= 64
+    assert arenas and not any(arenas)  # every parity session frees its buffers after a run
