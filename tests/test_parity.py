@@ -144,3 +144,30 @@ def test_large_roi_sets_are_compared_in_bounded_chunks(checkpoints, work, coco_t
     assert report["passed"] and report["rois"] >= 64
     assert max(seen) == parity_mod.COMPARE_CHUNK and sum(seen) >= 64
     assert arenas and not any(arenas)  # every parity session frees its buffers after a run
+
+
+def test_probe_images_are_read_one_at_a_time(checkpoints, work, coco_tiny, monkeypatch):
+    """Peak memory of parity-check: an image is read when the comparison reaches it, and at most the one
+    before it is still held then (a list of all images would hold every earlier one)."""
+    import gc
+    import weakref
+
+    from roiseg.deploy import parity as parity_mod
+
+    detector, ckpt = checkpoints["stand_in"]
+    fused = fused_once(work, detector, ckpt, simplify=False)
+    read, alive_when_next = [], []
+    real = parity_mod.coco_probe_images
+
+    def tracked(*a, **k):
+        for probe in real(*a, **k):
+            gc.collect()
+            alive_when_next.append(sum(ref() is not None for ref in read))
+            read.append(weakref.ref(probe.image))
+            yield probe
+
+    monkeypatch.setattr(parity_mod, "coco_probe_images", tracked)
+    report = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / VAL_JSON, images=coco_tiny / VAL_IMAGES,
+                        max_images=4, large_set=0)
+    assert report["passed"] and report["images"] == 4 and len(report["image_names"]) == 4
+    assert len(alive_when_next) == 4 and max(alive_when_next) <= 1

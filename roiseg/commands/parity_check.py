@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from roiseg.deploy.parity import failure_summary, format_table, run_parity
     from roiseg.errors import CheckFailed, InputError
     from roiseg.utils.atomic import check_output_file, write_json
+    from roiseg.utils.memory import map_large_blocks
 
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images must be >= 1, got {args.max_images}")
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.min_argmax is not None and not 0 <= args.min_argmax <= 1:
         raise InputError(f"--min-argmax must be a fraction in [0, 1], got {args.min_argmax:g}")
     check_output_file(args.report)  # before any work
+    map_large_blocks()  # outputs of every ROI set are freed back to the OS, not kept resident
     report = run_parity(args.detector, args.head, fused=args.fused, annotations=args.annotations, images=args.images,
                         atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
                         feature_tensor=args.feature_tensor, mean_atol=args.mean_atol,

@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -55,7 +55,7 @@ from roiseg.deploy.instances_parity import run_instance_parity
 from roiseg.deploy.metadata import read_metadata
 from roiseg.deploy.raw_input import RAW_PREPROCESS_ATOL, raw_from_tensor
 from roiseg.deploy.probes import (
-    ProbeImage, coco_probe_images, folder_probe_images, plausible_rois, roi_sets, smooth_image,
+    ProbeImage, coco_probe_images, folder_probe_images, plausible_rois, probe_image_paths, roi_sets, smooth_image,
 )
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.utils.progress import get_logger, progress
@@ -243,11 +243,11 @@ def run_parity(
         fused_model = gt.load_model(fused_path)
         meta = read_metadata(fused_model)
         reference = TorchPath(gt.load_model(detector), [meta.feature_tensor, *meta.extra_tensors], source.head)
-        probes = _probe_images(meta, annotations, images, max_images)
+        probes, n_probes = _probe_images(meta, annotations, images, max_images)
         tol = parity_tolerances(meta.fp16, atol, min_argmax, mean_atol)
         unsimplified = build.model if meta.simplified and not meta.fp16 else None
         report = compare_paths(fused_model, build.detector, unsimplified, reference, probes, meta.input_hw,
-                               large_set=large_set, modes=meta.outputs, fp16=meta.fp16, **tol,
+                               n_probes=n_probes, large_set=large_set, modes=meta.outputs, fp16=meta.fp16, **tol,
                                raw_pre=meta.preprocessing if meta.image_input == "raw" else None, engine=engine)
     report.update({"fused": label, "detector": str(detector), "head": str(head), "metadata": meta.summary()})
     return report
@@ -269,13 +269,15 @@ def parity_tolerances(fp16: bool, atol: float | None = None, min_argmax: float |
     return dict(zip(("atol", "min_argmax", "mean_atol"), (g if g is not None else d for g, d in zip(given, defaults))))
 
 
-def _probe_images(meta, annotations, images, max_images) -> list[ProbeImage]:
-    if annotations is not None:
-        return list(coco_probe_images(annotations, images, meta.input_hw, meta.preprocessing, max_images))
+def _probe_images(meta, annotations, images, max_images) -> tuple[Iterable[ProbeImage], int]:
+    """The probe images, read one at a time as the comparison reaches them, and how many there are."""
     if images is not None:
-        return list(folder_probe_images(images, meta.input_hw, meta.preprocessing, max_images))
+        n = len(probe_image_paths(annotations, images, max_images))
+        if annotations is not None:
+            return coco_probe_images(annotations, images, meta.input_hw, meta.preprocessing, max_images), n
+        return folder_probe_images(images, meta.input_hw, meta.preprocessing, max_images), n
     LOG.warning("no --images given: comparing on a synthetic image only")
-    return [ProbeImage("synthetic", smooth_image(meta.input_hw), plausible_rois(3))]
+    return [ProbeImage("synthetic", smooth_image(meta.input_hw), plausible_rois(3))], 1
 
 
 def compare_paths(
@@ -283,8 +285,9 @@ def compare_paths(
     trimmed_detector: onnx.ModelProto,
     unsimplified: onnx.ModelProto | None,
     reference: TorchPath,
-    probes: Sequence[ProbeImage],
+    probes: Iterable[ProbeImage],
     input_hw: tuple[int, int],
+    n_probes: int | None = None,
     atol: float = PARITY_ATOL,
     min_argmax: float = PARITY_MIN_ARGMAX,
     large_set: int = LARGE_ROI_SET,
@@ -321,7 +324,9 @@ def compare_paths(
         stages["preprocess"] = ErrorStats("preprocess", "in-graph preprocessing of the raw image vs "
                                           "conventions.preprocess", probabilities=False)
     n_sets = n_rois = 0
-    for i, probe in enumerate(progress(probes, desc="parity", unit="img")):
+    image_names = []
+    for i, probe in enumerate(progress(probes, desc="parity", total=n_probes, unit="img")):
+        image_names.append(probe.name)
         feats = reference.features(probe.image)
         for ref, got in zip(feats, trim_s.run(reference.tensors, {trim_in: probe.image})):
             stages["trim"].update(ref, got)
@@ -331,19 +336,7 @@ def compare_paths(
             feats = reference.features(image)
         sets = roi_sets(probe, input_hw, large_set if i == 0 else 0) + (contract_roi_sets() if i == 0 else [])
         for rois in sets:
-            feeds = {**image_feed, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
-            got = dict(zip(names, fused_s.run(names, feeds)))
-            for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):  # PyTorch path and statistics in chunks
-                sl = slice(lo, lo + COMPARE_CHUNK)
-                want = reference.outputs(feats, image, feeds[FUSED_ROIS_INPUT][sl], modes, out_hw)
-                for name in names:
-                    stages[stage_name(name)].update(want[name], got[name][sl])
-                del want
-            if unsimp_s is not None:  # a ROI's output does not depend on the others: run it in chunks too
-                for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):
-                    part = {**feeds, FUSED_ROIS_INPUT: feeds[FUSED_ROIS_INPUT][lo:lo + COMPARE_CHUNK]}
-                    stages["simplify"].update(unsimp_s.run(names[:1], part)[0], got[names[0]][lo:lo + COMPARE_CHUNK])
-            del got
+            compare_set(stages, names, fused_s, unsimp_s, reference, feats, image, image_feed, rois, modes, out_hw)
             n_sets += 1
             n_rois += len(rois)
     fixed = {"trim": PARITY_ATOL if fp16 else atol, "preprocess": RAW_PREPROCESS_ATOL + (1e-3 if fp16 else 0.0)}
@@ -353,7 +346,26 @@ def compare_paths(
         why = "float16 model: the fused stage covers the whole file" if fp16 else "the fused model is not simplified"
         results["simplify"] = {"skipped": why, "passed": True}
     return {
-        "atol": atol, "min_argmax": min_argmax, "mean_atol": mean_atol, "fp16": fp16, "engine": engine, "images": len(probes), "roi_sets": n_sets, "rois": n_rois,
-        "image_names": [p.name for p in probes], "stages": results,
+        "atol": atol, "min_argmax": min_argmax, "mean_atol": mean_atol, "fp16": fp16, "engine": engine, "images": len(image_names), "roi_sets": n_sets, "rois": n_rois,
+        "image_names": image_names, "stages": results,
         "passed": all(r["passed"] for r in results.values()),
     }
+
+
+def compare_set(stages: dict[str, ErrorStats], names: Sequence[str], fused_s, unsimp_s, reference: TorchPath,
+                feats: Sequence[np.ndarray], image: np.ndarray, image_feed: dict[str, np.ndarray], rois: np.ndarray,
+                modes: Sequence[str], out_hw: tuple[int, int] | None) -> None:
+    """Run one ROI set ([N, 4] normalised x1y1x2y2) through the fused model once, then compare it with
+    the PyTorch path and the unsimplified model (``unsimp_s``, may be ``None``) ``COMPARE_CHUNK`` ROIs
+    at a time (a ROI's output does not depend on the others), updating ``stages``."""
+    feeds = {**image_feed, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
+    got = dict(zip(names, fused_s.run(names, feeds)))
+    for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):
+        part = feeds[FUSED_ROIS_INPUT][lo:lo + COMPARE_CHUNK]
+        want = reference.outputs(feats, image, part, modes, out_hw)
+        for name in names:
+            stages[stage_name(name)].update(want[name], got[name][lo:lo + COMPARE_CHUNK])
+        del want
+        if unsimp_s is not None:
+            ref = unsimp_s.run(names[:1], {**feeds, FUSED_ROIS_INPUT: part})[0]
+            stages["simplify"].update(ref, got[names[0]][lo:lo + COMPARE_CHUNK])
