@@ -8,6 +8,7 @@ temporary folder with external data first; the folder lives as long as the sessi
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence, Union
 
@@ -67,13 +68,34 @@ def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feeds]) -> list[lis
     return [session.run(None, dict(f)) for f in feeds]
 
 
+@dataclass(frozen=True)
+class TensorArg:
+    """A model input or output as onnxruntime's ``NodeArg`` shows it: name and shape (``None`` for a
+    dynamic dimension)."""
+
+    name: str
+    shape: list[int | None]
+
+
+def _openvino_args(ports) -> list[TensorArg]:
+    return [TensorArg(p.get_any_name(), [d.get_length() if d.is_static else None for d in p.get_partial_shape()])
+            for p in ports]
+
+
 class OpenVinoSession:
-    """An OpenVINO compiled model with onnxruntime's ``run(output_names, feeds)`` interface."""
+    """An OpenVINO compiled model with onnxruntime's ``run(output_names, feeds)``, ``get_inputs()`` and
+    ``get_outputs()`` interface."""
 
     def __init__(self, compiled, config: dict[str, str]) -> None:
         self.compiled = compiled
         self.config = dict(config)
         self.output_names = [o.get_any_name() for o in compiled.outputs]
+
+    def get_inputs(self) -> list[TensorArg]:
+        return _openvino_args(self.compiled.inputs)
+
+    def get_outputs(self) -> list[TensorArg]:
+        return _openvino_args(self.compiled.outputs)
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         result = self.compiled(dict(feeds))

@@ -15,7 +15,7 @@ from roiseg.conventions import Preprocessing, preprocess, read_image
 from roiseg.deploy.detections import InstanceParams
 from roiseg.deploy.instances import build_instances, fuse_instances, read_instance_props
 from roiseg.deploy.metadata import KEY_INSTANCES
-from roiseg.deploy.instances_parity import instance_parity
+from roiseg.deploy.instances_parity import format_instance_table, instance_parity
 from roiseg.errors import InputError
 
 YOLOX_PRE = Preprocessing(color="bgr", scale=1.0)
@@ -83,6 +83,18 @@ def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt
     x = preprocess(read_image(_images(coco_tiny, [NO_PERSON_IMAGE])[0]), (416, 416), YOLOX_PRE)
     boxes, scores, classes, masks = session.run(None, {"images": x})
     assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,) and masks.shape == (0, 3, 416, 416)
+
+
+def test_yolox_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, coco_tiny, yolox_instances):
+    """The instance model (NonMaxSuppression, data-dependent K, K = 0) on OpenVINO matches the references."""
+    pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
+    roi_model = fused_once(work, yolox_nano, yolox_ckpt)
+    result = instance_parity(yolox_instances, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE)),
+                             engine="openvino")
+    assert result["passed"] and result["engine"] == "openvino", json.dumps(result, indent=1)
+    counts = {r["image"]: r["count"] for r in result["images"]}
+    assert counts[NO_PERSON_IMAGE] == 0 and counts["000000005001.jpg"] >= 8
+    assert "on openvino" in format_instance_table(result)
 
 
 def test_thresholds_and_cap_are_respected(work, yolox_nano, yolox_ckpt, coco_tiny):

@@ -14,6 +14,9 @@ the reference detector then reads the graph's own preprocessed image, the model'
   instance model's own boxes: max abs ``<= mask_atol``.
 * the thresholds: every score ``> score_threshold``, ``K <= max_instances``, classes among the person classes
   (and, for a raw-image model, the pixel boxes).
+
+``engine`` runs the instance model (``onnxruntime`` or ``openvino``, CPU, f32); the references (the
+detector's output, the ROI model) always run in onnxruntime.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from roiseg.conventions import (
     Preprocessing, preprocess, read_image,
 )
 from roiseg.deploy.detections import Instances, reference_instances
+from roiseg.deploy.engines import engine_session
 from roiseg.deploy.instances import DET_PREPROCESSED_RAW, read_instance_props
 from roiseg.deploy.fuse import build_fused, finish_fused
 from roiseg.deploy.metadata import read_metadata
@@ -91,7 +95,7 @@ class _Inputs:
 def instance_parity(
     instance_model: onnx.ModelProto | str | Path, detector: onnx.ModelProto | str | Path,
     roi_model: onnx.ModelProto | str | Path, images: Sequence[str | Path],
-    box_atol: float = BOX_ATOL, mask_atol: float = PARITY_ATOL,
+    box_atol: float = BOX_ATOL, mask_atol: float = PARITY_ATOL, engine: str = "onnxruntime",
 ) -> dict[str, Any]:
     """The report described in the module docstring: per image and ``passed`` overall."""
     model = _load(instance_model)
@@ -107,7 +111,7 @@ def instance_parity(
     # a raw-image model's boxes are pixels: read its normalised boxes (the internal rois) as well
     internal = inputs.raw and FUSED_ROIS_INPUT in {o for n in model.graph.node for o in n.output}
     run_model = gt.trim_at_tensor(model, [FUSED_ROIS_INPUT], keep_original_outputs=True) if internal else model
-    det, inst, roi = gt.create_session(exposed), gt.create_session(run_model), gt.create_session(_load(roi_model))
+    det, inst, roi = gt.create_session(exposed), engine_session(engine, run_model), gt.create_session(_load(roi_model))
     det_input = det.get_inputs()[0].name
     mask_names = [o.name for o in inst.get_outputs() if o.name not in (*INSTANCE_OUTPUTS, FUSED_ROIS_INPUT)]
     rows = []
@@ -132,7 +136,7 @@ def instance_parity(
         row["passed"] = bool(row["box_max_abs"] <= box_atol and row["score_max_abs"] <= box_atol
                              and row["classes_equal"] and row["mask_max_abs"] <= mask_atol and row["thresholds_held"])
         rows.append(row)
-    return {"images": rows, "box_atol": box_atol, "mask_atol": mask_atol, "detections": spec.to_json(),
+    return {"images": rows, "box_atol": box_atol, "mask_atol": mask_atol, "engine": engine, "detections": spec.to_json(),
             "params": params.to_json(), "passed": bool(rows) and all(r["passed"] for r in rows)}
 
 
@@ -145,8 +149,9 @@ def format_instance_table(report: dict[str, Any]) -> str:
                      f"{r['score_max_abs']:>14.2e} {r['mask_max_abs']:>14.2e}  "
                      f"{'PASS' if r['passed'] else 'FAIL'}{'' if r['classes_equal'] else ' (classes differ)'}"
                      f"{'' if r['thresholds_held'] else ' (thresholds not held)'}")
+    engine = f" on {report['engine']}" if report.get("engine", "onnxruntime") != "onnxruntime" else ""
     lines.append(f"{len(report['images'])} image(s), {sum(r['count'] for r in report['images'])} instances; boxes and "
-                 f"scores <= {report['box_atol']:g}, masks <= {report['mask_atol']:g}: "
+                 f"scores <= {report['box_atol']:g}, masks <= {report['mask_atol']:g}{engine}: "
                  f"{'PASS' if report['passed'] else 'FAIL'}")
     return "\n".join(lines)
 
@@ -160,11 +165,12 @@ def instance_failure_summary(report: dict[str, Any]) -> str:
 @translate_graph_errors
 def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Path, annotations: str | Path | None = None,
                         images: str | Path | None = None, max_images: int | None = None,
-                        atol: float | None = None) -> dict[str, Any]:
+                        atol: float | None = None, engine: str = "onnxruntime") -> dict[str, Any]:
     """``parity-check`` on an instance model: the ROI model built from ``detector`` and ``head`` as
     ``roiseg fuse`` builds it (with the file's feature tensor, opset, output modes and image input),
     then :func:`instance_parity` on the real images (``annotations`` + ``images``, or every image of the
-    ``images`` folder). ``atol``: the mask tolerance (default ``PARITY_ATOL``)."""
+    ``images`` folder). ``atol``: the mask tolerance (default ``PARITY_ATOL``); ``engine`` runs the
+    instance model (:func:`instance_parity`)."""
     fused = Path(fused)
     meta = read_metadata(fused)
     if meta.fp16:
@@ -179,7 +185,8 @@ def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Pat
     if meta.extractor_sha256 != build.meta.extractor_sha256:
         LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
     roi_model, _ = finish_fused(build)
-    report = instance_parity(fused, detector, roi_model, paths, mask_atol=PARITY_ATOL if atol is None else atol)
+    report = instance_parity(fused, detector, roi_model, paths, mask_atol=PARITY_ATOL if atol is None else atol,
+                             engine=engine)
     report.update({"kind": "instances", "fused": str(fused), "detector": str(detector), "head": str(head),
                    "metadata": meta.summary()})
     return report

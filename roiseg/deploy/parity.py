@@ -220,9 +220,7 @@ def run_parity(
     if annotations is not None and images is None:
         raise InputError("annotations need the folder of the annotated image files (images)")
     if fused is not None and read_metadata(fused).instances:
-        if engine != "onnxruntime":
-            raise InputError("an instance model is checked in onnxruntime only")
-        return run_instance_parity(detector, head, fused, annotations, images, max_images, atol)
+        return run_instance_parity(detector, head, fused, annotations, images, max_images, atol, engine)
     source = load_head_source(head)
     if source.head is None:
         raise InputError(f"head {head}: parity needs a checkpoint (the PyTorch path runs its weights)")
