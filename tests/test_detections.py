@@ -1,5 +1,6 @@
 """Detection formats and the person post-processing: the Python reference and the ONNX graph agree
-(stand-in in the Ultralytics format, yolox_nano's raw grid outputs, decoded YOLOX, the nms rows)."""
+(stand-in in the Ultralytics format, yolox_nano's raw grid outputs, decoded YOLOX, the nms rows,
+Ultralytics end-to-end rows)."""
 
 from __future__ import annotations
 
@@ -157,12 +158,50 @@ def test_nms_rows_format():
     assert _graph_instances(spec, InstanceParams(), empty).boxes.shape == (0, 4)
 
 
+def test_end2end_rows_format():
+    """Ultralytics end-to-end rows x1, y1, x2, y2, score, class: filtered, sorted, capped, not suppressed."""
+    spec = DetectionSpec("det", "end2end", (320, 480), 0)
+    rows = np.array([[
+        [10, 20, 110, 220, 0.90, 0], [0, 0, 50, 50, 0.95, 2], [5, 5, 15, 15, 0.20, 0],
+        [-10, 300, 200, 400, 0.60, 0], [30, 30, 60, 60, 0.70, 1], [12, 22, 108, 218, 0.75, 0],
+        [0, 0, 0, 0, 0.0, 0],  # padding row of a 300-row output
+    ]], np.float32)
+    for params in (InstanceParams(), InstanceParams((0, 1), 0.5, max_instances=2), InstanceParams(score_threshold=0.99)):
+        ref = reference_instances(rows, spec, params)
+        _assert_same(_graph_instances(spec, params, rows), ref, params)
+    ref = reference_instances(rows, spec)
+    np.testing.assert_array_equal(ref.scores, np.float32([0.90, 0.75, 0.60]))  # the overlapping 0.75 box stays
+    np.testing.assert_allclose(ref.boxes[0], [10 / 480, 20 / 320, 110 / 480, 220 / 320])
+    np.testing.assert_allclose(ref.boxes[2], [0, 300 / 320, 200 / 480, 1])  # clipped
+    assert _graph_instances(spec, InstanceParams(), np.zeros((1, 0, 6), np.float32)).boxes.shape == (0, 4)
+
+
+def test_stand_in_end2end_output(tmp_path):
+    from roiseg.synthetic.detector import build_stand_in_detector
+
+    path = build_stand_in_detector(tmp_path / "e2e.onnx", channels=64, input_hw=(128, 128), detections="end2end")
+    spec = detection_spec(gt.load_model(path))
+    assert (spec.tensor, spec.format, spec.num_classes) == ("output0", "end2end", 0)
+    raw = gt.create_session(gt.load_model(path)).run(None, {"images": np.random.default_rng(0).random(
+        (1, 3, 128, 128), np.float32)})[0]
+    assert raw.shape == (1, 300, 6) and (np.diff(raw[0, :, 4]) <= 0).all()  # best first
+    assert ((raw[0, :, 2:4] > raw[0, :, 0:2]) & (raw[0, :, 5:] == np.round(raw[0, :, 5:]))).all()
+    present = tuple(int(c) for c in np.unique(raw[0, :, 5]))
+    for params in (InstanceParams(present, 0.3), InstanceParams(present[:1], 0.1, max_instances=7)):
+        ref = reference_instances(raw, spec, params)
+        assert len(ref.scores) > 0
+        _assert_same(_graph_instances(spec, params, raw), ref, params)
+
+
 def test_format_from_shape_and_metadata():
     assert guess_format([1, 84, 8400], 8400, {}) == "ultralytics"
     assert guess_format([1, 8400, 85], 8400, {}) == "yolox"
     assert guess_format([1, 3549, 85], 3549, {}) == "yolox"
     assert guess_format(["num", 7], 8400, {}) == "nms"
     assert guess_format([1, "num", 7], 8400, {}) == "nms"
+    assert guess_format([1, 300, 6], 8400, {}) == "end2end"
+    assert guess_format([1, 300, 6], 8400, {"names": str({i: "x" for i in range(80)}), "task": "detect"}) == "end2end"
+    assert guess_format([1, 3549, 6], 3549, {}) == "yolox"  # one class, one row per anchor
     assert guess_format([1, 29, 100], 336, {"names": str({i: "x" for i in range(25)}), "task": "detect"}) == "ultralytics"
     assert guess_format([1, 64, 52, 52], 3549, {}) is None
     assert guess_format([1, 30, 20], 3549, {}) is None
@@ -177,6 +216,8 @@ def test_detection_spec_errors(stand_in_featext, yolox_nano):
         detection_spec(featext, det_format="yolox")
     with pytest.raises(InputError, match="not in the nms format"):
         detection_spec(featext, det_format="nms")
+    with pytest.raises(InputError, match="not in the end2end format"):
+        detection_spec(featext, det_format="end2end")
     with pytest.raises(InputError, match="cannot tell the format"):
         detection_spec(featext, "/model.34/Concat_output_0")
     with pytest.raises(InputError, match="not found"):

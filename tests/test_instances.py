@@ -13,7 +13,7 @@ import graph_tools as gt
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 from roiseg.conventions import Preprocessing, preprocess, read_image
 from roiseg.deploy.detections import InstanceParams
-from roiseg.deploy.instances import build_instances, fuse_instances, read_instance_props
+from roiseg.deploy.instances import build_instances, fuse_instances, instance_notes, read_instance_props
 from roiseg.deploy.metadata import KEY_INSTANCES
 from roiseg.deploy.instances_parity import format_instance_table, instance_parity
 from roiseg.errors import InputError
@@ -95,6 +95,24 @@ def test_yolox_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, c
     counts = {r["image"]: r["count"] for r in result["images"]}
     assert counts[NO_PERSON_IMAGE] == 0 and counts["000000005001.jpg"] >= 8
     assert "on openvino" in format_instance_table(result)
+
+
+def test_end2end_detector_instance_model(work, coco_tiny):
+    """An Ultralytics end-to-end detector ([1, 300, 6] rows, no NMS): format found from the shape, the
+    rows filtered, sorted and capped in the graph, parity with the reference and the ROI model."""
+    from roiseg.synthetic.detector import build_stand_in_detector
+
+    detector = build_stand_in_detector(work / "e2e.onnx", channels=32, input_hw=(128, 128), detections="end2end")
+    ckpt = make_checkpoint(work / "e2e.pth", detector, variant="detail")
+    params = InstanceParams(person_classes=tuple(range(25)), score_threshold=0.3, max_instances=20)
+    out = fuse_instances(detector, ckpt, work / "e2e_instances.onnx", params=params).out
+    spec, got_params, _ = read_instance_props(gt.load_model(out))
+    assert (spec.format, got_params) == ("end2end", params)
+    assert not gt.nodes_of_type(gt.load_model(out), "NonMaxSuppression")  # the detector's rows are final
+    assert any("no NMS" in note for note in instance_notes(read_instance_props(gt.load_model(out)), 1))
+    result = instance_parity(out, detector, fused_once(work, detector, ckpt), _images(coco_tiny, PERSON_IMAGES[:3]))
+    assert result["passed"], json.dumps(result, indent=1)
+    assert all(0 < r["count"] <= 20 for r in result["images"])
 
 
 def test_thresholds_and_cap_are_respected(work, yolox_nano, yolox_ckpt, coco_tiny):

@@ -48,7 +48,9 @@ def add_instance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--det-format", default=None, choices=DETECTION_FORMATS,
                    help="with --instances: ultralytics [1,4+nc,A] cxcywh pixels + class scores; yolox [1,A,5+nc] "
                         "grid outputs (or decoded), objectness x class score; nms [K,7] "
-                        "batchno,classid,score,x1,y1,x2,y2 (default: from the tensor's shape and the model's metadata)")
+                        "batchno,classid,score,x1,y1,x2,y2; end2end [1,K,6] x1,y1,x2,y2,score,classid (YOLOv10, "
+                        "YOLO26, Ultralytics nms=True exports; no NMS applied) (default: from the tensor's shape and "
+                        "the model's metadata)")
     p.add_argument("--person-classes", type=_class_ids, default=list(DEFAULT_PERSON_CLASSES), metavar="IDS",
                    help="with --instances: detector class ids that are persons, comma separated (default 0)")
     p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,

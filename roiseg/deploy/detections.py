@@ -13,12 +13,16 @@ Formats (``conventions.DETECTION_FORMATS``):
   upstream of the output then, which is how :func:`detection_spec` tells the two apart.
 * ``nms`` [K, 7] (or [1, K, 7]): rows already suppressed, ``batchno, classid, score, x1, y1, x2, y2``
   in input pixels.
+* ``end2end`` [1, K, 6]: Ultralytics' end-to-end output (YOLOv10, YOLO26, ``export(nms=True)``), the
+  ``K`` (300 by default) best detections, ``x1, y1, x2, y2, score, classid`` in input pixels, with no
+  threshold applied (low-score rows fill it up).
 
 :func:`reference_instances` is the Python reference of the in-graph post-processing
 (:mod:`roiseg.deploy.detections_onnx`): decode to pixel x1, y1, x2, y2; per detection the best of
 the person classes (first on ties); keep scores ``> score_threshold``; ``torchvision.ops.batched_nms``
 (IoU threshold, per class); the ``max_instances`` best; normalise by the input size and clip to
-[0, 1]. The ``nms`` format skips the suppression (already done by the detector).
+[0, 1]. The row formats (``nms``, ``end2end``: :data:`ROW_LAYOUTS`) skip the suppression (done by the
+detector, or not needed by its one-to-one head).
 """
 
 from __future__ import annotations
@@ -42,6 +46,25 @@ from roiseg.errors import InputError, graph_errors
 
 NMS_COLUMNS: int = 7
 """``batchno, classid, score, x1, y1, x2, y2``."""
+END2END_COLUMNS: int = 6
+"""``x1, y1, x2, y2, score, classid``."""
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where a row format keeps its columns: ``columns`` per row, the four pixel x1y1x2y2 from ``boxes``."""
+
+    columns: int
+    boxes: int
+    score: int
+    classid: int
+
+
+ROW_LAYOUTS: dict[str, RowLayout] = {
+    "nms": RowLayout(NMS_COLUMNS, boxes=3, score=2, classid=1),
+    "end2end": RowLayout(END2END_COLUMNS, boxes=0, score=4, classid=5),
+}
+"""The formats whose detections are already final rows (no decoding, no suppression)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,7 @@ class DetectionSpec:
     format: str
     input_hw: tuple[int, int]
     num_classes: int
-    """Class count (``0`` for the ``nms`` format, whose class ids are not bounded by the shape)."""
+    """Class count (``0`` for the row formats, whose class ids are not bounded by the shape)."""
     decoded: bool = True
     """``yolox``: boxes already in pixels (``False``: raw grid outputs, decoded with the strides)."""
     activated: bool = True
@@ -142,6 +165,8 @@ def guess_format(shape: Sequence, anchors: int, props: dict[str, str]) -> str | 
         return "yolox"
     if b == NMS_COLUMNS and a != anchors:
         return "nms"
+    if b == END2END_COLUMNS and a != anchors:
+        return "end2end"
     return None
 
 
@@ -179,6 +204,11 @@ def _check_shape(fmt: str, shape: list, anchors: int, decoded: bool, tensor: str
         if len(shape) not in (2, 3) or last != NMS_COLUMNS:
             raise InputError(f"{tensor!r} {shape} is not in the nms format: expected [K, 7] rows "
                              "batchno, classid, score, x1, y1, x2, y2")
+        return 0
+    if fmt == "end2end":
+        if len(shape) != 3 or shape[0] not in (1, "?") or last != END2END_COLUMNS:
+            raise InputError(f"{tensor!r} {shape} is not in the end2end format: expected [1, K, 6] rows "
+                             "x1, y1, x2, y2, score, classid")
         return 0
     if len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
         raise InputError(f"{tensor!r} {shape} is not a [1, *, *] detection tensor with static sizes")
@@ -270,13 +300,14 @@ def reference_instances(raw: np.ndarray, spec: DetectionSpec, params: InstancePa
     """The person instances in detection tensor ``raw`` (see the module docstring)."""
     params.check(spec)
     persons = torch.tensor(params.person_classes, dtype=torch.int64)
-    if spec.format == "nms":
-        rows = torch.from_numpy(np.asarray(raw, np.float32).reshape(-1, NMS_COLUMNS))
-        cls = rows[:, 1].to(torch.int64)
-        keep = (rows[:, 2] > params.score_threshold) & (cls[:, None] == persons[None]).any(1)
-        rows, cls = rows[keep], cls[keep]
-        order = torch.argsort(rows[:, 2], descending=True, stable=True)[: params.max_instances]
-        return _finish(rows[order, 3:7], rows[order, 2], cls[order], spec)
+    if spec.format in ROW_LAYOUTS:
+        at = ROW_LAYOUTS[spec.format]
+        rows = torch.from_numpy(np.asarray(raw, np.float32).reshape(-1, at.columns))
+        cls, score = rows[:, at.classid].to(torch.int64), rows[:, at.score]
+        keep = (score > params.score_threshold) & (cls[:, None] == persons[None]).any(1)
+        rows, cls, score = rows[keep], cls[keep], score[keep]
+        order = torch.argsort(score, descending=True, stable=True)[: params.max_instances]
+        return _finish(rows[order, at.boxes:at.boxes + 4], score[order], cls[order], spec)
     boxes, scores = decode(raw, spec)
     person_scores = scores[:, persons]
     slot = person_scores.argmax(1)

@@ -6,7 +6,7 @@ only (opset >= 16): ``Squeeze``/``Transpose``/``Slice``/``Gather`` pick boxes an
 person class per detection, ``NonMaxSuppression`` suppresses per class (each detection is offered in
 its best class only; the others get score -1, below any threshold), ``TopK`` keeps the
 ``max_instances`` best (``k = min(K, cap)``, so K = 0 gives empty outputs), ``Div``/``Clip`` normalise.
-The ``nms`` format filters with ``NonZero`` and only sorts and caps.
+The row formats (``nms``, ``end2end``) filter with ``NonZero`` and only sort and cap.
 
 Outputs: ``boxes`` float32 [K, 4] normalised x1y1x2y2 in [0, 1] (pixels of the original image when
 the graph also takes the raw image), ``scores`` float32 [K] (decreasing),
@@ -26,7 +26,7 @@ from roiseg.conventions import (
     FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_SCORES_OUTPUT, INSTANCE_AXIS, MIN_HEAD_OPSET, RAW_HEIGHT_AXIS,
     RAW_WIDTH_AXIS,
 )
-from roiseg.deploy.detections import NMS_COLUMNS, DetectionSpec, InstanceParams, grid_and_strides
+from roiseg.deploy.detections import ROW_LAYOUTS, DetectionSpec, InstanceParams, grid_and_strides
 from roiseg.errors import InputError
 
 NOT_OFFERED: float = -1.0
@@ -43,7 +43,7 @@ def _rows(b: GraphBuilder, det: str, spec: DetectionSpec) -> str:
         return b.op("Transpose", [b.op("Squeeze", [det, b.const([0], np.int64)])], perm=[1, 0])
     if spec.format == "yolox":
         return b.op("Squeeze", [det, b.const([0], np.int64)])
-    return b.op("Reshape", [det, b.const([-1, NMS_COLUMNS], np.int64)])
+    return b.op("Reshape", [det, b.const([-1, ROW_LAYOUTS[spec.format].columns], np.int64)])
 
 
 def _decoded_boxes(b: GraphBuilder, rows: str, spec: DetectionSpec) -> str:
@@ -118,9 +118,12 @@ def _grid_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: Instance
     return _outputs(b, boxes_px, b.op("Gather", [index, order], axis=0), scores, classes, spec)
 
 
-def _nms_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceParams) -> str:
-    classes = b.op("Cast", [b.op("Reshape", [_slice(b, rows, 1, 2), b.const([-1], np.int64)])], to=TensorProto.INT64)
-    score = b.op("Reshape", [_slice(b, rows, 2, 3), b.const([-1], np.int64)])
+def _row_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceParams) -> str:
+    at = ROW_LAYOUTS[spec.format]
+    column = {name: b.op("Reshape", [_slice(b, rows, i, i + 1), b.const([-1], np.int64)])
+              for name, i in (("classid", at.classid), ("score", at.score))}
+    classes = b.op("Cast", [column["classid"]], to=TensorProto.INT64)
+    score = column["score"]
     person = b.op("Equal", [b.op("Unsqueeze", [classes, b.const([1], np.int64)]),
                             b.const(list(params.person_classes), np.int64)])  # [M, P]
     hits = b.op("ReduceSum", [b.op("Cast", [person], to=TensorProto.FLOAT), b.const([1], np.int64)], keepdims=0)
@@ -129,7 +132,7 @@ def _nms_post(b: GraphBuilder, rows: str, spec: DetectionSpec, params: InstanceP
     index = b.op("Reshape", [b.op("NonZero", [keep]), b.const([-1], np.int64)])
     scores, order = _best_k(b, b.op("Gather", [score, index], axis=0), params.max_instances)
     picked = b.op("Gather", [index, order], axis=0)
-    boxes_px = _slice(b, rows, 3, 7)
+    boxes_px = _slice(b, rows, at.boxes, at.boxes + 4)
     return _outputs(b, boxes_px, picked, scores, b.op("Gather", [classes, picked], axis=0), spec)
 
 
@@ -148,10 +151,11 @@ def postprocess_model(spec: DetectionSpec, params: InstanceParams, opset: int, i
         raise InputError(f"the post-processing graph needs opset >= {MIN_HEAD_OPSET}, got {opset}")
     if input_shape is None:
         a, nc = spec.anchors(), spec.num_classes
-        input_shape = {"ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc]}.get(spec.format, ["num_detections", 7])
+        input_shape = {"ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc],
+                       "end2end": [1, "num_detections", ROW_LAYOUTS["end2end"].columns]}.get(spec.format, ["num_detections", 7])
     b = GraphBuilder(prefix)
     rows = _rows(b, spec.tensor, spec)
-    normalised = (_nms_post if spec.format == "nms" else _grid_post)(b, rows, spec, params)
+    normalised = (_row_post if spec.format in ROW_LAYOUTS else _grid_post)(b, rows, spec, params)
     _box_outputs(b, normalised, roi_feed, image_input)
     outputs = [
         value_info(FUSED_BOXES_OUTPUT, TensorProto.FLOAT, [INSTANCE_AXIS, 4]),

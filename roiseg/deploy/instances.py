@@ -37,7 +37,7 @@ from roiseg.conventions import (
     DEFAULT_FUSED_MODEL, DEFAULT_IMAGE_INPUT, DEFAULT_OUTPUTS, DETECTOR_PREFIX, FUSED_ROIS_INPUT, INSTANCE_AXIS,
     INSTANCE_OUTPUTS, POST_PREFIX, RAW_IMAGE_INPUT, Preprocessing,
 )
-from roiseg.deploy.detections import DetectionSpec, InstanceParams, detection_spec
+from roiseg.deploy.detections import ROW_LAYOUTS, DetectionSpec, InstanceParams, detection_spec
 from roiseg.deploy.detections_onnx import postprocess_model
 from roiseg.deploy.export import output_tensors
 from roiseg.deploy.fuse import FusedBuild, build_fused, finish_and_write, full_check
@@ -146,9 +146,9 @@ def build_instances(
     params.check(spec)
     if det_preprocessing == source.preprocessing:
         det_preprocessing = None
-    LOG.info("detections: %s (%s, %d classes); persons %s, score > %g, IoU > %g suppressed, at most %d",
-             spec.tensor, spec.format, spec.num_classes, list(params.person_classes), params.score_threshold,
-             params.iou_threshold, params.max_instances)
+    nms = "no NMS" if spec.format in ROW_LAYOUTS else f"IoU > {params.iou_threshold:g} suppressed"
+    LOG.info("detections: %s (%s, %d classes); persons %s, score > %g, %s, at most %d", spec.tensor, spec.format,
+             spec.num_classes, list(params.person_classes), params.score_threshold, nms, params.max_instances)
     roi = build_fused(detector, source, feature_tensor=feature_tensor, opset=opset, strict=strict, outputs=outputs,
                       image_input=image_input, keep_tensors=() if det_preprocessing else (spec.tensor,))
     raw = roi.meta.image_input == "raw"
@@ -190,8 +190,9 @@ def build_instances(
 def instance_notes(props: InstanceProps, detector_runs: int) -> list[str]:
     """What a report says about the instance part of a model."""
     spec, params = props.spec, props.params
+    nms = "no NMS (the detector's rows are final)" if spec.format in ROW_LAYOUTS else f"NMS IoU {params.iou_threshold:g}"
     notes = [f"instances: detections {spec.tensor} ({spec.format}); person classes {list(params.person_classes)}, "
-             f"score > {params.score_threshold:g}, NMS IoU {params.iou_threshold:g}, at most {params.max_instances}"]
+             f"score > {params.score_threshold:g}, {nms}, at most {params.max_instances}"]
     if props.det_preprocessing is not None:
         notes.append(f"the detector reads its own preprocessing {props.det_preprocessing.to_json()} "
                      f"(a second detector copy: it runs {detector_runs} times)")

@@ -71,6 +71,29 @@ class _Detect(nn.Module):
         return torch.cat([xy, wh, t[:, 4:].sigmoid()], dim=1)
 
 
+class _EndToEnd(nn.Module):
+    """Ultralytics' end-to-end output (YOLOv10's ``v10postprocess``): [B, 4 + nc, A] cxcywh + scores ->
+    [B, K, 6] rows x1, y1, x2, y2, score, class of the ``K`` best (anchor, class) pairs among the
+    ``K`` anchors with the best score, best first; no threshold, no suppression."""
+
+    def __init__(self, max_det: int = 300) -> None:
+        super().__init__()
+        self.max_det = max_det
+
+    def forward(self, det: torch.Tensor) -> torch.Tensor:
+        t = det.transpose(1, 2)  # [B, A, 4 + nc]
+        nc, k = t.shape[2] - 4, min(self.max_det, t.shape[1])
+        boxes = torch.cat([t[..., 0:2] - t[..., 2:4] / 2, t[..., 0:2] + t[..., 2:4] / 2], dim=-1)
+        scores = t[..., 4:]
+        index = torch.topk(scores.amax(dim=-1), k, dim=-1).indices.unsqueeze(-1)
+        boxes = boxes.gather(1, index.expand(-1, -1, 4))
+        scores = scores.gather(1, index.expand(-1, -1, nc))
+        best, flat = torch.topk(scores.flatten(1), k, dim=-1)
+        labels, which = flat % nc, flat // nc
+        boxes = boxes.gather(1, which.unsqueeze(-1).expand(-1, -1, 4))
+        return torch.cat([boxes, best.unsqueeze(-1), labels.unsqueeze(-1).to(boxes.dtype)], dim=-1)
+
+
 REFERENCE_TAPS: tuple[str, ...] = (
     "/model.3/Concat_output_0", "/model.5/Concat_output_0", "/model.19/Concat_output_0",
     "/model.22/Concat_output_0", DEFAULT_FEATURE_TENSOR,
@@ -89,7 +112,8 @@ class StandInYolo(nn.Module):
     the stride-8 feature map, fed by ``model.22`` and ``model.5``.
     """
 
-    def __init__(self, channels: int = 1024, num_classes: int = 25, features_output: bool = False) -> None:
+    def __init__(self, channels: int = 1024, num_classes: int = 25, features_output: bool = False,
+                 end2end: bool = False) -> None:
         super().__init__()
         if channels % 8:
             raise ValueError("channels must be a multiple of 8 (the taps have C/8 .. C channels)")
@@ -115,6 +139,7 @@ class StandInYolo(nn.Module):
         layers[34] = _Concat()  # [C] stride 8
         layers[35] = _Detect(channels, num_classes)
         self.model = nn.ModuleList(layers)
+        self.end2end = _EndToEnd() if end2end else None
         self.features_output = features_output
 
     def forward(self, images: torch.Tensor):
@@ -128,6 +153,7 @@ class StandInYolo(nn.Module):
         p22 = m[22]([m[20](p19), m[21](up16)])
         feats = m[34]([m[32](p22), m[33](p5)])
         det = m[35](feats)
+        det = self.end2end(det) if self.end2end is not None else det
         return (det, p3, p5, p19, p22, feats) if self.features_output else det
 
 
@@ -139,6 +165,7 @@ def build_stand_in_detector(
     opset: int = 17,
     seed: int = 0,
     num_classes: int = 25,
+    detections: Literal["ultralytics", "end2end"] = "ultralytics",
 ) -> Path:
     """Export the stand-in detector to ``out`` (written atomically) and return the path.
 
@@ -146,10 +173,13 @@ def build_stand_in_detector(
     metadata entries ``task``, ``names``, ...); the feature tensor is internal.
     ``mode="featext"``: outputs ``output0`` and the five taps of :data:`REFERENCE_TAPS`, like the
     reference ``*_featext.onnx``. The input ``images`` has a static batch of 1, like the reference.
+    ``detections="end2end"``: ``output0`` is Ultralytics' end-to-end output instead, [1, 300, 6] rows
+    x1, y1, x2, y2, score, class (as YOLOv10 / YOLO26 exports).
     Weights are drawn from ``seed``, so the same arguments give the same model.
     """
     torch.manual_seed(seed)
-    model = StandInYolo(channels, num_classes, features_output=(mode == "featext")).eval()
+    model = StandInYolo(channels, num_classes, features_output=(mode == "featext"),
+                        end2end=detections == "end2end").eval()
     dummy = torch.rand(1, 3, *input_hw)
     outputs = [DETECTION_OUTPUT] + (list(REFERENCE_TAPS) if mode == "featext" else [])
     with warnings.catch_warnings():
