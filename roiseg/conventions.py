@@ -117,9 +117,10 @@ FUSED_CLASSES_OUTPUT: str = "classes"
 INSTANCE_OUTPUTS: tuple[str, str, str] = (FUSED_BOXES_OUTPUT, FUSED_SCORES_OUTPUT, FUSED_CLASSES_OUTPUT)
 INSTANCE_AXIS: str = "num_instances"
 """Name of the dynamic instance dimension K."""
-DETECTION_FORMATS: tuple[str, ...] = ("ultralytics", "yolox", "nms", "end2end")
+DETECTION_FORMATS: tuple[str, ...] = ("ultralytics", "yolox", "yolov5", "nms", "end2end")
 """``ultralytics`` [1, 4 + nc, A] cxcywh pixels + class scores; ``yolox`` [1, A, 5 + nc] (raw grid or
-decoded boxes, objectness, class scores); ``nms`` [K, 7] rows batchno, classid, score, x1, y1, x2, y2 pixels;
+decoded boxes, objectness, class scores); ``yolov5`` [1, 3 A, 5 + nc] (YOLOv5/v7 anchor-based exports:
+decoded cxcywh pixels, objectness, class scores); ``nms`` [K, 7] rows batchno, classid, score, x1, y1, x2, y2 pixels;
 ``end2end`` [1, K, 6] rows x1, y1, x2, y2, score, classid pixels (Ultralytics end-to-end exports: YOLOv10,
 YOLO26, ``export(nms=True)``)."""
 DETECTION_STRIDES: tuple[int, ...] = (8, 16, 32)

@@ -1,6 +1,6 @@
 """Detection formats and the person post-processing: the Python reference and the ONNX graph agree
-(stand-in in the Ultralytics format, yolox_nano's raw grid outputs, decoded YOLOX, the nms rows,
-Ultralytics end-to-end rows)."""
+(stand-in in the Ultralytics format, yolox_nano's raw grid outputs, decoded YOLOX, YOLOv5's anchor-based
+layout, the nms rows, Ultralytics end-to-end rows)."""
 
 from __future__ import annotations
 
@@ -193,6 +193,26 @@ def test_stand_in_end2end_output(tmp_path):
         _assert_same(_graph_instances(spec, params, raw), ref, params)
 
 
+def test_stand_in_yolov5_output(tmp_path, coco_tiny):
+    """YOLOv5/v7 layout: three decoded boxes per cell, objectness x class score, then NMS."""
+    from roiseg.synthetic.detector import build_stand_in_detector
+
+    path = build_stand_in_detector(tmp_path / "v5.onnx", channels=64, input_hw=(128, 128), detections="yolov5")
+    spec = detection_spec(gt.load_model(path))
+    assert (spec.tensor, spec.format, spec.num_classes, spec.decoded) == ("output0", "yolov5", 25, True)
+    raws = [_raw(path, coco_tiny / "images" / "val2017" / name, Preprocessing(), spec) for name in PERSON_IMAGES[:2]]
+    a = spec.anchors()
+    assert raws[0].shape == (1, 3 * a, 30)
+    np.testing.assert_allclose(raws[0][0, 2 * a:, 2:4], 4 * raws[0][0, :a, 2:4], rtol=1e-5)  # 2x vs 0.5x box
+    for raw in raws:
+        x1y1x2y2, scores = decode(raw, spec)
+        np.testing.assert_allclose(scores.numpy(), raw[0, :, 4:5] * raw[0, :, 5:], rtol=1e-6)  # obj x class
+        np.testing.assert_allclose(x1y1x2y2.numpy()[:, 2:] - x1y1x2y2.numpy()[:, :2], raw[0, :, 2:4], rtol=1e-4, atol=1e-4)
+        for params in PARAMS[:3]:
+            ref = reference_instances(raw, spec, params)
+            _assert_same(_graph_instances(spec, params, raw), ref, params)
+
+
 def test_format_from_shape_and_metadata():
     assert guess_format([1, 84, 8400], 8400, {}) == "ultralytics"
     assert guess_format([1, 8400, 85], 8400, {}) == "yolox"
@@ -200,6 +220,8 @@ def test_format_from_shape_and_metadata():
     assert guess_format(["num", 7], 8400, {}) == "nms"
     assert guess_format([1, "num", 7], 8400, {}) == "nms"
     assert guess_format([1, 300, 6], 8400, {}) == "end2end"
+    assert guess_format([1, 25200, 85], 8400, {}) == "yolov5"
+    assert guess_format([1, 25200, 6], 8400, {}) == "yolov5"  # one class: three boxes per cell, not end2end rows
     assert guess_format([1, 300, 6], 8400, {"names": str({i: "x" for i in range(80)}), "task": "detect"}) == "end2end"
     assert guess_format([1, 3549, 6], 3549, {}) == "yolox"  # one class, one row per anchor
     assert guess_format([1, 29, 100], 336, {"names": str({i: "x" for i in range(25)}), "task": "detect"}) == "ultralytics"
@@ -216,6 +238,8 @@ def test_detection_spec_errors(stand_in_featext, yolox_nano):
         detection_spec(featext, det_format="yolox")
     with pytest.raises(InputError, match="not in the nms format"):
         detection_spec(featext, det_format="nms")
+    with pytest.raises(InputError, match="not in the yolov5 format"):
+        detection_spec(featext, det_format="yolov5")
     with pytest.raises(InputError, match="not in the end2end format"):
         detection_spec(featext, det_format="end2end")
     with pytest.raises(InputError, match="cannot tell the format"):

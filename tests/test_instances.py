@@ -97,19 +97,22 @@ def test_yolox_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, c
     assert "on openvino" in format_instance_table(result)
 
 
-def test_end2end_detector_instance_model(work, coco_tiny):
-    """An Ultralytics end-to-end detector ([1, 300, 6] rows, no NMS): format found from the shape, the
-    rows filtered, sorted and capped in the graph, parity with the reference and the ROI model."""
+@pytest.mark.parametrize("layout", ["end2end", "yolov5"])
+def test_other_detector_layouts_instance_model(work, coco_tiny, layout):
+    """Ultralytics end-to-end rows ([1, 300, 6], no NMS) and the YOLOv5/v7 anchor-based layout
+    ([1, 3 A, 5 + nc], NMS): format found from the shape, parity with the reference and the ROI model."""
     from roiseg.synthetic.detector import build_stand_in_detector
 
-    detector = build_stand_in_detector(work / "e2e.onnx", channels=32, input_hw=(128, 128), detections="end2end")
-    ckpt = make_checkpoint(work / "e2e.pth", detector, variant="detail")
+    detector = build_stand_in_detector(work / f"{layout}.onnx", channels=32, input_hw=(128, 128), detections=layout)
+    ckpt = make_checkpoint(work / f"{layout}.pth", detector, variant="detail")
     params = InstanceParams(person_classes=tuple(range(25)), score_threshold=0.3, max_instances=20)
-    out = fuse_instances(detector, ckpt, work / "e2e_instances.onnx", params=params).out
-    spec, got_params, _ = read_instance_props(gt.load_model(out))
-    assert (spec.format, got_params) == ("end2end", params)
-    assert not gt.nodes_of_type(gt.load_model(out), "NonMaxSuppression")  # the detector's rows are final
-    assert any("no NMS" in note for note in instance_notes(read_instance_props(gt.load_model(out)), 1))
+    out = fuse_instances(detector, ckpt, work / f"{layout}_instances.onnx", params=params).out
+    model = gt.load_model(out)
+    props = read_instance_props(model)
+    assert (props.spec.format, props.params) == (layout, params)
+    row_format = layout == "end2end"  # the detector's rows are final: no NMS in the graph
+    assert bool(gt.nodes_of_type(model, "NonMaxSuppression")) is not row_format
+    assert any("no NMS" in note for note in instance_notes(props, 1)) is row_format
     result = instance_parity(out, detector, fused_once(work, detector, ckpt), _images(coco_tiny, PERSON_IMAGES[:3]))
     assert result["passed"], json.dumps(result, indent=1)
     assert all(0 < r["count"] <= 20 for r in result["images"])

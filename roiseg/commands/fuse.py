@@ -47,7 +47,8 @@ def add_instance_arguments(p: argparse.ArgumentParser) -> None:
                         "detections)")
     p.add_argument("--det-format", default=None, choices=DETECTION_FORMATS,
                    help="with --instances: ultralytics [1,4+nc,A] cxcywh pixels + class scores; yolox [1,A,5+nc] "
-                        "grid outputs (or decoded), objectness x class score; nms [K,7] "
+                        "grid outputs (or decoded), objectness x class score; yolov5 [1,3A,5+nc] decoded boxes (YOLOv5/v7), "
+                        "objectness x class score; nms [K,7] "
                         "batchno,classid,score,x1,y1,x2,y2; end2end [1,K,6] x1,y1,x2,y2,score,classid (YOLOv10, "
                         "YOLO26, Ultralytics nms=True exports; no NMS applied) (default: from the tensor's shape and "
                         "the model's metadata)")

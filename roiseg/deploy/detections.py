@@ -11,6 +11,9 @@ Formats (``conventions.DETECTION_FORMATS``):
   class scores are already sigmoided (YOLOX's head applies the sigmoid in eval mode). With
   ``decode_in_inference`` the boxes are decoded (cx, cy, w, h in input pixels): there is an ``Exp``
   upstream of the output then, which is how :func:`detection_spec` tells the two apart.
+* ``yolov5`` [1, 3 A, 5 + nc] (YOLOv5 and YOLOv7 exports, three anchor boxes per cell): boxes decoded
+  in the graph (cx, cy, w, h in input pixels), objectness and class scores after the sigmoid; read like
+  decoded ``yolox`` (score = objectness x class score).
 * ``nms`` [K, 7] (or [1, K, 7]): rows already suppressed, ``batchno, classid, score, x1, y1, x2, y2``
   in input pixels.
 * ``end2end`` [1, K, 6]: Ultralytics' end-to-end output (YOLOv10, YOLO26, ``export(nms=True)``), the
@@ -46,6 +49,10 @@ from roiseg.errors import InputError, graph_errors
 
 NMS_COLUMNS: int = 7
 """``batchno, classid, score, x1, y1, x2, y2``."""
+OBJECTNESS_FORMATS: tuple[str, ...] = ("yolox", "yolov5")
+"""Formats with an objectness column: box (4), objectness, class scores; a class's score is objectness x class score."""
+ANCHORS_PER_CELL: dict[str, int] = {"yolov5": 3}
+"""Boxes per grid cell (1 for the anchor-free formats)."""
 END2END_COLUMNS: int = 6
 """``x1, y1, x2, y2, score, classid``."""
 
@@ -163,6 +170,8 @@ def guess_format(shape: Sequence, anchors: int, props: dict[str, str]) -> str | 
         return "ultralytics"
     if a == anchors and b > 5:
         return "yolox"
+    if a == ANCHORS_PER_CELL["yolov5"] * anchors and b > 5:
+        return "yolov5"
     if b == NMS_COLUMNS and a != anchors:
         return "nms"
     if b == END2END_COLUMNS and a != anchors:
@@ -216,6 +225,12 @@ def _check_shape(fmt: str, shape: list, anchors: int, decoded: bool, tensor: str
         if shape[1] <= 4:
             raise InputError(f"{tensor!r} {shape} is not in the ultralytics format [1, 4 + classes, anchors]")
         return shape[1] - 4
+    if fmt == "yolov5":
+        per_cell = ANCHORS_PER_CELL["yolov5"]
+        if shape[2] <= 5 or shape[1] != per_cell * anchors:
+            raise InputError(f"{tensor!r} {shape} is not in the yolov5 format [1, {per_cell} x {anchors} anchors, "
+                             "5 + classes] (three boxes per cell of strides 8, 16, 32 on the input size)")
+        return shape[2] - 5
     if shape[2] <= 5 or (not decoded and shape[1] != anchors):
         raise InputError(f"{tensor!r} {shape} is not in the yolox format [1, anchors, 5 + classes]"
                          + ("" if decoded else f" with {anchors} anchors (strides 8, 16, 32 on the input size)"))
@@ -270,13 +285,13 @@ def grid_and_strides(input_hw: tuple[int, int], strides: Sequence[int] = DETECTI
 
 
 def decode(raw: np.ndarray, spec: DetectionSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ultralytics``/``yolox`` detections -> pixel x1y1x2y2 [A, 4] and class scores [A, nc]."""
+    """``ultralytics``/``yolox``/``yolov5`` detections -> pixel x1y1x2y2 [A, 4] and class scores [A, nc]."""
     t = torch.from_numpy(np.asarray(raw, np.float32))[0]
     if spec.format == "ultralytics":
         t = t.T
         xy, wh, scores = t[:, 0:2], t[:, 2:4], t[:, 4:]
         scores = scores if spec.activated else scores.sigmoid()
-    elif spec.format == "yolox":
+    elif spec.format in OBJECTNESS_FORMATS:
         xy, wh, obj, cls = t[:, 0:2], t[:, 2:4], t[:, 4:5], t[:, 5:]
         if not spec.decoded:
             grid, stride = (torch.from_numpy(a) for a in grid_and_strides(spec.input_hw, spec.strides))
@@ -285,7 +300,7 @@ def decode(raw: np.ndarray, spec: DetectionSpec) -> tuple[torch.Tensor, torch.Te
             obj, cls = obj.sigmoid(), cls.sigmoid()
         scores = obj * cls
     else:
-        raise ValueError(f"decode() reads the ultralytics and yolox formats, not {spec.format!r}")
+        raise ValueError(f"decode() reads the ultralytics, yolox and yolov5 formats, not {spec.format!r}")
     half = wh * 0.5
     return torch.cat([xy - half, xy + half], 1), scores
 

@@ -26,7 +26,7 @@ from roiseg.conventions import (
     FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_SCORES_OUTPUT, INSTANCE_AXIS, MIN_HEAD_OPSET, RAW_HEIGHT_AXIS,
     RAW_WIDTH_AXIS,
 )
-from roiseg.deploy.detections import ROW_LAYOUTS, DetectionSpec, InstanceParams, grid_and_strides
+from roiseg.deploy.detections import ANCHORS_PER_CELL, OBJECTNESS_FORMATS, ROW_LAYOUTS, DetectionSpec, InstanceParams, grid_and_strides
 from roiseg.errors import InputError
 
 NOT_OFFERED: float = -1.0
@@ -41,7 +41,7 @@ def _rows(b: GraphBuilder, det: str, spec: DetectionSpec) -> str:
     """The detections as [A, columns] (one row per anchor or per suppressed detection)."""
     if spec.format == "ultralytics":
         return b.op("Transpose", [b.op("Squeeze", [det, b.const([0], np.int64)])], perm=[1, 0])
-    if spec.format == "yolox":
+    if spec.format in OBJECTNESS_FORMATS:
         return b.op("Squeeze", [det, b.const([0], np.int64)])
     return b.op("Reshape", [det, b.const([-1, ROW_LAYOUTS[spec.format].columns], np.int64)])
 
@@ -58,12 +58,12 @@ def _decoded_boxes(b: GraphBuilder, rows: str, spec: DetectionSpec) -> str:
 
 
 def _person_scores(b: GraphBuilder, rows: str, spec: DetectionSpec, persons: Sequence[int]) -> str:
-    """[A, P]: each person class's score (objectness x class score for YOLOX)."""
+    """[A, P]: each person class's score (objectness x class score for YOLOX and YOLOv5)."""
     first = 4 if spec.format == "ultralytics" else 5
     scores = b.op("Gather", [rows, b.const([first + c for c in persons], np.int64)], axis=1)
     if not spec.activated:
         scores = b.op("Sigmoid", [scores])
-    if spec.format == "yolox":
+    if spec.format in OBJECTNESS_FORMATS:
         obj = _slice(b, rows, 4, 5)
         scores = b.op("Mul", [obj if spec.activated else b.op("Sigmoid", [obj]), scores])
     return scores
@@ -151,7 +151,7 @@ def postprocess_model(spec: DetectionSpec, params: InstanceParams, opset: int, i
         raise InputError(f"the post-processing graph needs opset >= {MIN_HEAD_OPSET}, got {opset}")
     if input_shape is None:
         a, nc = spec.anchors(), spec.num_classes
-        input_shape = {"ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc],
+        input_shape = {"ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc], "yolov5": [1, ANCHORS_PER_CELL["yolov5"] * a, 5 + nc],
                        "end2end": [1, "num_detections", ROW_LAYOUTS["end2end"].columns]}.get(spec.format, ["num_detections", 7])
     b = GraphBuilder(prefix)
     rows = _rows(b, spec.tensor, spec)

@@ -94,6 +94,21 @@ class _EndToEnd(nn.Module):
         return torch.cat([boxes, best.unsqueeze(-1), labels.unsqueeze(-1).to(boxes.dtype)], dim=-1)
 
 
+class _AnchorBased(nn.Module):
+    """A YOLOv5/v7-shaped output from the anchor-free one: [B, 4 + nc, A] -> [B, 3 A, 5 + nc], three
+    boxes per cell (the cell's box at 0.5x, 1x and 2x its size, in that order over all cells), then an
+    objectness (the cell's best class score, square-rooted, times 0.85, 1 and 0.7 for the three sizes,
+    so that the three never tie) and the class scores; boxes decoded (cx, cy, w, h in input pixels),
+    scores after the sigmoid, as YOLOv5's export gives them."""
+
+    def forward(self, det: torch.Tensor) -> torch.Tensor:
+        t = det.transpose(1, 2)  # [B, A, 4 + nc]
+        xy, wh, scores = t[..., 0:2], t[..., 2:4], t[..., 4:]
+        obj = scores.amax(dim=-1, keepdim=True).sqrt()
+        return torch.cat([torch.cat([xy, wh * size, obj * weight, scores], dim=-1)
+                          for size, weight in ((0.5, 0.85), (1.0, 1.0), (2.0, 0.7))], dim=1)
+
+
 REFERENCE_TAPS: tuple[str, ...] = (
     "/model.3/Concat_output_0", "/model.5/Concat_output_0", "/model.19/Concat_output_0",
     "/model.22/Concat_output_0", DEFAULT_FEATURE_TENSOR,
@@ -113,7 +128,7 @@ class StandInYolo(nn.Module):
     """
 
     def __init__(self, channels: int = 1024, num_classes: int = 25, features_output: bool = False,
-                 end2end: bool = False) -> None:
+                 detections: str = "ultralytics") -> None:
         super().__init__()
         if channels % 8:
             raise ValueError("channels must be a multiple of 8 (the taps have C/8 .. C channels)")
@@ -139,7 +154,10 @@ class StandInYolo(nn.Module):
         layers[34] = _Concat()  # [C] stride 8
         layers[35] = _Detect(channels, num_classes)
         self.model = nn.ModuleList(layers)
-        self.end2end = _EndToEnd() if end2end else None
+        posts = {"ultralytics": nn.Identity, "end2end": _EndToEnd, "yolov5": _AnchorBased}
+        if detections not in posts:
+            raise ValueError(f"unknown detection output {detections!r}; expected one of {', '.join(posts)}")
+        self.post = posts[detections]()
         self.features_output = features_output
 
     def forward(self, images: torch.Tensor):
@@ -153,7 +171,7 @@ class StandInYolo(nn.Module):
         p22 = m[22]([m[20](p19), m[21](up16)])
         feats = m[34]([m[32](p22), m[33](p5)])
         det = m[35](feats)
-        det = self.end2end(det) if self.end2end is not None else det
+        det = self.post(det)
         return (det, p3, p5, p19, p22, feats) if self.features_output else det
 
 
@@ -165,7 +183,7 @@ def build_stand_in_detector(
     opset: int = 17,
     seed: int = 0,
     num_classes: int = 25,
-    detections: Literal["ultralytics", "end2end"] = "ultralytics",
+    detections: Literal["ultralytics", "end2end", "yolov5"] = "ultralytics",
 ) -> Path:
     """Export the stand-in detector to ``out`` (written atomically) and return the path.
 
@@ -174,12 +192,12 @@ def build_stand_in_detector(
     ``mode="featext"``: outputs ``output0`` and the five taps of :data:`REFERENCE_TAPS`, like the
     reference ``*_featext.onnx``. The input ``images`` has a static batch of 1, like the reference.
     ``detections="end2end"``: ``output0`` is Ultralytics' end-to-end output instead, [1, 300, 6] rows
-    x1, y1, x2, y2, score, class (as YOLOv10 / YOLO26 exports).
+    x1, y1, x2, y2, score, class (as YOLOv10 / YOLO26 exports); ``detections="yolov5"``: the YOLOv5/v7
+    layout [1, 3 A, 5 + nc] (decoded boxes, objectness, class scores).
     Weights are drawn from ``seed``, so the same arguments give the same model.
     """
     torch.manual_seed(seed)
-    model = StandInYolo(channels, num_classes, features_output=(mode == "featext"),
-                        end2end=detections == "end2end").eval()
+    model = StandInYolo(channels, num_classes, features_output=(mode == "featext"), detections=detections).eval()
     dummy = torch.rand(1, 3, *input_hw)
     outputs = [DETECTION_OUTPUT] + (list(REFERENCE_TAPS) if mode == "featext" else [])
     with warnings.catch_warnings():
