@@ -70,36 +70,48 @@ def run_feeds(session: ort.InferenceSession, feeds: Sequence[Feeds]) -> list[lis
 
 @dataclass(frozen=True)
 class TensorArg:
-    """A model input or output as onnxruntime's ``NodeArg`` shows it: name and shape (``None`` for a
-    dynamic dimension)."""
+    """A model input or output as onnxruntime's ``NodeArg`` shows it: its name and shape (``None`` for a
+    dynamic dimension, where onnxruntime shows the ``dim_param`` name)."""
 
     name: str
     shape: list[int | None]
 
 
-def _openvino_args(ports) -> list[TensorArg]:
-    return [TensorArg(p.get_any_name(), [d.get_length() if d.is_static else None for d in p.get_partial_shape()])
-            for p in ports]
+def _port_names(ports, onnx_names: Sequence[str]) -> list[str]:
+    """The ONNX name of each OpenVINO port: the one of its names that the ONNX graph uses (OpenVINO may
+    merge a graph output with the tensor feeding it, e.g. through an ``Identity``, and then
+    ``get_any_name()`` can be the inner name), else the ONNX name at the same position."""
+    wanted, names = set(onnx_names), []
+    for i, port in enumerate(ports):
+        known = sorted(set(port.get_names()) & wanted)
+        names.append(known[0] if known else (onnx_names[i] if i < len(onnx_names) else port.get_any_name()))
+    return names
 
 
 class OpenVinoSession:
     """An OpenVINO compiled model with onnxruntime's ``run(output_names, feeds)``, ``get_inputs()`` and
-    ``get_outputs()`` interface."""
+    ``get_outputs()`` interface, under the ONNX graph's input and output names."""
 
-    def __init__(self, compiled, config: dict[str, str]) -> None:
+    def __init__(self, compiled, config: dict[str, str], inputs: Sequence[str] = (), outputs: Sequence[str] = ()) -> None:
         self.compiled = compiled
         self.config = dict(config)
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        self.input_names = _port_names(compiled.inputs, list(inputs))
+        self.output_names = _port_names(compiled.outputs, list(outputs))
+
+    def _args(self, ports, names: list[str]) -> list[TensorArg]:
+        return [TensorArg(name, [d.get_length() if d.is_static else None for d in p.get_partial_shape()])
+                for name, p in zip(names, ports)]
 
     def get_inputs(self) -> list[TensorArg]:
-        return _openvino_args(self.compiled.inputs)
+        return self._args(self.compiled.inputs, self.input_names)
 
     def get_outputs(self) -> list[TensorArg]:
-        return _openvino_args(self.compiled.outputs)
+        return self._args(self.compiled.outputs, self.output_names)
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        result = self.compiled(dict(feeds))
-        by_name = {o.get_any_name(): np.asarray(result[o]) for o in self.compiled.outputs}
+        ports = dict(zip(self.input_names, self.compiled.inputs))
+        result = self.compiled({ports.get(name, name): value for name, value in feeds.items()})
+        by_name = {name: np.asarray(result[o]) for name, o in zip(self.output_names, self.compiled.outputs)}
         return [by_name[name] for name in (output_names or self.output_names)]
 
 
@@ -129,4 +141,7 @@ def create_openvino_session(model: onnx.ModelProto | str | Path, device: str = "
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise GraphError(f"OpenVINO cannot load {model if not isinstance(model, onnx.ModelProto) else 'model'}: "
                              f"{reason}") from exc
-    return OpenVinoSession(compiled, config)
+    graph = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    initializers = {t.name for t in graph.graph.initializer}
+    inputs = [i.name for i in graph.graph.input if i.name not in initializers]
+    return OpenVinoSession(compiled, config, inputs, [o.name for o in graph.graph.output])

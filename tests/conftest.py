@@ -15,6 +15,16 @@ SMALL_CHANNELS = 32
 SMALL_INPUT_HW = (128, 128)
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_default_malloc_policy(monkeypatch):
+    """``parity-check`` fixes glibc's mmap threshold for its whole process (roiseg.utils.memory), for
+    good; commands run in-process here must not change it for the tests after them (their time).
+    tests/test_memory.py checks the policy itself in fresh processes."""
+    import roiseg.utils.memory as memory
+
+    monkeypatch.setattr(memory, "map_large_blocks", lambda *a, **k: False)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     assert SHARED.is_dir(), f"../shared is required by the tests (looked in {SHARED})"

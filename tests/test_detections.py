@@ -220,6 +220,10 @@ def test_format_from_shape_and_metadata():
     assert guess_format(["num", 7], 8400, {}) == "nms"
     assert guess_format([1, "num", 7], 8400, {}) == "nms"
     assert guess_format([1, 300, 6], 8400, {}) == "end2end"
+    assert guess_format([1, "num", 6], 8400, {}) == "end2end"
+    from roiseg.deploy.detections import _check_shape
+
+    assert _check_shape("end2end", ["batch", 300, 6], 8400, True, "output0") == 0  # a dynamic-batch export
     assert guess_format([1, 25200, 85], 8400, {}) == "yolov5"
     assert guess_format([1, 25200, 6], 8400, {}) == "yolov5"  # one class: three boxes per cell, not end2end rows
     assert guess_format([1, 300, 6], 8400, {"names": str({i: "x" for i in range(80)}), "task": "detect"}) == "end2end"
@@ -240,6 +244,8 @@ def test_detection_spec_errors(stand_in_featext, yolox_nano):
         detection_spec(featext, det_format="nms")
     with pytest.raises(InputError, match="not in the yolov5 format"):
         detection_spec(featext, det_format="yolov5")
+    with pytest.raises(InputError, match="only the yolox format has raw grid boxes"):
+        detection_spec(featext, det_format="ultralytics", decoded=False)
     with pytest.raises(InputError, match="not in the end2end format"):
         detection_spec(featext, det_format="end2end")
     with pytest.raises(InputError, match="cannot tell the format"):

@@ -37,6 +37,26 @@ def test_openvino_parity(work, stand_in_full, ckpt, coco_tiny):
     assert "on openvino" in format_table(report)
 
 
+def test_openvino_session_keeps_the_onnx_output_names():
+    """OpenVINO merges a graph output with the tensor feeding it (here ``rois``, an ``Identity`` of the
+    clipped boxes) and may then name it by the inner tensor; the session answers to the ONNX names."""
+    pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
+    import graph_tools as gt
+    from roiseg.deploy.detections import DetectionSpec, InstanceParams
+    from roiseg.deploy.detections_onnx import postprocess_model
+
+    spec = DetectionSpec("det", "end2end", (320, 480), 0)
+    model = postprocess_model(spec, InstanceParams(), 17, 8, input_shape=[1, 300, 6], roi_feed="rois")
+    rows = (np.random.default_rng(0).random((1, 300, 6)) * [480, 320, 480, 320, 1, 0]).astype(np.float32)
+    ov, ort = gt.create_openvino_session(model, "CPU", "f32"), gt.create_session(model)
+    names = [o.name for o in ort.get_outputs()]
+    assert [o.name for o in ov.get_outputs()] == names == ["boxes", "scores", "classes", "rois"]
+    assert [i.name for i in ov.get_inputs()] == ["det"]
+    for got, want in zip(ov.run(["rois", "boxes"], {"det": rows}), ort.run(["rois", "boxes"], {"det": rows})):
+        assert got.shape == want.shape and len(want) > 0
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_openvino_session_forces_f32():
     pytest.importorskip("openvino")
     from onnx import TensorProto, helper

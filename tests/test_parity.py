@@ -8,7 +8,7 @@ import pytest
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 
 from graph_tools import ErrorStats as StageStats
-from roiseg.deploy.probes import edge_case_rois, probe_rois
+from roiseg.deploy.probes import ProbeImages, edge_case_rois, probe_rois
 from roiseg.deploy.parity import (
     failure_summary, format_table, run_parity,
 )
@@ -152,21 +152,19 @@ def test_probe_images_are_read_one_at_a_time(checkpoints, work, coco_tiny, monke
     import gc
     import weakref
 
-    from roiseg.deploy import parity as parity_mod
-
     detector, ckpt = checkpoints["stand_in"]
     fused = fused_once(work, detector, ckpt, simplify=False)
     read, alive_when_next = [], []
-    real = parity_mod.coco_probe_images
+    real_iter = ProbeImages.__iter__
 
-    def tracked(*a, **k):
-        for probe in real(*a, **k):
+    def tracked(self):
+        for probe in real_iter(self):
             gc.collect()
             alive_when_next.append(sum(ref() is not None for ref in read))
             read.append(weakref.ref(probe.image))
             yield probe
 
-    monkeypatch.setattr(parity_mod, "coco_probe_images", tracked)
+    monkeypatch.setattr(ProbeImages, "__iter__", tracked)
     report = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / VAL_JSON, images=coco_tiny / VAL_IMAGES,
                         max_images=4, large_set=0)
     assert report["passed"] and report["images"] == 4 and len(report["image_names"]) == 4

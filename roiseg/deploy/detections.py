@@ -52,7 +52,7 @@ NMS_COLUMNS: int = 7
 OBJECTNESS_FORMATS: tuple[str, ...] = ("yolox", "yolov5")
 """Formats with an objectness column: box (4), objectness, class scores; a class's score is objectness x class score."""
 ANCHORS_PER_CELL: dict[str, int] = {"yolov5": 3}
-"""Boxes per grid cell (1 for the anchor-free formats)."""
+"""Boxes per grid cell of the anchor-based formats (:func:`grid_rows`; the others have one)."""
 END2END_COLUMNS: int = 6
 """``x1, y1, x2, y2, score, classid``."""
 
@@ -139,6 +139,12 @@ class Instances:
     classes: np.ndarray
 
 
+def grid_rows(fmt: str, cells: int) -> int:
+    """Detections a grid format gives for ``cells`` grid cells (:func:`anchor_count`): one per cell, or
+    :data:`ANCHORS_PER_CELL` for the anchor-based formats."""
+    return ANCHORS_PER_CELL.get(fmt, 1) * cells
+
+
 def anchor_count(input_hw: tuple[int, int], strides: Sequence[int] = DETECTION_STRIDES) -> int:
     """Cells over all strides (``ceil(H / s) * ceil(W / s)`` each)."""
     h, w = input_hw
@@ -158,8 +164,11 @@ def guess_format(shape: Sequence, anchors: int, props: dict[str, str]) -> str | 
     """The format a detection tensor of ``shape`` is in, from shape and metadata; ``None`` when it fits none."""
     if any(not isinstance(d, int) for d in shape[-1:]):
         return None
-    if shape[-1] == NMS_COLUMNS and (len(shape) == 2 or (len(shape) == 3 and not isinstance(shape[1], int))):
+    dynamic_rows = len(shape) == 3 and not isinstance(shape[1], int)
+    if shape[-1] == NMS_COLUMNS and (len(shape) == 2 or dynamic_rows):
         return "nms"
+    if shape[-1] == END2END_COLUMNS and dynamic_rows:
+        return "end2end"
     if len(shape) != 3 or shape[0] not in (1, "?") or not all(isinstance(d, int) for d in shape[1:]):
         return None
     a, b = shape[1], shape[2]
@@ -170,7 +179,7 @@ def guess_format(shape: Sequence, anchors: int, props: dict[str, str]) -> str | 
         return "ultralytics"
     if a == anchors and b > 5:
         return "yolox"
-    if a == ANCHORS_PER_CELL["yolov5"] * anchors and b > 5:
+    if a == grid_rows("yolov5", anchors) and b > 5:
         return "yolov5"
     if b == NMS_COLUMNS and a != anchors:
         return "nms"
@@ -215,7 +224,7 @@ def _check_shape(fmt: str, shape: list, anchors: int, decoded: bool, tensor: str
                              "batchno, classid, score, x1, y1, x2, y2")
         return 0
     if fmt == "end2end":
-        if len(shape) != 3 or shape[0] not in (1, "?") or last != END2END_COLUMNS:
+        if len(shape) != 3 or last != END2END_COLUMNS:
             raise InputError(f"{tensor!r} {shape} is not in the end2end format: expected [1, K, 6] rows "
                              "x1, y1, x2, y2, score, classid")
         return 0
@@ -226,10 +235,10 @@ def _check_shape(fmt: str, shape: list, anchors: int, decoded: bool, tensor: str
             raise InputError(f"{tensor!r} {shape} is not in the ultralytics format [1, 4 + classes, anchors]")
         return shape[1] - 4
     if fmt == "yolov5":
-        per_cell = ANCHORS_PER_CELL["yolov5"]
-        if shape[2] <= 5 or shape[1] != per_cell * anchors:
-            raise InputError(f"{tensor!r} {shape} is not in the yolov5 format [1, {per_cell} x {anchors} anchors, "
-                             "5 + classes] (three boxes per cell of strides 8, 16, 32 on the input size)")
+        if shape[2] <= 5 or shape[1] != grid_rows(fmt, anchors):
+            raise InputError(f"{tensor!r} {shape} is not in the yolov5 format [1, {grid_rows(fmt, anchors)}, "
+                             f"5 + classes] ({ANCHORS_PER_CELL[fmt]} boxes per cell of strides 8, 16, 32 on the "
+                             "input size)")
         return shape[2] - 5
     if shape[2] <= 5 or (not decoded and shape[1] != anchors):
         raise InputError(f"{tensor!r} {shape} is not in the yolox format [1, anchors, 5 + classes]"
@@ -260,6 +269,8 @@ def detection_spec(model: onnx.ModelProto, tensor: str | None = None, det_format
                          f"give it (--det-format {'|'.join(DETECTION_FORMATS)})")
     if decoded is None:
         decoded = fmt != "yolox" or exp_upstream(model, tensor)
+    elif not decoded and fmt != "yolox":
+        raise InputError(f"only the yolox format has raw grid boxes to decode; {fmt} boxes are decoded")
     classes = _check_shape(fmt, shape, anchors, decoded, tensor)
     return DetectionSpec(tensor, fmt, input_hw, classes, decoded=decoded, activated=activated)
 

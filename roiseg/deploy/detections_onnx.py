@@ -26,7 +26,9 @@ from roiseg.conventions import (
     FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_SCORES_OUTPUT, INSTANCE_AXIS, MIN_HEAD_OPSET, RAW_HEIGHT_AXIS,
     RAW_WIDTH_AXIS,
 )
-from roiseg.deploy.detections import ANCHORS_PER_CELL, OBJECTNESS_FORMATS, ROW_LAYOUTS, DetectionSpec, InstanceParams, grid_and_strides
+from roiseg.deploy.detections import (
+    OBJECTNESS_FORMATS, ROW_LAYOUTS, DetectionSpec, InstanceParams, grid_and_strides, grid_rows,
+)
 from roiseg.errors import InputError
 
 NOT_OFFERED: float = -1.0
@@ -151,8 +153,11 @@ def postprocess_model(spec: DetectionSpec, params: InstanceParams, opset: int, i
         raise InputError(f"the post-processing graph needs opset >= {MIN_HEAD_OPSET}, got {opset}")
     if input_shape is None:
         a, nc = spec.anchors(), spec.num_classes
-        input_shape = {"ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc], "yolov5": [1, ANCHORS_PER_CELL["yolov5"] * a, 5 + nc],
-                       "end2end": [1, "num_detections", ROW_LAYOUTS["end2end"].columns]}.get(spec.format, ["num_detections", 7])
+        input_shape = {
+            "ultralytics": [1, 4 + nc, a], "yolox": [1, a, 5 + nc], "yolov5": [1, grid_rows("yolov5", a), 5 + nc],
+            "end2end": [1, "num_detections", ROW_LAYOUTS["end2end"].columns],
+            "nms": ["num_detections", ROW_LAYOUTS["nms"].columns],
+        }[spec.format]
     b = GraphBuilder(prefix)
     rows = _rows(b, spec.tensor, spec)
     normalised = (_row_post if spec.format in ROW_LAYOUTS else _grid_post)(b, rows, spec, params)

@@ -55,7 +55,7 @@ from roiseg.deploy.instances_parity import run_instance_parity
 from roiseg.deploy.metadata import read_metadata
 from roiseg.deploy.raw_input import RAW_PREPROCESS_ATOL, raw_from_tensor
 from roiseg.deploy.probes import (
-    ProbeImage, coco_probe_images, folder_probe_images, plausible_rois, probe_image_paths, roi_sets, smooth_image,
+    ProbeImage, coco_probe_images, folder_probe_images, plausible_rois, roi_sets, smooth_image,
 )
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.utils.progress import get_logger, progress
@@ -269,13 +269,14 @@ def parity_tolerances(fp16: bool, atol: float | None = None, min_argmax: float |
 
 def _probe_images(meta, annotations, images, max_images) -> tuple[Iterable[ProbeImage], int]:
     """The probe images, read one at a time as the comparison reaches them, and how many there are."""
-    if images is not None:
-        n = len(probe_image_paths(annotations, images, max_images))
-        if annotations is not None:
-            return coco_probe_images(annotations, images, meta.input_hw, meta.preprocessing, max_images), n
-        return folder_probe_images(images, meta.input_hw, meta.preprocessing, max_images), n
-    LOG.warning("no --images given: comparing on a synthetic image only")
-    return [ProbeImage("synthetic", smooth_image(meta.input_hw), plausible_rois(3))], 1
+    if annotations is not None:
+        probes = coco_probe_images(annotations, images, meta.input_hw, meta.preprocessing, max_images)
+    elif images is not None:
+        probes = folder_probe_images(images, meta.input_hw, meta.preprocessing, max_images)
+    else:
+        LOG.warning("no --images given: comparing on a synthetic image only")
+        return [ProbeImage("synthetic", smooth_image(meta.input_hw), plausible_rois(3))], 1
+    return probes, len(probes)
 
 
 def compare_paths(

@@ -96,10 +96,29 @@ class ProbeImage:
     raw: np.ndarray | None = None  # [H0, W0, 3] uint8 BGR as read (for raw-image models)
 
 
+@dataclass
+class ProbeImages:
+    """Probe images read one at a time as they are iterated (``len()`` reads none): per file its name,
+    path and GT boxes ([K, 4] normalised xyxy; ``None``: 3 plausible boxes seeded by its position)."""
+
+    files: list[tuple[str, Path, np.ndarray | None]]
+    input_hw: tuple[int, int]
+    preprocessing: Preprocessing
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[ProbeImage]:
+        for i, (name, path, boxes) in enumerate(self.files):
+            raw = read_probe_image(path)
+            rois = boxes if boxes is not None else plausible_rois(3, seed=i)
+            yield ProbeImage(name, preprocess(raw, self.input_hw, self.preprocessing), rois, raw)
+
+
 def coco_probe_images(
     annotations: str | Path, images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
     max_images: int | None = None,
-) -> Iterator[ProbeImage]:
+) -> ProbeImages:
     """Images with person (non-crowd) GT boxes from a COCO instances JSON (rules of ``prepare-coco``)."""
     images_dir = Path(images_dir)
     _check_max_images(max_images)
@@ -109,15 +128,16 @@ def coco_probe_images(
     if not sel.images:
         raise InputError(f"{annotations}: no image with a person annotation has its file in {images_dir}")
     by_image = sel.by_image()
+    files = []
     for rec in sel.images[:max_images]:
         hw = (int(rec["height"]), int(rec["width"]))
         boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in by_image[rec["id"]]])
-        raw = read_probe_image(images_dir / rec["file_name"])
-        yield ProbeImage(rec["file_name"], preprocess(raw, input_hw, preprocessing), np.clip(boxes, 0.0, 1.0), raw)
+        files.append((rec["file_name"], images_dir / rec["file_name"], np.clip(boxes, 0.0, 1.0)))
+    return ProbeImages(files, input_hw, preprocessing)
 
 
 def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
-                        max_images: int | None = None) -> Iterator[ProbeImage]:
+                        max_images: int | None = None) -> ProbeImages:
     """Every image file in a folder (sorted), with plausible boxes instead of GT."""
     _check_max_images(max_images)
     if not Path(images_dir).is_dir():
@@ -125,9 +145,7 @@ def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], prepr
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
-    for i, p in enumerate(files[:max_images]):
-        raw = read_probe_image(p)
-        yield ProbeImage(p.name, preprocess(raw, input_hw, preprocessing), plausible_rois(3, seed=i), raw=raw)
+    return ProbeImages([(p.name, p, None) for p in files[:max_images]], input_hw, preprocessing)
 
 
 def probe_image_paths(annotations: str | Path | None, images_dir: str | Path,
