@@ -12,7 +12,7 @@ import pytest
 import graph_tools as gt
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 from roiseg.conventions import Preprocessing, preprocess, read_image
-from roiseg.deploy.detections import InstanceParams
+from roiseg.deploy.detections import InstanceParams, Instances
 from roiseg.deploy.instances import build_instances, fuse_instances, instance_notes, read_instance_props
 from roiseg.deploy.metadata import KEY_INSTANCES
 from roiseg.deploy.instances_parity import format_instance_table, instance_parity
@@ -169,6 +169,40 @@ def test_parity_fails_for_masks_of_another_head(work, stand_in_full, stand_in_ck
     result = instance_parity(out, stand_in_full, other, _images(coco_tiny, PERSON_IMAGES[:1]))
     row = result["images"][0]
     assert not result["passed"] and row["box_max_abs"] <= 1e-4 and row["mask_max_abs"] > 1e-2
+
+
+def test_matching_float16_instances():
+    from roiseg.deploy.instances_fp16 import match_instances
+
+    ref = Instances(np.float32([[0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.2, 0.2]]),
+                    np.float32([0.9, 0.8, 0.7]), np.int64([0, 0, 0]))
+    got = Instances(np.float32([[0.6, 0.6, 0.9, 0.92], [0.1, 0.1, 0.5, 0.52], [0.0, 0.0, 0.2, 0.2], [0.1, 0.1, 0.5, 0.5]]),
+                    np.float32([0.8, 0.9, 0.7, 0.3]), np.int64([0, 0, 2, 0]))
+    pairs = match_instances(got, ref)
+    # reference 0 takes the exact box (IoU 1) over the shifted one; 1 the shifted one of its place;
+    # reference 2 has no partner: the box that fits it has another class
+    assert [(g, r) for g, r, _ in pairs] == [(3, 0), (0, 1)]
+    assert pairs[0][2] == pytest.approx(1.0) and pairs[1][2] == pytest.approx(0.09 / 0.096)
+    assert match_instances(got, ref, min_iou=0.99) == [(3, 0, pytest.approx(1.0))]
+    assert match_instances(Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)), ref) == []
+
+
+def test_float16_instance_model_parity(work, yolox_nano, yolox_ckpt, coco_tiny):
+    """fuse --instances --fp16: detections matched by IoU, masks at float16 tolerances; fails for another head."""
+    from roiseg.deploy.instances_parity import instance_failure_summary
+
+    half = fuse_instances(yolox_nano, yolox_ckpt, work / "yolox_fp16_instances.onnx", fp16=True).out
+    images = _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE))
+    result = instance_parity(half, yolox_nano, fused_once(work, yolox_nano, yolox_ckpt), images, mask_atol=1.0)
+    assert result["passed"] and result["fp16"], json.dumps(result, indent=1)
+    assert result["matched_of_reference"] >= 0.95 and result["matched_of_model"] >= 0.95
+    assert sum(r["matched"] for r in result["images"]) >= 10 and result["images"][-1]["count"] == 0
+    assert 0 < result["masks"]["masks"]["mean_abs"] <= 1e-2 and result["masks"]["masks"]["argmax_agreement"] >= 0.98
+    assert "float16 model" in format_instance_table(result)
+    other = fused_once(work, yolox_nano, make_checkpoint(work / "yolox_other.pth", yolox_nano, YOLOX_TENSOR,
+                                                         variant="detail", preprocessing=YOLOX_PRE, seed=1))
+    bad = instance_parity(half, yolox_nano, other, images, mask_atol=1.0)
+    assert not bad["passed"] and "masks: mean abs outside float16 tolerance" in instance_failure_summary(bad)
 
 
 def test_fuse_instances_cli(work, stand_in_full, stand_in_ckpt, capsys):

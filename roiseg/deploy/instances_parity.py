@@ -15,6 +15,9 @@ the reference detector then reads the graph's own preprocessed image, the model'
 * the thresholds: every score ``> score_threshold``, ``K <= max_instances``, classes among the person classes
   (and, for a raw-image model, the pixel boxes).
 
+A float16 model cannot match one to one (a detection near the threshold may flip): it is matched by
+box IoU and its masks held to float16 tolerances (:mod:`roiseg.deploy.instances_fp16`).
+
 ``engine`` runs the instance model (``onnxruntime`` or ``openvino``, CPU, f32); the references (the
 detector's output, the ROI model) always run in onnxruntime.
 """
@@ -29,12 +32,13 @@ import onnx
 
 import graph_tools as gt
 from roiseg.conventions import (
-    DEFAULT_IMAGE_INPUT, FUSED_ROIS_INPUT, INSTANCE_OUTPUTS, PARITY_ATOL, PREPROCESSED_TENSOR, RAW_IMAGE_INPUT,
+    DEFAULT_IMAGE_INPUT, FP16_PARITY_ATOL, FUSED_ROIS_INPUT, INSTANCE_OUTPUTS, PARITY_ATOL, PREPROCESSED_TENSOR, RAW_IMAGE_INPUT,
     Preprocessing, preprocess, read_image,
 )
 from roiseg.deploy.detections import Instances, reference_instances
 from roiseg.deploy.engines import engine_session
 from roiseg.deploy.instances import DET_PREPROCESSED_RAW, read_instance_props
+from roiseg.deploy.instances_fp16 import Fp16InstanceCheck, format_fp16_table
 from roiseg.deploy.fuse import build_fused, finish_fused
 from roiseg.deploy.metadata import read_metadata
 from roiseg.deploy.probes import probe_image_paths
@@ -97,7 +101,9 @@ def instance_parity(
     roi_model: onnx.ModelProto | str | Path, images: Sequence[str | Path],
     box_atol: float = BOX_ATOL, mask_atol: float = PARITY_ATOL, engine: str = "onnxruntime",
 ) -> dict[str, Any]:
-    """The report described in the module docstring: per image and ``passed`` overall."""
+    """The report described in the module docstring: per image and ``passed`` overall. A float16 model
+    is held to :mod:`roiseg.deploy.instances_fp16` instead (``mask_atol`` then bounds the largest mask
+    error, by default none)."""
     model = _load(instance_model)
     found = read_instance_props(model)
     if found is None:
@@ -114,7 +120,7 @@ def instance_parity(
     det, inst, roi = gt.create_session(exposed), engine_session(engine, run_model), gt.create_session(_load(roi_model))
     det_input = det.get_inputs()[0].name
     mask_names = [o.name for o in inst.get_outputs() if o.name not in (*INSTANCE_OUTPUTS, FUSED_ROIS_INPUT)]
-    rows = []
+    rows, half = [], Fp16InstanceCheck(mask_names, mask_atol) if meta.fp16 else None
     for path in images:
         feed, x_det, (h0, w0) = inputs(path)
         outs = dict(zip([o.name for o in inst.get_outputs()], inst.run(None, feed)))
@@ -126,22 +132,29 @@ def instance_parity(
             pixels_held = bool(np.allclose(got.boxes, normalised * size, rtol=1e-6, atol=1e-3))
             got.boxes = normalised
         ref = reference_instances(det.run([spec.tensor], {det_input: x_det})[0], spec, params)
-        row = {"image": Path(path).name, **compare_instances(got, ref)}
-        roi_outs = roi.run(mask_names, {**feed, FUSED_ROIS_INPUT: got.boxes})
+        roi_outs = dict(zip(mask_names, roi.run(mask_names, {**feed, FUSED_ROIS_INPUT: got.boxes})))
+        held = bool(len(got.scores) <= params.max_instances and (got.scores > params.score_threshold).all()
+                    and np.isin(got.classes, params.person_classes).all() and pixels_held)
+        if half is not None:
+            half.add(Path(path).name, got, ref, outs, roi_outs, held)
+            continue
+        row = {"image": Path(path).name, **compare_instances(got, ref), "thresholds_held": held}
         row["mask_max_abs"] = max((float(np.abs(outs[n].astype(np.float64) - r).max()) if r.size else 0.0
-                                   for n, r in zip(mask_names, roi_outs)), default=0.0)
-        row["thresholds_held"] = bool(len(got.scores) <= params.max_instances
-                                      and (got.scores > params.score_threshold).all()
-                                      and np.isin(got.classes, params.person_classes).all() and pixels_held)
+                                   for n, r in roi_outs.items()), default=0.0)
         row["passed"] = bool(row["box_max_abs"] <= box_atol and row["score_max_abs"] <= box_atol
-                             and row["classes_equal"] and row["mask_max_abs"] <= mask_atol and row["thresholds_held"])
+                             and row["classes_equal"] and row["mask_max_abs"] <= mask_atol and held)
         rows.append(row)
-    return {"images": rows, "box_atol": box_atol, "mask_atol": mask_atol, "engine": engine, "detections": spec.to_json(),
-            "params": params.to_json(), "passed": bool(rows) and all(r["passed"] for r in rows)}
+    common = {"engine": engine, "detections": spec.to_json(), "params": params.to_json()}
+    if half is not None:
+        return {**half.report(), **common}
+    return {"images": rows, "box_atol": box_atol, "mask_atol": mask_atol, **common,
+            "passed": bool(rows) and all(r["passed"] for r in rows)}
 
 
 def format_instance_table(report: dict[str, Any]) -> str:
     """The per-image table ``roiseg parity-check`` prints for an instance model."""
+    if report.get("fp16"):
+        return format_fp16_table(report)
     head = f"{'image':<22} {'K':>4} {'ref K':>6} {'box max abs':>12} {'score max abs':>14} {'masks max abs':>14}  result"
     lines = [head, "-" * len(head)]
     for r in report["images"]:
@@ -157,7 +170,15 @@ def format_instance_table(report: dict[str, Any]) -> str:
 
 
 def instance_failure_summary(report: dict[str, Any]) -> str:
-    """One line naming the images that failed."""
+    """One line naming the images that failed (a float16 model: what fell short)."""
+    if report.get("fp16"):
+        why = [f"{name}: {'mean abs' if 'mean_abs' in m else 'masks'} outside float16 tolerance"
+               for name, m in report["masks"].items() if not m["passed"]]
+        for key, what in (("matched_of_reference", "of the reference's"), ("matched_of_model", "of the model's")):
+            if report[key] < report["min_matched"]:
+                why.append(f"matched {100 * report[key]:.1f}% {what} instances")
+        why += [f"{r['image']}: thresholds not held" for r in report["images"] if not r["thresholds_held"]]
+        return "; ".join(why) or "no image compared"
     bad = [r["image"] for r in report["images"] if not r["passed"]]
     return f"{len(bad)} of {len(report['images'])} image(s) failed: {', '.join(bad[:8])}" if bad else "no image compared"
 
@@ -173,9 +194,6 @@ def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Pat
     instance model (:func:`instance_parity`)."""
     fused = Path(fused)
     meta = read_metadata(fused)
-    if meta.fp16:
-        raise InputError(f"{fused} computes in float16: instance parity compares detections exactly; "
-                         "check the float32 instance model")
     if images is None:
         raise InputError("an instance model is checked on real images (give --images, with or without --annotations)")
     paths = probe_image_paths(annotations, images, max_images)
@@ -185,7 +203,8 @@ def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Pat
     if meta.extractor_sha256 != build.meta.extractor_sha256:
         LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
     roi_model, _ = finish_fused(build)
-    report = instance_parity(fused, detector, roi_model, paths, mask_atol=PARITY_ATOL if atol is None else atol,
+    default = FP16_PARITY_ATOL if meta.fp16 else PARITY_ATOL
+    report = instance_parity(fused, detector, roi_model, paths, mask_atol=default if atol is None else atol,
                              engine=engine)
     report.update({"kind": "instances", "fused": str(fused), "detector": str(detector), "head": str(head),
                    "metadata": meta.summary()})
