@@ -115,54 +115,49 @@ class ProbeImages:
             yield ProbeImage(name, preprocess(raw, self.input_hw, self.preprocessing), rois, raw)
 
 
+def probe_files(annotations: str | Path | None, images_dir: str | Path,
+                max_images: int | None = None) -> list[tuple[str, Path, np.ndarray | None]]:
+    """The probe files, as :class:`ProbeImages` lists them: with ``annotations`` (COCO instances JSON)
+    its images with person (non-crowd) GT boxes (rules of ``prepare-coco``); without, every image file
+    of the folder (sorted) with ``None`` for plausible boxes. At most ``max_images``."""
+    _check_max_images(max_images)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"image folder not found: {images_dir}")
+    if annotations is None:
+        paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+        return [(p.name, p, None) for p in paths[:max_images]]
+    sel = select_persons(load_coco_json(annotations), annotations, images_dir)
+    if not sel.images:
+        raise InputError(f"{annotations}: no image with a person annotation has its file in {images_dir}")
+    by_image, files = sel.by_image(), []
+    for rec in sel.images[:max_images]:
+        hw = (int(rec["height"]), int(rec["width"]))
+        boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in by_image[rec["id"]]])
+        files.append((rec["file_name"], images_dir / rec["file_name"], np.clip(boxes, 0.0, 1.0)))
+    return files
+
+
 def coco_probe_images(
     annotations: str | Path, images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
     max_images: int | None = None,
 ) -> ProbeImages:
     """Images with person (non-crowd) GT boxes from a COCO instances JSON (rules of ``prepare-coco``)."""
-    images_dir = Path(images_dir)
-    _check_max_images(max_images)
-    if not images_dir.is_dir():
-        raise InputError(f"image folder not found: {images_dir}")
-    sel = select_persons(load_coco_json(annotations), annotations, images_dir)
-    if not sel.images:
-        raise InputError(f"{annotations}: no image with a person annotation has its file in {images_dir}")
-    by_image = sel.by_image()
-    files = []
-    for rec in sel.images[:max_images]:
-        hw = (int(rec["height"]), int(rec["width"]))
-        boxes = np.stack([coco_bbox_to_roi(a["bbox"], hw) for a in by_image[rec["id"]]])
-        files.append((rec["file_name"], images_dir / rec["file_name"], np.clip(boxes, 0.0, 1.0)))
-    return ProbeImages(files, input_hw, preprocessing)
+    return ProbeImages(probe_files(annotations, images_dir, max_images), input_hw, preprocessing)
 
 
 def folder_probe_images(images_dir: str | Path, input_hw: tuple[int, int], preprocessing,
                         max_images: int | None = None) -> ProbeImages:
     """Every image file in a folder (sorted), with plausible boxes instead of GT."""
-    _check_max_images(max_images)
-    if not Path(images_dir).is_dir():
-        raise InputError(f"image folder not found: {images_dir}")
-    files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
-    return ProbeImages([(p.name, p, None) for p in files[:max_images]], input_hw, preprocessing)
+    return ProbeImages(probe_files(None, images_dir, max_images), input_hw, preprocessing)
 
 
 def probe_image_paths(annotations: str | Path | None, images_dir: str | Path,
                       max_images: int | None = None) -> list[Path]:
     """The files :func:`coco_probe_images` (with ``annotations``) or :func:`folder_probe_images` would use."""
-    _check_max_images(max_images)
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise InputError(f"image folder not found: {images_dir}")
-    if annotations is not None:
-        sel = select_persons(load_coco_json(annotations), annotations, images_dir)
-        files = [images_dir / rec["file_name"] for rec in sel.images]
-    else:
-        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"no image to compare on in {images_dir}")
-    return files[:max_images]
+    return [path for _, path, _ in probe_files(annotations, images_dir, max_images)]
 
 
 def roi_sets(probe: ProbeImage, input_hw: tuple[int, int], large: int = 0) -> list[np.ndarray]:
