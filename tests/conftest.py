@@ -57,3 +57,25 @@ def stand_in_featext(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("detector") / "stand_in_featext.onnx"
     return build_stand_in_detector(out, channels=SMALL_CHANNELS, input_hw=SMALL_INPUT_HW, mode="featext")
+
+
+@pytest.fixture(scope="session")
+def yolox_trained_head(tmp_path_factory, coco_tiny, yolox_nano) -> Path:
+    """``best.pth`` of the default head trained for 2 epochs on 12 coco-tiny train images with
+    YOLOX-nano features (a trained head, not random weights), shared by every module."""
+    from roiseg.data.prepare import prepare_coco
+    from roiseg.training.config import load_config
+    from roiseg.training.engine import train
+
+    root = tmp_path_factory.mktemp("yolox_trained")
+    for split in ("train2017", "val2017"):
+        prepare_coco(coco_tiny / f"annotations/instances_{split}.json", root / "annotations")
+    over = {"data.train_ann": str(root / "annotations/instances_train2017_person_only_no_crowd.json"),
+            "data.val_ann": str(root / "annotations/instances_val2017_person_only_no_crowd.json"),
+            "data.train_images": str(coco_tiny / "images/train2017"), "data.val_images": str(coco_tiny / "images/val2017"),
+            "data.analyze_json": str(root / "none.json"), "data.max_train_images": 12, "data.max_val_images": 4,
+            "data.num_workers": 0, "features.extractor": str(yolox_nano), "features.feature_tensor": "input.663",
+            "features.cache": str(root / "cache"), "features.color": "bgr", "features.scale": 1.0,
+            "train.out": str(root / "run"), "train.device": "cpu", "train.epochs": 2, "train.picture": False}
+    train(load_config(None, over))
+    return root / "run" / "best.pth"

@@ -8,6 +8,12 @@ from typing import ClassVar, Literal
 
 Variant = Literal["baseline", "detail", "query"]
 VARIANTS: tuple[str, ...] = ("baseline", "detail", "query")
+ATTENTION_MASKS: tuple[str, ...] = ("soft", "hard")
+
+
+def auto_embed_dim(in_channels: int) -> int:
+    """Embedding width scaled with the detector's primary tap: 32 up to 128 channels, 64 up to 512, else 128."""
+    return 32 if in_channels <= 128 else 64 if in_channels <= 512 else 128
 
 
 @dataclass
@@ -40,11 +46,31 @@ class HeadConfig:
     """RoIAlign samples per bin along each axis (fixed, so torch and ONNX Runtime agree exactly)."""
     groups: int = 32
     embed_dim: int = 32
-    """``query``: channels of the per-image mask embedding (stride 4) and of the queries."""
+    """``query``: channels of the per-image mask embedding (stride 4) and of the queries; ``0``: scaled
+    with the detector (:func:`auto_embed_dim`: 32 / 64 / 128 for up to 128 / 512 / more channels)."""
     query_layers: int = 3
     """``query``: masked cross-attention decoder layers."""
     query_heads: int = 4
     """``query``: attention heads (must divide ``embed_dim``)."""
+    attention_mask: str = "soft"
+    """``query``: how the previous layer's prediction masks the cross-attention: ``"soft"`` (additive
+    bias = the class's log-probability per cell: continuous) or ``"hard"`` (Mask2Former's 0.5
+    threshold: discontinuous; only for checkpoints made before roiseg 0.2)."""
+    refine_channels: int = 16
+    """``query``: channels of the per-ROI RGB refinement (a residual conv stack over the RoI-aligned
+    image, the logits and the embedding at the ROI grid; 0 = off)."""
+    box_prior: float = 4.0
+    """Initial logit margin of the target class over background inside the ROI (and of background
+    over non-target): the untrained head predicts the whole box and learns the residual. Only the
+    initialisation depends on it. 0 = the plain (random) initialisation."""
+
+    LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0}
+    """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
+
+    @property
+    def embed_width(self) -> int:
+        """``embed_dim``, or the detector-scaled width when it is 0."""
+        return self.embed_dim or auto_embed_dim(self.in_channels)
 
     @property
     def num_extra_taps(self) -> int:
@@ -64,7 +90,8 @@ class HeadConfig:
             if key in d:
                 d[key] = tuple(int(v) for v in d[key])
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        legacy = {k: v for k, v in cls.LEGACY.items() if k not in d}
+        return cls(**legacy, **{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> None:
         """ValueError naming the field when a value cannot build a head."""
@@ -74,8 +101,12 @@ class HeadConfig:
             raise ValueError(f"extra_channels {list(self.extra_channels)} and extra_strides "
                              f"{list(self.extra_strides)} differ in length")
         if self.variant == "query":
-            if self.embed_dim % self.query_heads:
-                raise ValueError(f"query_heads ({self.query_heads}) must divide embed_dim ({self.embed_dim})")
+            if self.embed_dim < 0 or self.embed_width % self.query_heads:
+                raise ValueError(f"query_heads ({self.query_heads}) must divide embed_dim ({self.embed_width})")
+            if self.attention_mask not in ATTENTION_MASKS:
+                raise ValueError(f"attention_mask must be one of {', '.join(ATTENTION_MASKS)}, got {self.attention_mask!r}")
+            if self.refine_channels < 0:
+                raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
             return
         ups = self.mask_size / self.roi_size
         if ups < 1 or 2 ** round(math.log2(ups)) != ups:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roiseg.conventions import NON_TARGET, NUM_CLASSES, TARGET
 from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks, rois_to_pixels
 
 
@@ -44,6 +45,13 @@ def gn(channels: int, groups: int) -> nn.GroupNorm:
 def conv_gn_relu(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:
     """k x k conv (same padding, no bias), GroupNorm, ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), gn(cout, groups), nn.ReLU(inplace=True))
+
+
+def box_prior_logits(margin: float) -> torch.Tensor:
+    """[3] class logits of the box prior: background 0, target ``+margin``, non-target ``-margin``."""
+    prior = torch.zeros(NUM_CLASSES)
+    prior[TARGET], prior[NON_TARGET] = margin, -margin
+    return prior
 
 
 def roi_coordinate_channels(n: int, size: int, like: torch.Tensor) -> torch.Tensor:

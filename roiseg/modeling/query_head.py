@@ -14,11 +14,15 @@ Per ROI, everything is light:
 2. A query from the RoI-aligned primary tap (average-pooled) and the box geometry (normalised
    x1, y1, x2, y2, w, h), turned into three class queries (background, target, non-target).
 3. ``query_layers`` decoder layers (Mask2Former): masked cross-attention of the class queries over
-   the ROI's tokens (each query sees only the cells the previous prediction gives its class with
-   probability >= 0.5; a query that would see nothing sees everything), self-attention among the
-   three queries, an MLP.
-4. Class logits = dot products of the (projected) class queries with the ROI's tokens:
-   [N, 3, G, G], then the same exportable paste as the other heads.
+   the ROI's tokens, self-attention among the three queries, an MLP. The mask is *soft*: the
+   attention logits of class ``c`` get the previous prediction's ``log p_c`` per cell added, so a
+   query attends to the cells its class holds, and the network stays a continuous function of its
+   inputs (``attention_mask = "hard"``, Mask2Former's 0.5 threshold, only for old checkpoints).
+4. Class logits = dot products of the (projected) class queries with the ROI's tokens, plus a
+   per-class bias that starts at the box prior (target inside the ROI): [N, 3, G, G].
+5. Optionally (``refine_channels``), a per-ROI RGB refinement: a small residual conv stack over
+   the RoI-aligned input image, the logits and the embedding at the G x G grid, whose last layer
+   starts at zero. Then the same exportable paste as the other heads.
 
 Standard ONNX ops only (RoiAlign, MatMul, Softmax, Resize...); the ROI count is dynamic.
 """
@@ -35,7 +39,8 @@ from torchvision.ops import roi_align
 
 from roiseg.conventions import NUM_CLASSES
 from roiseg.modeling.config import HeadConfig
-from roiseg.modeling.layers import MaskHeadOutputs, conv_gn_relu, gn, roi_boxes, roi_coordinate_channels
+from roiseg.modeling.layers import (MaskHeadOutputs, box_prior_logits, conv_gn_relu, gn, roi_boxes,
+                                   roi_coordinate_channels)
 
 EMBED_STRIDE: int = 4
 """Stride of the mask embedding in input pixels."""
@@ -117,15 +122,40 @@ class DecoderLayer(nn.Module):
         return self.norms[2](x + self.mlp(x))
 
 
+def soft_attention_bias(logits: torch.Tensor) -> torch.Tensor:
+    """[N, 3, T] class logits -> [N, 3, T] bias ``log p_c`` per cell (a continuous mask, <= 0)."""
+    return torch.log_softmax(logits, dim=1)
+
+
 def attention_bias(logits: torch.Tensor) -> torch.Tensor:
     """[N, 3, T] class logits -> [N, 3, T] bias: 0 where the class has p >= 0.5, else ``MASK_NEG``.
 
     A query whose class has no such cell gets no mask at all (Mask2Former's rule for empty masks).
+    Discontinuous (a 1e-7 change can flip a cell): kept only for checkpoints made with it.
     """
     keep = (torch.softmax(logits, dim=1) >= 0.5).to(logits.dtype)  # [N, 3, T]
     none = (keep.sum(dim=-1, keepdim=True) == 0).to(logits.dtype)  # [N, 3, 1]
     keep = torch.maximum(keep, none)
     return (1.0 - keep) * MASK_NEG
+
+
+class RgbRefine(nn.Module):
+    """Per-ROI residual on the ROI-grid logits from the RoI-aligned image (PointRend / detail idea).
+
+    Input: image [N, 3, G, G], logits [N, 3, G, G], embedding [N, D, G, G] -> [N, 3, G, G] residual;
+    the last 1x1 conv starts at zero, so the refinement starts as the identity.
+    """
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_gn_relu(3 + NUM_CLASSES + dim, channels, 3, 8),
+                                  conv_gn_relu(channels, channels, 3, 8))
+        self.out = nn.Conv2d(channels, NUM_CLASSES, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image: torch.Tensor, logits: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(torch.cat([image, logits, grid], dim=1)))
 
 
 class QueryMaskHead(MaskHeadOutputs, nn.Module):
@@ -135,7 +165,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        dim = cfg.embed_dim
+        dim = cfg.embed_width
         self.pixel_decoder = PixelDecoder([cfg.in_channels, *cfg.extra_channels], dim, cfg.groups)
         self.query = nn.Sequential(nn.Linear(cfg.in_channels + 6, 2 * dim), nn.ReLU(inplace=True),
                                    nn.Linear(2 * dim, dim))
@@ -143,6 +173,13 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.position = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.layers = nn.ModuleList([DecoderLayer(dim, cfg.query_heads) for _ in range(cfg.query_layers)])
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+        self.class_bias = nn.Parameter(box_prior_logits(cfg.box_prior)) if cfg.box_prior else None
+        if cfg.box_prior:  # start from the box: the dot products start small, the bias holds the prior
+            with torch.no_grad():
+                self.mask_embed[-1].weight.mul_(0.1)
+                self.mask_embed[-1].bias.zero_()
+        self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
+        self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
 
     def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """[B, D, H/4, W/4]: the per-image mask embedding (shared by every ROI of the image)."""
@@ -157,8 +194,9 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         return self.query(torch.cat([pooled, geometry], dim=1))[:, None] + self.class_embed[None]  # [N, 3, D]
 
     def _logits(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """[N, 3, D] x [N, T, D] -> [N, 3, T]."""
-        return torch.matmul(self.mask_embed(queries), tokens.transpose(1, 2))
+        """[N, 3, D] x [N, T, D] -> [N, 3, T] (plus the per-class bias)."""
+        logits = torch.matmul(self.mask_embed(queries), tokens.transpose(1, 2))
+        return logits if self.class_bias is None else logits + self.class_bias[None, :, None]
 
     def forward(
         self,
@@ -191,6 +229,10 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         queries = self._queries(taps[0], rois, boxes)
         logits = self._logits(queries, tokens)
         for layer in self.layers:
-            queries = layer(queries, tokens, tokens, attention_bias(logits))
+            queries = layer(queries, tokens, tokens, self._bias(logits))
             logits = self._logits(queries, tokens)
-        return logits.reshape(-1, NUM_CLASSES, g, g)
+        logits = logits.reshape(-1, NUM_CLASSES, g, g)
+        if self.refine is not None:
+            image = roi_align(images, boxes, (g, g), spatial_scale=1.0, sampling_ratio=cfg.sampling_ratio, aligned=True)
+            logits = logits + self.refine(image, logits, grid)
+        return logits

@@ -26,7 +26,8 @@ from torchvision.ops import roi_align
 
 from roiseg.conventions import NUM_CLASSES
 from roiseg.modeling.config import HeadConfig
-from roiseg.modeling.layers import MaskHeadOutputs, conv_gn_relu, gn, roi_boxes, roi_coordinate_channels
+from roiseg.modeling.layers import (MaskHeadOutputs, box_prior_logits, conv_gn_relu, gn, roi_boxes,
+                                   roi_coordinate_channels)
 
 
 class RoiMaskHead(MaskHeadOutputs, nn.Module):
@@ -52,6 +53,10 @@ class RoiMaskHead(MaskHeadOutputs, nn.Module):
             self.detail = nn.Sequential(conv_gn_relu(3 + 2, d, 3, 8), conv_gn_relu(d, d, 3, 8))
             self.fuse = nn.Sequential(conv_gn_relu(ch + d, ch, 3, g), conv_gn_relu(ch, ch, 3, g))
         self.classifier = nn.Conv2d(ch, NUM_CLASSES, 1)
+        if cfg.box_prior:  # start from the box: small weights, the bias holds the prior
+            with torch.no_grad():
+                self.classifier.weight.mul_(0.1)
+                self.classifier.bias.copy_(box_prior_logits(cfg.box_prior))
 
     def forward(
         self,

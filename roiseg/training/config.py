@@ -81,7 +81,7 @@ class DataConfig:
     max_train_images: int = _opt(0, "--max-train-images", "use the first N train images (0 = all)")
     """Use only the first N train images (0 = all)."""
     max_val_images: int = _opt(0, "--max-val-images", "use the first N val images (0 = all)")
-    jitter: float = 0.0
+    jitter: float = 0.05
     """ROI jitter of the train set (fraction of the box size), re-drawn each epoch."""
     hflip: float = 0.5
     """Probability that a train image is mirrored horizontally (image, masks and ROIs; its features
@@ -182,7 +182,7 @@ HeadSection = _head_section()
 class OptimConfig:
     """AdamW with a per-step schedule: linear warm-up to ``lr``, then cosine down to ``lr * min_lr_ratio``."""
 
-    lr: float = _opt(1e-3, "--lr", "peak learning rate")
+    lr: float = _opt(3e-3, "--lr", "peak learning rate")
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
@@ -201,7 +201,7 @@ class OptimConfig:
 class RunConfig:
     """The run: length, seed, device, output folder, checkpoint retention."""
 
-    epochs: int = _opt(12, "--epochs", "number of epochs (the schedule spans them)")
+    epochs: int = _opt(5, "--epochs", "number of epochs (the schedule spans them)")
     seed: int = _opt(0, "--seed", "seed of initialisation, data order and ROI sampling")
     device: str = _opt("auto", "--device", "auto, cpu, cuda or cuda:N")
     """``auto`` (CUDA when usable), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun each rank uses ``cuda:LOCAL_RANK``."""
