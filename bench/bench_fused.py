@@ -41,9 +41,9 @@ import onnxruntime as ort
 import torch
 
 from graph_tools import load_model, save_model, trim_at_tensor
-from roiseg.deploy.export import export_head
-from roiseg.deploy.fuse import fuse
-from roiseg.deploy.probes import plausible_rois, probe_rois, smooth_image
+from roiseg.export.wrapper import export_head
+from roiseg.export.fuse import fuse
+from roiseg.export.probes import plausible_rois, probe_rois, smooth_image
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
 from roiseg.features.extractor import describe_extractor
 from roiseg.features.providers import choose_providers

@@ -29,8 +29,8 @@ import torch
 
 import graph_tools as gt
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
-from roiseg.deploy.fuse import fuse
-from roiseg.deploy.probes import plausible_rois, probe_rois, smooth_image
+from roiseg.export.fuse import fuse
+from roiseg.export.probes import plausible_rois, probe_rois, smooth_image
 from roiseg.features.extractor import describe_extractor
 from roiseg.modeling import HeadConfig, build_head, count_parameters
 from roiseg.synthetic.detector import build_stand_in_detector

@@ -51,7 +51,7 @@ def build(root: Path, detector: Path, tensor: str, variant: str | None) -> tuple
     with training's default taps, and its fused model."""
     import torch
 
-    from roiseg.deploy.fuse import fuse
+    from roiseg.export.fuse import fuse
     from roiseg.features.info import describe_extractor
     from roiseg.modeling import build_head
     from roiseg.training.build import TAP_VARIANTS

@@ -23,6 +23,9 @@ from graph_tools.metadata import read_props, set_prop, write_props
 from graph_tools.opset import (
     choose_ir_version, convert_opset, default_opset, max_supported_opset, ort_max_ir_version, validate_opset,
 )
+from graph_tools.providers import (
+    cuda_device_count, cuda_unusable_reason, execution_providers, parse_device, provider_names,
+)
 from graph_tools.session import (
     CPU_PROVIDER, Feeds, OpenVinoSession, ProviderSpec, create_openvino_session, create_session, run_feeds,
 )
@@ -32,7 +35,8 @@ from graph_tools.stats import ErrorStats, class_map
 from graph_tools.trim import copy_model_fields, trim_at_tensor
 
 __all__ = [
-    "CPU_PROVIDER", "DedupeReport", "Dim", "GraphBuilder", "ErrorStats", "Feeds", "Float16Report", "GraphError", "OpenVinoSession", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
+    "CPU_PROVIDER", "cuda_device_count", "cuda_unusable_reason", "execution_providers", "parse_device",
+    "provider_names", "DedupeReport", "Dim", "GraphBuilder", "ErrorStats", "Feeds", "Float16Report", "GraphError", "OpenVinoSession", "ProviderSpec", "SIMPLIFIERS", "SimplifyResult", "atomic_path",
     "clean_stale_temps",
     "batch_consistent", "choose_ir_version", "class_map", "convert_float16", "create_openvino_session", "convert_opset", "copy_model_fields",
     "create_session", "default_opset", "describe_io", "dims", "elem_type_of", "feed_input", "file_sha256", "graph_inputs",

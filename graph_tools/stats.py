@@ -1,8 +1,9 @@
 """Streaming error statistics between a candidate and a reference output (parity checks).
 
 Per comparison: max, mean and p99 absolute error, max relative error ``|got - ref| /
-max(|ref|, 1e-6)``, and for class-score maps the fraction of positions whose argmax class agrees and
-the IoU of one class's masks. p99 comes from a histogram over the float32 bit patterns of the errors
+max(|ref|, 1e-6)``, and for class-score maps the fraction of positions whose argmax class agrees and,
+when the caller names a class (``iou_class``), the IoU of that class's masks (``class_iou``, pooled,
+and ``min_item_class_iou``, the lowest over the items of axis 0). p99 comes from a histogram over the float32 bit patterns of the errors
 (the upper bin edge is reported: an upper bound within 0.8 %), so memory does not grow with the data.
 
 A comparison passes when ``max abs <= atol`` (for unbounded values: ``atol * max(1, max |ref|)``)
@@ -54,8 +55,8 @@ class ErrorStats:
     :meth:`result` at the end), in memory independent of the number of elements.
 
     With ``probabilities`` the arrays are class scores [N, K, ...] (class axis 1): the fraction of
-    positions whose argmax class agrees is kept, and the IoU of the masks ``argmax ==
-    positive_class`` (pooled, and the minimum over the N items).
+    positions whose argmax class agrees is kept, and with ``iou_class`` the IoU of the masks ``argmax ==
+    iou_class`` (pooled, and the minimum over the N items).
     """
 
     name: str
@@ -64,7 +65,8 @@ class ErrorStats:
     labels: bool = False
     """The arrays are class maps [N, ...] (integers): only agreement and the IoU are kept, and the
     comparison passes on agreement alone."""
-    positive_class: int = 1
+    iou_class: int | None = None
+    """Class whose masks' IoU is kept (``None``: none)."""
     count: int = 0
     max_abs: float = 0.0
     sum_abs: float = 0.0
@@ -104,8 +106,10 @@ class ErrorStats:
     def _update_maps(self, a: np.ndarray, b: np.ndarray) -> None:
         self.agree += int(np.count_nonzero(a == b))
         self.pixels += a.size
-        ta = (a == self.positive_class).reshape(len(a), int(np.prod(a.shape[1:])))  # also for 0 items
-        tb = (b == self.positive_class).reshape(len(b), int(np.prod(b.shape[1:])))
+        if self.iou_class is None:
+            return
+        ta = (a == self.iou_class).reshape(len(a), int(np.prod(a.shape[1:])))  # also for 0 items
+        tb = (b == self.iou_class).reshape(len(b), int(np.prod(b.shape[1:])))
         inter = np.count_nonzero(ta & tb, axis=1)
         union = np.count_nonzero(ta | tb, axis=1)
         self.inter += int(inter.sum())
@@ -120,14 +124,19 @@ class ErrorStats:
         k = int(np.searchsorted(np.cumsum(self.hist), math.ceil(0.99 * self.count)))
         return min(_bin_upper_edge(k), self.max_abs)
 
+    def _class_iou(self) -> dict[str, float]:
+        if self.iou_class is None:
+            return {}
+        return {"class_iou": self.inter / self.union if self.union else 1.0, "min_item_class_iou": self.min_roi_iou}
+
     def result(self, atol: float, min_argmax: float, mean_atol: float | None = None) -> dict[str, Any]:
         """Report dict of the stage, ``passed`` included; with ``mean_atol`` the mean absolute error
         is bounded too (scaled like ``atol`` for unbounded values)."""
         if self.labels:
             agree = self.agree / self.pixels if self.pixels else 0.0
             return {"description": self.description, "elements": self.count, "kind": "labels",
-                    "argmax_agreement": agree, "target_iou": self.inter / self.union if self.union else 1.0,
-                    "min_roi_target_iou": self.min_roi_iou, "passed": bool(self.count > 0 and agree >= min_argmax)}
+                    "argmax_agreement": agree, **self._class_iou(),
+                    "passed": bool(self.count > 0 and agree >= min_argmax)}
         tol = atol * max(1.0, self.max_ref) if not self.probabilities else atol
         out: dict[str, Any] = {
             "description": self.description,
@@ -144,11 +153,7 @@ class ErrorStats:
             passed = passed and out["mean_abs"] <= out["mean_tolerance"]
         if self.probabilities:
             agree = self.agree / self.pixels if self.pixels else 0.0
-            out.update({
-                "argmax_agreement": agree,
-                "target_iou": self.inter / self.union if self.union else 1.0,
-                "min_roi_target_iou": self.min_roi_iou,
-            })
+            out.update({"argmax_agreement": agree, **self._class_iou()})
             passed = passed and agree >= min_argmax
         else:
             out["max_abs_reference"] = self.max_ref

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import onnx
-import onnx_graphsurgeon as gs
 
 from graph_tools.inspect import dims, elem_type_of, require_tensor, tensor_shapes
 
@@ -24,6 +23,8 @@ def trim_at_tensor(
     Raises :class:`graph_tools.errors.GraphError` with the nearest tensor names when one is absent.
     The kept tensors' inferred shapes and element types are written on the outputs.
     """
+    import onnx_graphsurgeon as gs  # imported here: running a model (graph_tools.create_session) needs none of it
+
     names = [tensors] if isinstance(tensors, str) else list(tensors)
     for name in names:
         require_tensor(model, name)

@@ -1,7 +1,9 @@
 """The ``roiseg`` command line: a thin layer that parses, calls library functions and prints.
 
 Each subcommand lives in ``roiseg/commands/<name>.py`` and defines ``add_parser(subparsers)``
-(which sets ``func``). Errors the user can fix are printed on one line; ``--debug`` shows tracebacks.
+(which sets ``func``); a command whose options need heavy imports (``train``: its config schema imports
+torch) adds them in ``add_details(parser)``, called only when that command is on the line, so building
+the parser imports no torch. Errors the user can fix are printed on one line; ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named on ``argv`` (the first word that is no option: the global options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand; the options of ``command`` in full (:func:`command_of`)."""
     parser = argparse.ArgumentParser(
         prog="roiseg",
         description="Train a ROI mask head on frozen detector ONNX features and fuse both into one ONNX model.",
@@ -40,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"roiseg.commands.{name}").add_parser(sub)
+        module = importlib.import_module(f"roiseg.commands.{name}")
+        module.add_parser(sub)
+        if command == name.replace("_", "-") and hasattr(module, "add_details"):
+            module.add_details(sub.choices[command])
     return parser
 
 
@@ -73,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --debug is accepted anywhere on the line, also after the subcommand.
     debug = _wants_debug(argv)
     argv = glue_negative_values([a for a in argv if a != "--debug"])
-    parser = build_parser()
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     try:

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import cv2
 import numpy as np
+
+from roiseg.errors import InputError
 
 # --------------------------------------------------------------------------------------------
 # Classes
@@ -74,8 +78,53 @@ RAW_HEIGHT_AXIS, RAW_WIDTH_AXIS = "height", "width"
 """Names of the dynamic image dimensions of a raw-image model (its input and its mask outputs)."""
 PREPROCESSED_TENSOR: str = "roiseg_pre/images"
 """Inside a raw-image fused model: the preprocessed image [1, 3, H, W] the detector and the head read."""
-IMAGE_INPUT_MODES: tuple[str, ...] = ("tensor", "raw")
-"""``tensor``: ``images`` [1, 3, H, W] preprocessed by the caller; ``raw``: ``image`` uint8 [H0, W0, 3] BGR."""
+
+
+class ImageInput(str, Enum):
+    """What the fused model takes as its image (``roiseg.image_input`` metadata, ``fuse --image-input``)."""
+
+    TENSOR = "tensor"  # ``images`` [1, 3, H, W] float32, preprocessed by the caller (:func:`preprocess`)
+    RAW = "raw"  # ``image`` uint8 [H0, W0, 3] BGR of any size, preprocessed in the graph; masks at H0 x W0
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def input_name(self) -> str:
+        """The model's image input: ``images`` or ``image``."""
+        return RAW_IMAGE_INPUT if self is ImageInput.RAW else DEFAULT_IMAGE_INPUT
+
+    @classmethod
+    def parse(cls, value: "str | ImageInput") -> "ImageInput":
+        """``"tensor"``/``"raw"`` (or a member) -> the member; InputError naming the value otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise InputError(f"unknown image input {value!r}; expected one of {', '.join(IMAGE_INPUT_MODES)}") from None
+
+
+IMAGE_INPUT_MODES: tuple[str, ...] = tuple(m.value for m in ImageInput)
+
+
+def output_modes(modes: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The output modes asked for, checked and in the canonical order of :data:`OUTPUT_MODES`.
+
+    ``modes``: names, or strings of comma-separated names. :class:`InputError` for an unknown or no mode.
+    """
+    names = [m.strip() for item in ([modes] if isinstance(modes, str) else list(modes or [])) for m in item.split(",")]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in OUTPUT_MODES]
+    if unknown or not names:
+        what = f"unknown output mode {unknown[0]!r}" if unknown else "no output mode given"
+        raise InputError(f"{what}; expected one or more of {', '.join(OUTPUT_MODES)}")
+    return tuple(m for m in OUTPUT_MODES if m in names)
+
+
+def output_tensors(modes: str | Iterable[str] | None) -> list[str]:
+    """Names of the graph outputs of ``modes`` (checked), in order."""
+    return [name for m in output_modes(modes) for name in OUTPUT_MODES[m]]
+
+
 HEAD_FEATURES_INPUT: str = "features"
 """Input of an exported head that takes the detector's features."""
 def extra_features_input(i: int) -> str:
@@ -92,16 +141,6 @@ DETECTOR_PREFIX: str = "detector/"
 MIN_HEAD_OPSET: int = 16
 """RoiAlign with ``coordinate_transformation_mode`` exists from opset 16 on."""
 DEFAULT_HEAD_OPSET: int = 17
-PARITY_ATOL: float = 1e-4
-"""Default absolute tolerance on probabilities between the fused graph and the PyTorch path."""
-PARITY_MIN_ARGMAX: float = 0.9999
-"""Default minimum fraction of pixels whose argmax class agrees between the two paths."""
-FP16_PARITY_ATOL: float = 1.0
-"""A float16 model: no bound on the largest error (a pixel near a class boundary may flip) ..."""
-FP16_PARITY_MEAN_ATOL: float = 1e-2
-"""... but the mean absolute error on probabilities must stay within this ..."""
-FP16_PARITY_MIN_ARGMAX: float = 0.98
-"""... and at least this fraction of pixels must keep their argmax class."""
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """``--device`` values (``cuda:N`` is accepted too)."""
 
@@ -117,12 +156,6 @@ FUSED_CLASSES_OUTPUT: str = "classes"
 INSTANCE_OUTPUTS: tuple[str, str, str] = (FUSED_BOXES_OUTPUT, FUSED_SCORES_OUTPUT, FUSED_CLASSES_OUTPUT)
 INSTANCE_AXIS: str = "num_instances"
 """Name of the dynamic instance dimension K."""
-DETECTION_FORMATS: tuple[str, ...] = ("ultralytics", "yolox", "yolov5", "nms", "end2end")
-"""``ultralytics`` [1, 4 + nc, A] cxcywh pixels + class scores; ``yolox`` [1, A, 5 + nc] (raw grid or
-decoded boxes, objectness, class scores); ``yolov5`` [1, 3 A, 5 + nc] (YOLOv5/v7 anchor-based exports:
-decoded cxcywh pixels, objectness, class scores); ``nms`` [K, 7] rows batchno, classid, score, x1, y1, x2, y2 pixels;
-``end2end`` [1, K, 6] rows x1, y1, x2, y2, score, classid pixels (Ultralytics end-to-end exports: YOLOv10,
-YOLO26, ``export(nms=True)``)."""
 DETECTION_STRIDES: tuple[int, ...] = (8, 16, 32)
 DEFAULT_PERSON_CLASSES: tuple[int, ...] = (0,)
 DEFAULT_SCORE_THRESHOLD: float = 0.25
@@ -351,3 +384,17 @@ def read_image(path: str | Path) -> np.ndarray:
     if img is None:
         raise ValueError(f"not a readable image: {p}")
     return img
+
+
+def default_trt_cache_dir() -> Path:
+    """Where TensorRT engines are cached: ``$XDG_CACHE_HOME/roiseg/trt_engines`` (``~/.cache`` by default)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "roiseg" / "trt_engines"
+
+
+def read_user_image(path: str | Path) -> np.ndarray:
+    """:func:`read_image` with :class:`InputError` (naming the file) for an absent, unreadable or cut file."""
+    try:
+        return read_image(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from exc

@@ -179,9 +179,9 @@ def _first_val_image(val_ann: Path, val_images: Path) -> tuple[Path, np.ndarray]
 
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     """Run the seven steps in ``cfg.workdir`` and return what was produced and measured."""
-    from roiseg.deploy.fuse import fuse
-    from roiseg.deploy.parity import run_parity
-    from roiseg.deploy.predict import predict_image
+    from roiseg.export.fuse import fuse
+    from roiseg.verify.parity import run_parity
+    from roiseg.runtime.predict import predict_image
 
     t_start = time.perf_counter()
     workdir = ensure_writable_dir(cfg.workdir)
@@ -209,9 +209,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     rois1 = np.stack([coco_bbox_to_roi([b[0], b[1], b[2] - b[0], b[3] - b[1]], bgr.shape[:2]) for b in boxes_px])
     rois8 = np.resize(rois1, (8, 4)).astype(np.float32)
 
-    last = summary["history"][-1]
-    fused_stage = report["stages"]["fused"]
-    out = DemoSummary()
+    last, fused_stage, out = summary["history"][-1], report["stages"]["fused"], DemoSummary()
     pictures = sorted(Path(summary["out"]).glob(VALIDATION_PICTURE_GLOB))
     out.files = {
         "generated data": str(data_root),

@@ -53,8 +53,8 @@ _FUSED: dict[tuple, Path] = {}
 
 
 def fused_once(root: Path, detector: Path, checkpoint: Path, simplify: bool = True, **kwargs) -> Path:
-    """``roiseg.deploy.fuse.fuse`` into ``root``, memoised per arguments for the whole test session."""
-    from roiseg.deploy.fuse import fuse
+    """``roiseg.export.fuse.fuse`` into ``root``, memoised per arguments for the whole test session."""
+    from roiseg.export.fuse import fuse
 
     key = (str(root), str(detector), str(checkpoint), simplify, tuple(sorted(kwargs.items())))
     if key not in _FUSED or not _FUSED[key].is_file():

@@ -9,12 +9,13 @@ import pytest
 
 import graph_tools as gt
 from roiseg.conventions import Preprocessing, preprocess, read_image
-from roiseg.deploy.detections import (
-    DetectionSpec, Instances, InstanceParams, decode, detection_spec, grid_and_strides, guess_format,
-    reference_instances,
+from roiseg.detection.formats import (
+    DetectionSpec, Instances, InstanceParams, classes_of, detection_spec, grid_and_strides, guess_format,
 )
-from roiseg.deploy.detections_onnx import postprocess_model
-from roiseg.deploy.instances_parity import compare_instances
+from roiseg.detection.layouts import LAYOUTS
+from roiseg.detection.reference import decode, reference_instances
+from roiseg.detection.graph import postprocess_model
+from roiseg.verify.instances import compare_instances
 from roiseg.errors import InputError
 
 YOLOX_PRE = Preprocessing(color="bgr", scale=1.0)
@@ -221,9 +222,7 @@ def test_format_from_shape_and_metadata():
     assert guess_format([1, "num", 7], 8400, {}) == "nms"
     assert guess_format([1, 300, 6], 8400, {}) == "end2end"
     assert guess_format([1, "num", 6], 8400, {}) == "end2end"
-    from roiseg.deploy.detections import _check_shape
-
-    assert _check_shape("end2end", ["batch", 300, 6], 8400, True, "output0") == 0  # a dynamic-batch export
+    assert classes_of(LAYOUTS["end2end"], ["batch", 300, 6], 8400, True, "output0") == 0  # a dynamic-batch export
     assert guess_format([1, 25200, 85], 8400, {}) == "yolov5"
     assert guess_format([1, 25200, 6], 8400, {}) == "yolov5"  # one class: three boxes per cell, not end2end rows
     assert guess_format([1, 300, 6], 8400, {"names": str({i: "x" for i in range(80)}), "task": "detect"}) == "end2end"

@@ -11,8 +11,9 @@ import pytest
 from helpers_graph import fused_once, make_checkpoint
 
 from roiseg.cli import main
-from roiseg.deploy.engines import check_trt_rois, tensorrt_notes, trt_profiles
-from roiseg.deploy.parity import format_table, run_parity
+from roiseg.export.tensorrt import tensorrt_notes
+from roiseg.runtime.engines import check_trt_rois, trt_profiles
+from roiseg.verify.parity import format_table, run_parity
 from roiseg.errors import InputError
 
 
@@ -42,8 +43,8 @@ def test_openvino_session_keeps_the_onnx_output_names():
     clipped boxes) and may then name it by the inner tensor; the session answers to the ONNX names."""
     pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
     import graph_tools as gt
-    from roiseg.deploy.detections import DetectionSpec, InstanceParams
-    from roiseg.deploy.detections_onnx import postprocess_model
+    from roiseg.detection.formats import DetectionSpec, InstanceParams
+    from roiseg.detection.graph import postprocess_model
 
     spec = DetectionSpec("det", "end2end", (320, 480), 0)
     model = postprocess_model(spec, InstanceParams(), 17, 8, input_shape=[1, 300, 6], roi_feed="rois")

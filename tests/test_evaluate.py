@@ -1,4 +1,4 @@
-"""roiseg.deploy.evaluate with fake MaskModels on a small generated COCO set (and the whole-box floor on
+"""roiseg.evaluation.roi with fake MaskModels on a small generated COCO set (and the whole-box floor on
 coco-tiny val against the reference figure of ../shared/README.md)."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from roiseg.conventions import (
-    BACKGROUND, DEFAULT_PREPROCESSING, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, roi_inside_mask, size_bucket,
+    BACKGROUND, DEFAULT_PREPROCESSING, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, preprocess, roi_inside_mask,
+    size_bucket,
 )
 from roiseg.data.coco import decode_mask
 from roiseg.data.targets import roi_targets
-from roiseg.deploy.evaluate import FIGURES, MaskModel, evaluate
-from roiseg.deploy.evaluate_report import format_table, write_markdown, write_report_json, write_worst_picture
+from roiseg.evaluation.roi import FIGURES, MaskModel, evaluate
+from roiseg.evaluation.report import format_table, write_markdown, write_report_json, write_worst_picture
 from roiseg.errors import InputError
 
 IMAGE_HW = (96, 128)
@@ -65,7 +66,10 @@ class PerfectModel:
             truth, rois = _truth(img, anns)
             self.table[rois.tobytes()] = np.stack([truth == c for c in range(NUM_CLASSES)], axis=1).astype(np.float32)
 
-    def predict(self, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
+    def image_feed(self, image_bgr: np.ndarray) -> np.ndarray:
+        return preprocess(image_bgr, self.input_hw, self.preprocessing)
+
+    def roi_probabilities(self, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
         assert image.shape == (1, 3, *self.input_hw) and image.dtype == np.float32
         return self.table[np.asarray(rois, np.float32).tobytes()]
 
@@ -79,7 +83,10 @@ class WholeBoxModel:
         self.input_hw = input_hw
         self.extra_rois = extra_rois
 
-    def predict(self, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
+    def image_feed(self, image_bgr: np.ndarray) -> np.ndarray:
+        return preprocess(image_bgr, self.input_hw, self.preprocessing)
+
+    def roi_probabilities(self, image: np.ndarray, rois: np.ndarray) -> np.ndarray:
         n = len(rois) + self.extra_rois
         out = np.zeros((n, NUM_CLASSES, *self.input_hw), np.float32)
         for k in range(n):
@@ -204,13 +211,18 @@ def test_whole_box_floor_on_coco_tiny_val_matches_reference(coco_tiny) -> None:
 
 
 def test_probabilities_back_at_original_size_are_the_argmax_of_the_bilinear_resize() -> None:
-    from roiseg.deploy.evaluate import probabilities_to_original
+    from roiseg.runtime.session import to_original_size
 
     rng = np.random.default_rng(0)
     probs = rng.random((3, NUM_CLASSES, 16, 20)).astype(np.float32)
     probs[0, :, :4] = 0.25  # ties: the first class wins, as np.argmax
-    labels, target = probabilities_to_original(probs, (37, 23))
+    target, labels = to_original_size(probs, (37, 23), keep=(TARGET,))
+    full, labels_all = to_original_size(probs, (37, 23))
     for k in range(3):
         resized = cv2.resize(probs[k].transpose(1, 2, 0), (23, 37), interpolation=cv2.INTER_LINEAR)
         np.testing.assert_array_equal(labels[k], resized.argmax(axis=2))
-        np.testing.assert_array_equal(target[k], resized[:, :, TARGET])
+        np.testing.assert_array_equal(target[k, 0], resized[:, :, TARGET])
+        np.testing.assert_array_equal(full[k], resized.transpose(2, 0, 1))
+    np.testing.assert_array_equal(labels_all, labels)
+    same, same_labels = to_original_size(full, (37, 23))  # already at the original size (a raw-image model)
+    np.testing.assert_array_equal(same, full) and np.testing.assert_array_equal(same_labels, labels)

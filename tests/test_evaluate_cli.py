@@ -88,7 +88,7 @@ def instance_model(work, yolox_nano):
     from helpers_graph import YOLOX_TENSOR
 
     from roiseg.conventions import Preprocessing
-    from roiseg.deploy.instances import fuse_instances
+    from roiseg.export.instances import fuse_instances
 
     ckpt = make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, preprocessing=Preprocessing(color="bgr", scale=1.0))
     return fuse_instances(yolox_nano, ckpt, work / "instances.onnx", simplify=False).out
@@ -110,9 +110,15 @@ def test_instance_model_is_scored_with_its_own_detections(instance_model, built,
     assert got["num_detections"] == sum(counts.values()) > 0
     assert "mask AP with the model's own detections" in printed and f"{got['num_detections']} detections" in printed
     assert "| AP | AP50 |" in md.read_text()
+    # the metadata chooses the mode: without --rois an instance model is scored with its detections too
+    auto = work / "instances_auto.json"
+    assert main(["evaluate", "--model", str(instance_model), *common, "--report", str(auto), "--device", "cpu"]) == 0
+    assert "mask AP with the model's own detections" in capsys.readouterr().out
+    again = json.loads(auto.read_text())
+    assert again["mask_ap"] == got["mask_ap"] and again["per_image"] == got["per_image"]
     # what each mode cannot do: one line, exit 2
     ckpt, fused = built
-    for args, expected in ((["--model", str(instance_model)], "evaluate it with --rois detector"),
+    for args, expected in ((["--model", str(instance_model), "--rois", "gt"], "evaluate it without --rois gt"),
                            (["--model", str(fused), "--rois", "detector"], "is a ROI model"),
                            (["--model", str(instance_model), "--rois", "detector", "--worst", "2"], "--worst")):
         assert main(["evaluate", *args, *common]) == 2

@@ -1,4 +1,4 @@
-"""roiseg.deploy.export: the head as ONNX with native RoiAlign (half_pixel), dynamic ROI count, parity with torch."""
+"""roiseg.export.wrapper: the head as ONNX with native RoiAlign (half_pixel), dynamic ROI count, parity with torch."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from helpers_graph import boxes, ort_session
 
 from graph_tools import node_attributes, nodes_of_type
 from roiseg.conventions import ROI_AXIS
-from roiseg.deploy.export import export_head
-from roiseg.deploy.metadata import head_config_of
+from roiseg.export.wrapper import export_head
+from roiseg.export.head_source import head_config_of
 from roiseg.errors import InputError
 from roiseg.modeling import HeadConfig, build_head
 

@@ -16,10 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graph_tools import convert_float16
 from roiseg.cli import main
-from roiseg.deploy.metadata import read_metadata
-from roiseg.deploy.parity import format_table, run_parity
-from roiseg.deploy.precision import FP16_BLOCK_OPS
-from roiseg.deploy.probes import smooth_image
+from roiseg.runtime.metadata import read_metadata
+from roiseg.verify.parity import format_table, run_parity
+from roiseg.export.precision import FP16_BLOCK_OPS
+from roiseg.export.probes import smooth_image
 
 
 def _int8_model() -> onnx.ModelProto:

@@ -225,7 +225,7 @@ def test_parity_check_cli_on_an_instance_model(work, stand_in_full, coco_tiny, c
 
 
 def test_fuse_accepts_an_exported_head_onnx(work, stand_in_featext, featext_ckpt):
-    from roiseg.deploy.export import export_head
+    from roiseg.export.wrapper import export_head
     from roiseg.training.checkpoint import load_head
 
     head, state = load_head(featext_ckpt)

@@ -80,8 +80,8 @@ def head_preprocessing(state):
 
 @pytest.mark.slow
 def test_a_trained_yolox_head_passes_parity_in_float32_and_float16(yolox_trained_head, yolox_nano, coco_tiny, tmp_path):
-    from roiseg.deploy.fuse import fuse
-    from roiseg.deploy.parity import run_parity
+    from roiseg.export.fuse import fuse
+    from roiseg.verify.parity import run_parity
 
     ann, images = coco_tiny / "annotations/instances_val2017.json", coco_tiny / "images/val2017"
     fused = fuse(yolox_nano, yolox_trained_head, out=tmp_path / "fused.onnx").out

@@ -12,10 +12,11 @@ import pytest
 import graph_tools as gt
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 from roiseg.conventions import Preprocessing, preprocess, read_image
-from roiseg.deploy.detections import InstanceParams, Instances
-from roiseg.deploy.instances import build_instances, fuse_instances, instance_notes, read_instance_props
-from roiseg.deploy.metadata import KEY_INSTANCES
-from roiseg.deploy.instances_parity import format_instance_table, instance_parity
+from roiseg.detection.formats import InstanceParams, Instances
+from roiseg.export.instances import build_instances, fuse_instances, instance_notes
+from roiseg.runtime.metadata import KEY_INSTANCES, read_metadata
+from roiseg.verify.instances import instance_parity
+from roiseg.verify.parity import failure_summary, format_table
 from roiseg.errors import InputError
 
 YOLOX_PRE = Preprocessing(color="bgr", scale=1.0)
@@ -55,7 +56,7 @@ def test_stand_in_instance_model_contract_and_parity(work, stand_in_full, stand_
     assert report.inputs == [("images", [1, 3, 128, 128])]
     assert report.outputs == [("boxes", ["num_instances", 4]), ("scores", ["num_instances"]),
                               ("classes", ["num_instances"]), ("masks", ["num_instances", 3, 128, 128])]
-    spec, got_params, det_pre = read_instance_props(model)
+    spec, got_params, det_pre = read_metadata(model).instances
     assert (spec.tensor, spec.format, got_params, det_pre) == ("output0", "ultralytics", params, None)
     props = gt.read_props(model)
     assert props["roiseg.feature_tensor"] == "/model.34/Concat_output_0" and KEY_INSTANCES in props
@@ -71,7 +72,7 @@ def test_stand_in_instance_model_contract_and_parity(work, stand_in_full, stand_
 
 def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt, coco_tiny, yolox_instances):
     out = yolox_instances
-    spec = read_instance_props(gt.load_model(out)).spec
+    spec = read_metadata(gt.load_model(out)).instances.spec
     assert spec.format == "yolox" and not spec.decoded
     roi_model = fused_once(work, yolox_nano, yolox_ckpt)
     result = instance_parity(out, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE)))
@@ -94,7 +95,7 @@ def test_yolox_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, c
     assert result["passed"] and result["engine"] == "openvino", json.dumps(result, indent=1)
     counts = {r["image"]: r["count"] for r in result["images"]}
     assert counts[NO_PERSON_IMAGE] == 0 and counts["000000005001.jpg"] >= 8
-    assert "on openvino" in format_instance_table(result)
+    assert "on openvino" in format_table(result)
 
 
 def test_raw_image_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, coco_tiny, yolox_raw_instances):
@@ -124,11 +125,11 @@ def test_other_detector_layouts_instance_model(work, coco_tiny, layout):
     params = InstanceParams(person_classes=tuple(range(25)), score_threshold=0.3, max_instances=20)
     out = fuse_instances(detector, ckpt, work / f"{layout}_instances.onnx", params=params).out
     model = gt.load_model(out)
-    props = read_instance_props(model)
+    props = read_metadata(model).instances
     assert (props.spec.format, props.params) == (layout, params)
     row_format = layout == "end2end"  # the detector's rows are final: no NMS in the graph
     assert bool(gt.nodes_of_type(model, "NonMaxSuppression")) is not row_format
-    assert any("no NMS" in note for note in instance_notes(props, 1)) is row_format
+    assert any("no NMS" in note for note in instance_notes(props)) is row_format
     result = instance_parity(out, detector, fused_once(work, detector, ckpt), _images(coco_tiny, PERSON_IMAGES[:3]))
     assert result["passed"], json.dumps(result, indent=1)
     assert all(0 < r["count"] <= 20 for r in result["images"])
@@ -137,7 +138,7 @@ def test_other_detector_layouts_instance_model(work, coco_tiny, layout):
 def test_thresholds_and_cap_are_respected(work, yolox_nano, yolox_ckpt, coco_tiny):
     params = InstanceParams(score_threshold=0.6, iou_threshold=0.3, max_instances=4)
     built = build_instances(yolox_nano, yolox_ckpt, params=params)
-    assert built.detector_runs == 1 and "rois" not in [vi.name for vi in built.build.model.graph.input]
+    assert built.props.detector_runs == 1 and "rois" not in [vi.name for vi in built.build.model.graph.input]
     session = gt.create_session(built.build.model)
     x = preprocess(read_image(_images(coco_tiny, ["000000005001.jpg"])[0]), (416, 416), YOLOX_PRE)
     boxes, scores, classes, masks = session.run(None, {"images": x})
@@ -172,7 +173,7 @@ def test_parity_fails_for_masks_of_another_head(work, stand_in_full, stand_in_ck
 
 
 def test_matching_float16_instances():
-    from roiseg.deploy.instances_fp16 import match_instances
+    from roiseg.verify.fp16 import match_instances
 
     ref = Instances(np.float32([[0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.2, 0.2]]),
                     np.float32([0.9, 0.8, 0.7]), np.int64([0, 0, 0]))
@@ -189,7 +190,6 @@ def test_matching_float16_instances():
 
 def test_float16_instance_model_parity(work, yolox_nano, yolox_ckpt, coco_tiny):
     """fuse --instances --fp16: detections matched by IoU, masks at float16 tolerances; fails for another head."""
-    from roiseg.deploy.instances_parity import instance_failure_summary
 
     half = fuse_instances(yolox_nano, yolox_ckpt, work / "yolox_fp16_instances.onnx", fp16=True).out
     images = _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE))
@@ -198,11 +198,11 @@ def test_float16_instance_model_parity(work, yolox_nano, yolox_ckpt, coco_tiny):
     assert result["matched_of_reference"] >= 0.95 and result["matched_of_model"] >= 0.95
     assert sum(r["matched"] for r in result["images"]) >= 10 and result["images"][-1]["count"] == 0
     assert 0 < result["masks"]["masks"]["mean_abs"] <= 1e-2 and result["masks"]["masks"]["argmax_agreement"] >= 0.98
-    assert "float16 model" in format_instance_table(result)
+    assert "float16 model" in format_table(result)
     other = fused_once(work, yolox_nano, make_checkpoint(work / "yolox_other.pth", yolox_nano, YOLOX_TENSOR,
                                                          variant="detail", preprocessing=YOLOX_PRE, seed=1))
     bad = instance_parity(half, yolox_nano, other, images, mask_atol=1.0)
-    assert not bad["passed"] and "masks: mean abs outside float16 tolerance" in instance_failure_summary(bad)
+    assert not bad["passed"] and "masks: mean abs outside float16 tolerance" in failure_summary(bad)
 
 
 def test_fuse_instances_cli(work, stand_in_full, stand_in_ckpt, capsys):
@@ -214,7 +214,7 @@ def test_fuse_instances_cli(work, stand_in_full, stand_in_ckpt, capsys):
                  "--max-instances", "5", "--det-format", "ultralytics", "--no-simplify"])
     printed = capsys.readouterr().out
     assert code == 0 and "output boxes" in printed and "instances: detections output0 (ultralytics)" in printed
-    spec, params, _ = read_instance_props(gt.load_model(out))
+    spec, params, _ = read_metadata(gt.load_model(out)).instances
     assert params == InstanceParams((0, 3), 0.55, 0.4, 5) and spec.format == "ultralytics"
     code = main(["fuse", "--instances", "--yolo", str(stand_in_full), "--head", str(stand_in_ckpt),
                  "--out", str(work / "bad.onnx"), "--person-classes", "99"])
@@ -266,7 +266,7 @@ def test_detector_preprocessing_of_its_own(work, yolox_nano, coco_tiny):
     report = fuse_instances(yolox_nano, ckpt, out, det_preprocessing=YOLOX_PRE)
     assert any("second detector copy" in note for note in report.notes)
     model = gt.load_model(out)
-    assert read_instance_props(model).det_preprocessing == YOLOX_PRE
+    assert read_metadata(model).instances.det_preprocessing == YOLOX_PRE
     assert gt.read_props(model)["roiseg.preprocessing"] == Preprocessing().to_json()
     roi_model = fused_once(work, yolox_nano, ckpt)
     result = instance_parity(model, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES[:2], NO_PERSON_IMAGE)))

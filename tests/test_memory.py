@@ -49,7 +49,7 @@ def test_freed_large_blocks_leave_the_process_only_when_mapped():
 
 def test_parity_check_maps_large_blocks_before_its_work(monkeypatch, tmp_path):
     """The command sets the policy before building or reading anything."""
-    import roiseg.deploy.parity as parity
+    import roiseg.verify.parity as parity
     import roiseg.utils.memory as memory
     from roiseg.cli import main
 

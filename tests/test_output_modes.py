@@ -14,10 +14,11 @@ from conftest import SMALL_INPUT_HW
 from helpers_graph import boxes, fused_once, make_checkpoint, ort_session
 
 from roiseg.cli import main
-from roiseg.deploy.export import INVALID_ROI_LOGITS, output_modes, output_tensors
-from roiseg.deploy.metadata import read_metadata
-from roiseg.deploy.parity import format_table, run_parity
-from roiseg.deploy.probes import smooth_image
+from roiseg.conventions import output_modes, output_tensors
+from roiseg.export.wrapper import INVALID_ROI_LOGITS
+from roiseg.runtime.metadata import read_metadata
+from roiseg.verify.parity import format_table, run_parity
+from roiseg.export.probes import smooth_image
 from roiseg.errors import InputError
 from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks
 
@@ -104,10 +105,11 @@ def test_fuse_cli_refuses_an_unknown_mode(work, stand_in_full, ckpt, capsys):
 
 
 def test_predict_and_evaluate_need_the_probs_output(work, stand_in_full, ckpt):
-    from roiseg.deploy.mask_models import FusedMaskModel
-    from roiseg.deploy.predict import FusedPredictor
+    from roiseg.evaluation.models import load_mask_model
+    from roiseg.runtime.predict import RoiPredictor
+    from roiseg.runtime.session import FusedSession
 
     path = fused_once(work, stand_in_full, ckpt, outputs=("labels",))
-    for cls in (FusedPredictor, FusedMaskModel):
+    for cls in (RoiPredictor, FusedSession, lambda p, device: load_mask_model(p, device=device)):
         with pytest.raises(InputError, match="has no probabilities output \\(its outputs: labels\\)"):
             cls(path, device="cpu")

@@ -8,8 +8,9 @@ import pytest
 from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
 
 from graph_tools import ErrorStats as StageStats
-from roiseg.deploy.probes import ProbeImages, edge_case_rois, probe_rois
-from roiseg.deploy.parity import (
+from roiseg.verify.stats import stage_result
+from roiseg.export.probes import ProbeImages, edge_case_rois, probe_rois
+from roiseg.verify.parity import (
     failure_summary, format_table, run_parity,
 )
 
@@ -34,10 +35,10 @@ def test_stage_statistics_match_numpy():
     for n, y, x in flips:
         order = np.argsort(ref[n, :, y, x])
         got[n, order[-1], y, x], got[n, order[-2], y, x] = ref[n, order[-2], y, x], ref[n, order[-1], y, x]
-    stats = StageStats("fused", "test")
+    stats = StageStats("fused", "test", iou_class=1)
     stats.update(ref[:1], got[:1])
     stats.update(ref[1:], got[1:])
-    res = stats.result(atol=1e-4, min_argmax=0.99)
+    res = stage_result(stats, atol=1e-4, min_argmax=0.99)
 
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     assert res["max_abs"] == pytest.approx(diff.max(), rel=1e-6)
@@ -129,7 +130,7 @@ def test_parity_fails_when_the_paths_differ(checkpoints, work, coco_tiny):
 def test_large_roi_sets_are_compared_in_bounded_chunks(checkpoints, work, coco_tiny, monkeypatch):
     """Peak memory of parity-check: the 64-ROI set never meets the PyTorch path or the statistics whole."""
     import graph_tools
-    from roiseg.deploy import parity as parity_mod
+    from roiseg.verify import roi as parity_mod
 
     detector, ckpt = checkpoints["stand_in"]
     fused = fused_once(work, detector, ckpt, simplify=True)

@@ -1,4 +1,4 @@
-"""roiseg.deploy.predict and ``roiseg predict``: pixel ROIs, clipping, metadata preprocessing, masks at the original size."""
+"""roiseg.runtime.predict and ``roiseg predict``: pixel ROIs, clipping, metadata preprocessing, masks at the original size."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from graph_tools import read_props, write_props
 from roiseg.cli import main
 from roiseg.conventions import BACKGROUND, TARGET, Preprocessing, preprocess
 from roiseg.errors import InputError
-from roiseg.deploy.predict import FusedPredictor, clip_rois, masks_to_original, parse_roi, predict_image
+from roiseg.runtime.predict import RoiPredictor, clip_rois, parse_roi, predict_image
+from roiseg.runtime.session import to_original_size
 
 IMAGE = "images/val2017/000000020992.jpg"
 
@@ -46,7 +47,7 @@ def test_masks_go_back_to_the_original_size():
     probs = np.zeros((1, 3, 32, 32), np.float32)
     probs[:, BACKGROUND] = 1.0
     probs[0, :, 8:24, 8:16] = np.array([0.05, 0.9, 0.05], np.float32)[:, None, None]
-    full, labels = masks_to_original(probs, (64, 48))
+    full, labels = to_original_size(probs, (64, 48))
     assert full.shape == (1, 3, 64, 48) and labels.shape == (1, 64, 48) and labels.dtype == np.uint8
     np.testing.assert_allclose(full.sum(1), 1.0, atol=1e-5)
     # The block covers rows 16..48 and columns 12..24 at the original size (scale 2 and 1.5).
@@ -94,13 +95,13 @@ def test_predict_applies_the_preprocessing_recorded_in_the_model(fused, coco_tin
     onnx.save(model, str(bgr_model))
     image = cv2.imread(str(coco_tiny / IMAGE))
     rois = np.array([[50, 50, 250, 300]], np.float32)
-    got = FusedPredictor(bgr_model, device="cpu").predict(image, rois)
+    got = RoiPredictor(bgr_model, device="cpu").predict(image, rois)
     hw = tuple(json.loads(props["roiseg.input_hw"]))
     norm = rois / np.array([image.shape[1], image.shape[0]] * 2, np.float32)
     want = ort_session(bgr_model).run(None, {"images": preprocess(image, hw, bgr_pre), "rois": norm})[0]
-    want_full, _ = masks_to_original(want, image.shape[:2])
+    want_full, _ = to_original_size(want, image.shape[:2])
     np.testing.assert_allclose(got.probs, want_full, atol=1e-6)
-    rgb = FusedPredictor(fused, device="cpu").predict(image, rois)
+    rgb = RoiPredictor(fused, device="cpu").predict(image, rois)
     assert np.abs(rgb.probs - got.probs).max() > 1e-3  # the colour order really changed the input
 
 
@@ -136,7 +137,7 @@ def instance_model(tmp_path_factory, yolox_nano):
     """yolox_nano instance model (tensor input, BGR 0..255 as YOLOX wants) with a random detail head."""
     from helpers_graph import YOLOX_TENSOR
 
-    from roiseg.deploy.instances import fuse_instances
+    from roiseg.export.instances import fuse_instances
 
     root = tmp_path_factory.mktemp("predict_instances")
     ckpt = make_checkpoint(root / "yolox.pth", yolox_nano, YOLOX_TENSOR, preprocessing=Preprocessing(color="bgr", scale=1.0))
@@ -157,10 +158,10 @@ def test_predict_instance_model_draws_every_person(instance_model, coco_tiny, tm
     assert k >= 8 and f"{k} person(s) detected on {image} ({w0}x{h0})" in printed
     first = ",".join(f"{v:.1f}" for v in boxes[0] * np.float32([w0, h0, w0, h0]))
     assert f"#1 score {scores[0]:.3f} class 0 box {first}:" in printed and f"#{k} score" in printed
-    from roiseg.deploy.predict_instances import InstanceSession
+    from roiseg.runtime.instances import InstancePredictor
 
-    pred = InstanceSession(instance_model, "cpu").predict(bgr)
-    full, labels = masks_to_original(probs, (h0, w0))
+    pred = InstancePredictor(instance_model, "cpu").predict(bgr)
+    full, labels = to_original_size(probs, (h0, w0))
     np.testing.assert_allclose(pred.probs, full, atol=1e-6)
     np.testing.assert_array_equal(pred.labels, labels)
     names = {p.name for p in masks.iterdir()}

@@ -10,7 +10,7 @@ from helpers_graph import YOLOX_TENSOR, ort_session
 from helpers_train import make_person_data, tiny_overrides
 
 from graph_tools import load_model, nodes_of_type
-from roiseg.deploy.parity import run_parity
+from roiseg.verify.parity import run_parity
 from roiseg.features.extractor import OnnxFeatureExtractor, describe_extractor
 from roiseg.features.taps import auto_extra_tensors
 from roiseg.modeling import HeadConfig, build_head
@@ -61,7 +61,7 @@ def _query_checkpoint(path, detector, tensor, seed=0):
 
 @pytest.mark.parametrize("which", ["stand_in", "yolox_nano"])
 def test_fused_query_head_runs_any_roi_count_and_passes_parity(which, stand_in_full, yolox_nano, coco_tiny, tmp_path):
-    from roiseg.deploy.fuse import fuse
+    from roiseg.export.fuse import fuse
 
     detector, tensor = (stand_in_full, "/model.34/Concat_output_0") if which == "stand_in" else (yolox_nano, YOLOX_TENSOR)
     ckpt = _query_checkpoint(tmp_path / "query.pth", detector, tensor)
@@ -99,8 +99,8 @@ def test_query_head_trains_with_point_loss_and_no_full_resolution_tensor(tmp_pat
 
 
 def test_pytorch_path_of_evaluate_reads_the_extra_taps(stand_in_full, tmp_path):
-    from roiseg.deploy.fuse import fuse
-    from roiseg.deploy.mask_models import load_mask_model
+    from roiseg.export.fuse import fuse
+    from roiseg.evaluation.models import load_mask_model
 
     ckpt = _query_checkpoint(tmp_path / "query.pth", stand_in_full, "/model.34/Concat_output_0")
     torch_model = load_mask_model(ckpt, stand_in_full)
@@ -108,4 +108,5 @@ def test_pytorch_path_of_evaluate_reads_the_extra_taps(stand_in_full, tmp_path):
     assert torch_model.extractor.info.extra_strides == (4, 16)
     image = np.random.default_rng(2).random((1, 3, 128, 128), dtype=np.float32)
     rois = np.array([[0.1, 0.1, 0.6, 0.9], [0.3, 0.2, 0.9, 0.7]], np.float32)
-    np.testing.assert_allclose(torch_model.predict(image, rois), fused_model.predict(image, rois), atol=1e-4)
+    np.testing.assert_allclose(torch_model.roi_probabilities(image, rois), fused_model.roi_probabilities(
+        {"images": image}, rois), atol=1e-4)

@@ -13,9 +13,10 @@ from helpers_graph import make_checkpoint, ort_session
 
 from roiseg.cli import main
 from roiseg.conventions import DEFAULT_PREPROCESSING, preprocess, read_image
-from roiseg.deploy.metadata import read_metadata
-from roiseg.deploy.parity import format_table, run_parity
-from roiseg.deploy.raw_input import RAW_PREPROCESS_ATOL, preprocessing_model
+from roiseg.runtime.metadata import read_metadata
+from roiseg.verify.parity import format_table, run_parity
+from roiseg.export.raw_input import preprocessing_model
+from roiseg.verify.tolerances import RAW_PREPROCESS_ATOL
 
 VAL_IMAGES = "images/val2017"
 
@@ -81,11 +82,11 @@ def test_raw_model_parity_on_real_images(raw_model, stand_in_full, coco_tiny):
 
 
 def test_predict_with_a_raw_model(raw_model, coco_tiny):
-    from roiseg.deploy.predict import FusedPredictor
+    from roiseg.runtime.predict import RoiPredictor
 
     path, _, _ = raw_model
     img = _real_images(coco_tiny, 1)[0]
-    pred = FusedPredictor(path, device="cpu").predict(img, np.array([[20, 30, 200, 300]], np.float32))
+    pred = RoiPredictor(path, device="cpu").predict(img, np.array([[20, 30, 200, 300]], np.float32))
     assert pred.probs.shape == (1, 3, *img.shape[:2]) and pred.labels.shape == (1, *img.shape[:2])
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers_graph import boxes, fused_once, make_checkpoint, ort_session
 
-from roiseg.deploy.export import deployed_masks, export_head, sanitize_rois
+from roiseg.export.wrapper import deployed_masks, export_head, sanitize_rois
 from roiseg.modeling import HeadConfig, build_head
 
 H, W, C = 64, 96, 16
@@ -82,7 +82,7 @@ def fused(tmp_path_factory, stand_in_full):
 
 
 def _image(seed: int = 0) -> np.ndarray:
-    from roiseg.deploy.probes import smooth_image
+    from roiseg.export.probes import smooth_image
     from conftest import SMALL_INPUT_HW
 
     return smooth_image(SMALL_INPUT_HW, seed=seed)
@@ -133,7 +133,7 @@ def test_fused_model_clips_orders_and_isolates_non_finite_boxes(fused):
 
 
 def test_pytorch_reference_sanitises_like_the_graph(fused, stand_in_full):
-    from roiseg.deploy.parity import TorchPath
+    from roiseg.verify.roi import TorchPath
     from roiseg.training.checkpoint import load_head
     from graph_tools import load_model
 

@@ -10,7 +10,7 @@ from helpers_graph import boxes, fused_once, make_checkpoint
 
 import graph_tools.simplify as simplify
 from graph_tools import simplify_verified
-from roiseg.deploy.fuse import contract_feeds
+from roiseg.export.probes import contract_feeds
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from graph_tools import (
     trim_at_tensor,
 )
 from roiseg.conventions import HEAD_PREFIX
-from roiseg.deploy.export import export_head
-from roiseg.deploy.fuse import splice_head as splice
+from roiseg.export.wrapper import export_head
+from roiseg.export.fuse import splice_head as splice
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
 from roiseg.errors import InputError
 from roiseg.modeling import HeadConfig, build_head

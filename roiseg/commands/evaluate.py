@@ -18,9 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Run a fused ONNX model (or a checkpoint through the PyTorch path, with --extractor) on the "
             "ground-truth person boxes of a COCO file (no-crowd persons; images with a crowd person skipped) "
             "and compare the masks at each image's original resolution: mean per-ROI target IoU beside the "
-            "whole-box floor, target boundary IoU, non-target IoU, COCO mask AP, by COCO size bucket. With --rois "
-            "detector an instance model (fuse --instances) is scored with its own detections: COCO mask AP over "
-            "every image of the file, crowd regions ignored."
+            "whole-box floor, target boundary IoU, non-target IoU, COCO mask AP, by COCO size bucket. An instance model "
+            "(fuse --instances, as its metadata says) is scored with its own detections: COCO mask AP over every "
+            "image of the file, crowd regions ignored."
         ),
     )
     p.add_argument("--model", type=Path, required=True, help="fused ONNX model, or a roiseg checkpoint (.pth)")
@@ -39,10 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--worst-picture", type=Path, default=Path(EVALUATE_WORST_PICTURE),
                    help=f"file of the --worst picture (default {EVALUATE_WORST_PICTURE})")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
-    p.add_argument("--rois", default="gt", choices=ROI_SOURCES,
-                   help="gt (default): the ground-truth person boxes, per-ROI figures; detector: an instance model "
-                        "(fuse --instances) with its own detections, scored with COCO mask AP (every detection a "
-                        "result with its score; crowd regions ignored as COCO does)")
+    p.add_argument("--rois", default=None, choices=ROI_SOURCES,
+                   help="where the boxes come from (default: from the model's metadata): gt, the ground-truth person "
+                        "boxes with per-ROI figures (a ROI model, or a checkpoint); detector, an instance model's own "
+                        "detections scored with COCO mask AP (every detection a result with its score; crowd regions "
+                        "ignored as COCO does)")
     p.set_defaults(func=run)
 
 
@@ -51,11 +52,33 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     return [p for p in outs if p is not None]
 
 
-def run(args: argparse.Namespace) -> int:
-    from roiseg.deploy.evaluate import evaluate
-    from roiseg.deploy.evaluate_report import format_table, write_markdown, write_report_json, write_worst_picture
-    from roiseg.deploy.mask_models import load_mask_model
+def _source(args: argparse.Namespace) -> str:
+    """``gt`` or ``detector``: ``--rois`` when given, else from the model (an instance model: detector).
+    InputError when the model cannot be evaluated that way."""
     from roiseg.errors import InputError
+    from roiseg.runtime.instances import is_instance_model
+
+    onnx_model = args.model.suffix.lower() == ".onnx"
+    instance = onnx_model and is_instance_model(args.model)
+    source = args.rois or ("detector" if instance else "gt")
+    if source == "gt" and instance:
+        raise InputError(f"{args.model} is an instance model: it finds its own boxes; evaluate it without --rois gt")
+    if source == "detector":
+        if not onnx_model or args.detector is not None:
+            raise InputError("--rois detector evaluates an instance model ONNX (roiseg fuse --instances); "
+                             "a checkpoint with --extractor has no detections")
+        if not instance:
+            raise InputError(f"{args.model} is a ROI model (images + rois): it has no detections of its own; "
+                             "evaluate it on the ground-truth boxes (--rois gt)")
+        if args.worst > 0:
+            raise InputError("--worst draws the ROIs of lowest target IoU, a per-ROI figure that an instance "
+                             "model's evaluation has not")
+    return source
+
+
+def run(args: argparse.Namespace) -> int:
+    from roiseg.errors import InputError
+    from roiseg.evaluation.report import format_report, write_report_json, write_report_markdown, write_worst_picture
     from roiseg.utils.atomic import check_output_file
 
     if args.max_images is not None and args.max_images < 1:
@@ -64,45 +87,27 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--worst and --workers must be >= 0")
     for out in _outputs(args):  # refuse unwritable outputs before any work
         check_output_file(out)
-    if args.rois == "detector":
-        return _run_detector(args)
-    if args.model.suffix.lower() == ".onnx":
-        from roiseg.deploy.predict_instances import is_instance_model
+    common = {"max_images": args.max_images, "workers": args.workers}
+    if _source(args) == "detector":
+        from roiseg.evaluation.instances import evaluate_instances
+        from roiseg.runtime.session import FusedSession
 
-        if is_instance_model(args.model):
-            raise InputError(f"{args.model} is an instance model: it finds its own boxes; evaluate it with --rois detector")
-    model = load_mask_model(args.model, args.detector, args.feature_tensor, args.device)
-    result = evaluate(model, args.annotations, args.images, max_images=args.max_images, workers=args.workers,
-                      worst=args.worst, dilation_ratio=args.dilation_ratio)
+        model = FusedSession(args.model, args.device)
+        report, worst = evaluate_instances(model, args.annotations, args.images, **common), []
+    else:
+        from roiseg.evaluation.models import load_mask_model
+        from roiseg.evaluation.roi import evaluate
+
+        model = load_mask_model(args.model, args.detector, args.feature_tensor, args.device)
+        result = evaluate(model, args.annotations, args.images, worst=args.worst, dilation_ratio=args.dilation_ratio,
+                          **common)
+        report, worst = result.report, result.worst
     print(f"model: {model.description}")
-    print(format_table(result.report))
-    if args.report is not None:
-        print(f"wrote {write_report_json(args.report, result.report)}")
-    if args.markdown is not None:
-        print(f"wrote {write_markdown(args.markdown, result.report)}")
-    if args.worst > 0:
-        print(f"wrote {write_worst_picture(args.worst_picture, result.worst)}")
-    return 0
-
-
-def _run_detector(args: argparse.Namespace) -> int:
-    from roiseg.deploy.evaluate_instances import evaluate_instances, format_instance_table, write_instance_markdown
-    from roiseg.deploy.evaluate_report import write_report_json
-    from roiseg.deploy.predict_instances import InstanceSession
-    from roiseg.errors import InputError
-
-    if args.model.suffix.lower() != ".onnx" or args.detector is not None:
-        raise InputError("--rois detector evaluates an instance model ONNX (roiseg fuse --instances); "
-                         "a checkpoint with --extractor has no detections")
-    if args.worst > 0:
-        raise InputError("--worst draws the ROIs of lowest target IoU, a per-ROI figure that --rois detector has not")
-    session = InstanceSession(args.model, args.device)
-    report = evaluate_instances(session, args.annotations, args.images, max_images=args.max_images, workers=args.workers)
-    print(f"model: instance model {args.model.name}")
-    print(format_instance_table(report))
+    print(format_report(report))
     if args.report is not None:
         print(f"wrote {write_report_json(args.report, report)}")
     if args.markdown is not None:
-        print(f"wrote {write_instance_markdown(args.markdown, report)}")
+        print(f"wrote {write_report_markdown(args.markdown, report)}")
+    if args.worst > 0:
+        print(f"wrote {write_worst_picture(args.worst_picture, worst)}")
     return 0
-

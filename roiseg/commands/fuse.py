@@ -2,7 +2,7 @@
 with ``--instances`` the model takes only the image and finds the persons itself (``boxes``, ``scores``,
 ``classes`` and the masks), the detector's own boxes and NMS in the graph.
 
-:func:`add_instance_arguments` and :func:`instance_params` are the detection options.
+:func:`add_instance_arguments` and :func:`instance_options` are the detection options.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from roiseg.conventions import (
     DEFAULT_FUSED_MODEL, DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_INSTANCES, DEFAULT_OUTPUTS, DEFAULT_PERSON_CLASSES,
-    DEFAULT_SCORE_THRESHOLD, DETECTION_FORMATS,
+    DEFAULT_SCORE_THRESHOLD,
 )
+from roiseg.detection.layouts import DETECTION_FORMATS
 
 
 def _class_ids(text: str) -> list[int]:
@@ -39,49 +40,50 @@ def _preprocessing(text: str):
     return Preprocessing(color=parts[0], scale=scale)
 
 
-def add_instance_arguments(p: argparse.ArgumentParser) -> None:
+def add_instance_arguments(p: argparse.ArgumentParser) -> list[argparse.Action]:
     """``--detections``, ``--det-format``, ``--person-classes``, ``--score-threshold``, ``--iou-threshold``,
-    ``--max-instances``, ``--det-preprocessing``."""
-    p.add_argument("--detections", default=None, metavar="TENSOR",
-                   help="with --instances: the detector's detection tensor (default: the one output shaped like "
-                        "detections)")
-    p.add_argument("--det-format", default=None, choices=DETECTION_FORMATS,
-                   help="with --instances: ultralytics [1,4+nc,A] cxcywh pixels + class scores; yolox [1,A,5+nc] "
-                        "grid outputs (or decoded), objectness x class score; yolov5 [1,3A,5+nc] decoded boxes (YOLOv5/v7), "
-                        "objectness x class score; nms [K,7] "
-                        "batchno,classid,score,x1,y1,x2,y2; end2end [1,K,6] x1,y1,x2,y2,score,classid (YOLOv10, "
-                        "YOLO26, Ultralytics nms=True exports; no NMS applied) (default: from the tensor's shape and "
-                        "the model's metadata)")
-    p.add_argument("--person-classes", type=_class_ids, default=list(DEFAULT_PERSON_CLASSES), metavar="IDS",
-                   help="with --instances: detector class ids that are persons, comma separated (default 0)")
-    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                   help=f"with --instances: keep detections scoring above this (default {DEFAULT_SCORE_THRESHOLD})")
-    p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
-                   help="with --instances: NMS suppresses a detection overlapping a better one by more "
-                        f"(default {DEFAULT_IOU_THRESHOLD})")
-    p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES,
-                   help=f"with --instances: at most this many instances, the best (default {DEFAULT_MAX_INSTANCES})")
-    p.add_argument("--det-preprocessing", type=_preprocessing, default=None, metavar="COLOR,SCALE",
-                   help="with --instances: the preprocessing the detector wants when the head was trained with "
-                        "another one, e.g. bgr,1 for YOLOX under a head trained on rgb,1/255 (default: the head's); "
-                        "the detection path is then a second detector copy fed by the converted image")
+    ``--max-instances``, ``--det-preprocessing``; returns their actions (flag, ``dest``, default)."""
+    return [
+        p.add_argument("--detections", default=None, metavar="TENSOR",
+                       help="with --instances: the detector's detection tensor (default: the one output shaped like "
+                            "detections)"),
+        p.add_argument("--det-format", default=None, choices=DETECTION_FORMATS,
+                       help="with --instances: ultralytics [1,4+nc,A] cxcywh pixels + class scores; yolox [1,A,5+nc] "
+                            "grid outputs (or decoded), objectness x class score; yolov5 [1,3A,5+nc] decoded boxes (YOLOv5/v7), "
+                            "objectness x class score; nms [K,7] "
+                            "batchno,classid,score,x1,y1,x2,y2; end2end [1,K,6] x1,y1,x2,y2,score,classid (YOLOv10, "
+                            "YOLO26, Ultralytics nms=True exports; no NMS applied) (default: from the tensor's shape and "
+                            "the model's metadata)"),
+        p.add_argument("--person-classes", type=_class_ids, default=list(DEFAULT_PERSON_CLASSES), metavar="IDS",
+                       help="with --instances: detector class ids that are persons, comma separated (default 0)"),
+        p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                       help=f"with --instances: keep detections scoring above this (default {DEFAULT_SCORE_THRESHOLD})"),
+        p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
+                       help="with --instances: NMS suppresses a detection overlapping a better one by more "
+                            f"(default {DEFAULT_IOU_THRESHOLD})"),
+        p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES,
+                       help=f"with --instances: at most this many instances, the best (default {DEFAULT_MAX_INSTANCES})"),
+        p.add_argument("--det-preprocessing", type=_preprocessing, default=None, metavar="COLOR,SCALE",
+                       help="with --instances: the preprocessing the detector wants when the head was trained with "
+                            "another one, e.g. bgr,1 for YOLOX under a head trained on rgb,1/255 (default: the head's); "
+                            "the detection path is then a second detector copy fed by the converted image"),
+    ]
 
 
-INSTANCE_OPTIONS: tuple[tuple[str, str, object], ...] = (
-    ("--detections", "detections", None), ("--det-format", "det_format", None),
-    ("--person-classes", "person_classes", list(DEFAULT_PERSON_CLASSES)),
-    ("--score-threshold", "score_threshold", DEFAULT_SCORE_THRESHOLD),
-    ("--iou-threshold", "iou_threshold", DEFAULT_IOU_THRESHOLD), ("--max-instances", "max_instances", DEFAULT_MAX_INSTANCES),
-    ("--det-preprocessing", "det_preprocessing", None),
-)
-"""Flag, attribute and default of each option of :func:`add_instance_arguments`."""
+def instance_options(args: argparse.Namespace):
+    """The :class:`roiseg.export.options.InstanceOptions` of :func:`add_instance_arguments`' options."""
+    from roiseg.detection.formats import InstanceParams
+    from roiseg.export.options import InstanceOptions
+
+    params = InstanceParams(tuple(args.person_classes), args.score_threshold, args.iou_threshold, args.max_instances)
+    return InstanceOptions(detections=args.detections, det_format=args.det_format, params=params,
+                           det_preprocessing=args.det_preprocessing)
 
 
-def instance_params(args: argparse.Namespace):
-    """The :class:`roiseg.deploy.detections.InstanceParams` of :func:`add_instance_arguments`' options."""
-    from roiseg.deploy.detections import InstanceParams
-
-    return InstanceParams(tuple(args.person_classes), args.score_threshold, args.iou_threshold, args.max_instances)
+def given_instance_flags(args: argparse.Namespace) -> list[str]:
+    """The detection options given with other values than their defaults, as their flags."""
+    actions = add_instance_arguments(argparse.ArgumentParser())
+    return [a.option_strings[0] for a in actions if getattr(args, a.dest) != a.default]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -128,27 +130,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg.deploy.fuse import fuse
-    from roiseg.deploy.probes import read_probe_image
+    from roiseg.conventions import read_user_image
+    from roiseg.errors import InputError
+    from roiseg.export.options import FuseOptions
     from roiseg.utils.atomic import check_output_file
 
-    from roiseg.errors import InputError
-
-    given = [flag for flag, value, default in INSTANCE_OPTIONS if getattr(args, value) != default]
+    given = given_instance_flags(args)
     if given and not args.instances:
         raise InputError(f"{', '.join(given)}: detection options, for an instance model (add --instances)")
     check_output_file(args.out)  # refuse a folder or an unwritable place before any work
     for image in args.check_image or []:
-        read_probe_image(image)  # absent, truncated or corrupt: stop now, naming the file
-    common = dict(feature_tensor=args.feature_tensor, out=args.out, opset=args.opset, simplify=not args.no_simplify,
-                  strict=args.strict, check_images=args.check_image, outputs=args.outputs or DEFAULT_OUTPUTS,
-                  fp16=args.fp16, image_input=args.image_input)
+        read_user_image(image)  # absent, truncated or corrupt: stop now, naming the file
+    options = FuseOptions(feature_tensor=args.feature_tensor, opset=args.opset, strict=args.strict,
+                          outputs=args.outputs or DEFAULT_OUTPUTS, image_input=args.image_input,
+                          simplify=not args.no_simplify, check_images=args.check_image, fp16=args.fp16)
     if args.instances:
-        from roiseg.deploy.instances import fuse_instances
+        from roiseg.export.instances import fuse_instances
 
-        report = fuse_instances(args.detector, args.head, params=instance_params(args), detections=args.detections,
-                                det_format=args.det_format, det_preprocessing=args.det_preprocessing, **common)
+        report = fuse_instances(args.detector, args.head, args.out, options, instance_options(args))
     else:
-        report = fuse(args.detector, args.head, **common)
+        from roiseg.export.fuse import fuse
+
+        report = fuse(args.detector, args.head, args.out, options)
     print(report.summary())
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from roiseg.conventions import (
-    DEFAULT_PARITY_REPORT, FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, PARITY_ATOL,
-    PARITY_MIN_ARGMAX,
+from roiseg.conventions import DEFAULT_PARITY_REPORT
+from roiseg.verify.tolerances import (
+    FP16_PARITY_ATOL, FP16_PARITY_MEAN_ATOL, FP16_PARITY_MIN_ARGMAX, PARITY_ATOL, PARITY_MIN_ARGMAX,
 )
 
 
@@ -52,8 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg.deploy.instances_parity import format_instance_table, instance_failure_summary
-    from roiseg.deploy.parity import failure_summary, format_table, run_parity
+    from roiseg.verify.parity import failure_summary, format_table, run_parity
     from roiseg.errors import CheckFailed, InputError
     from roiseg.utils.atomic import check_output_file, write_json
     from roiseg.utils.memory import map_large_blocks
@@ -71,11 +70,9 @@ def run(args: argparse.Namespace) -> int:
                         atol=args.atol, min_argmax=args.min_argmax, max_images=args.max_images,
                         feature_tensor=args.feature_tensor, mean_atol=args.mean_atol,
                         engine=args.engine)
-    instances = report.get("kind") == "instances"
-    print(format_instance_table(report) if instances else format_table(report))
+    print(format_table(report))
     write_json(args.report, report)
     print(f"wrote {args.report}")
     if not report["passed"]:
-        why = instance_failure_summary(report) if instances else failure_summary(report)
-        raise CheckFailed(f"parity outside tolerance: {why}")
+        raise CheckFailed(f"parity outside tolerance: {failure_summary(report)}")
     return 0

@@ -43,21 +43,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from roiseg.conventions import NON_TARGET, TARGET
-    from roiseg.deploy.predict import parse_roi, predict_image
-
+def _trt_rois(text: str) -> tuple[int, int, int]:
+    """``MIN,OPT,MAX`` -> the TensorRT ROI profile (:func:`roiseg.runtime.engines.check_trt_rois`)."""
     from roiseg.errors import InputError
+    from roiseg.runtime.engines import check_trt_rois
 
     try:
-        trt_rois = [int(v) for v in args.trt_rois.split(",")]
-        ok = len(trt_rois) == 3 and 1 <= trt_rois[0] <= trt_rois[1] <= trt_rois[2]
-    except ValueError:
-        ok = False
-    if not ok:
-        raise InputError(f"--trt-rois must be three integers MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {args.trt_rois!r}")
-    from roiseg.deploy.predict_instances import is_instance_model
+        return check_trt_rois([int(v) for v in text.split(",")])
+    except (ValueError, InputError):
+        raise InputError(f"--trt-rois must be three integers MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {text!r}") from None
 
+
+def run(args: argparse.Namespace) -> int:
+    from roiseg.conventions import NON_TARGET, TARGET
+    from roiseg.errors import InputError
+    from roiseg.runtime.instances import is_instance_model
+    from roiseg.runtime.predict import parse_roi, predict_image
+
+    trt_rois = _trt_rois(args.trt_rois)
     if is_instance_model(args.model):
         if args.roi or args.normalized:
             raise InputError(f"{args.model} is an instance model: it finds the persons itself; --roi and --normalized "
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_instances(args: argparse.Namespace) -> int:
     from roiseg.conventions import NON_TARGET, TARGET
-    from roiseg.deploy.predict_instances import predict_instances
+    from roiseg.runtime.instances import predict_instances
 
     pred, written = predict_instances(args.model, args.image, out=args.out, masks_dir=args.save_masks, device=args.device)
     if len(pred.scores) == 0:

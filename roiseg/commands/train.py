@@ -39,8 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="override any config key, value in TOML syntax (repeatable), e.g. --set optim.grad_clip=0.5")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT|DIR",
                    help="continue a run: the latest checkpoint in --out (no value), in DIR, or the given file")
-    add_config_flags(p)
     p.set_defaults(func=run)
+
+
+def add_details(p: argparse.ArgumentParser) -> None:
+    """The config flags (their schema imports torch: added only when ``train`` is on the command line)."""
+    add_config_flags(p)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,39 +1,31 @@
-"""onnxruntime execution-provider selection by availability: TensorRT > CUDA > CPU.
+"""The torch side of provider selection: TensorRT > CUDA > CPU, and the torch device the features land on.
 
-A GPU provider is chosen only when a CUDA device is really usable by torch
-(``torch.cuda.is_available()``) *and* onnxruntime was built with it
+The choice itself is :func:`graph_tools.execution_providers` (torch-free; ``roiseg.runtime`` runs fused
+models with it). For feature extraction a GPU provider is chosen only when a CUDA device is really
+usable by torch (``torch.cuda.is_available()``) *and* onnxruntime was built with it
 (``onnxruntime.get_available_providers()``): the features are handed to torch on that device
 without a host round trip, so both libraries must see it.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
-from graph_tools import CPU_PROVIDER, ProviderSpec
-
-from roiseg.errors import InputError
+import graph_tools as gt
+from graph_tools import ProviderSpec
+from graph_tools.providers import CPU_EP, CUDA_EP, GPU_EPS, TENSORRT_EP
+from roiseg.conventions import default_trt_cache_dir
+from roiseg.errors import graph_errors
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
 
-TENSORRT_EP = "TensorrtExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = CPU_PROVIDER
-GPU_EPS: tuple[str, str] = (TENSORRT_EP, CUDA_EP)
-
-
-
-def default_trt_cache_dir() -> Path:
-    """Where TensorRT engines are cached: ``$XDG_CACHE_HOME/roiseg/trt_engines`` (``~/.cache`` by default)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "roiseg" / "trt_engines"
+__all__ = ["CPU_EP", "CUDA_EP", "GPU_EPS", "TENSORRT_EP", "ProviderChoice", "choose_providers", "cuda_unusable_reason",
+           "default_trt_cache_dir", "parse_device", "prepare_trt_cache", "session_device"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +37,13 @@ class ProviderChoice:
 
     @property
     def names(self) -> list[str]:
-        return [p if isinstance(p, str) else p[0] for p in self.providers]
+        return gt.provider_names(self.providers)
 
 
 def parse_device(device: str) -> tuple[str, int]:
     """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``(kind, device_id)``; InputError otherwise."""
-    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", str(device).strip().lower())
-    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise InputError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
-    return m.group(1), int(m.group(2) or 0)
+    with graph_errors():
+        return gt.parse_device(device)
 
 
 def cuda_unusable_reason() -> str | None:
@@ -73,42 +63,20 @@ def choose_providers(
     use_tensorrt: bool = True,
     trt_profiles: dict[str, str] | None = None,
 ) -> ProviderChoice:
-    """Execution providers for ``device``, best first, always ending with CPU.
+    """:func:`graph_tools.execution_providers` with torch's view of CUDA, and the torch device they imply.
 
-    * ``"cpu"``: CPU only.
-    * ``"cuda"`` / ``"cuda:N"``: TensorRT (if onnxruntime has it and ``use_tensorrt``), CUDA, CPU;
-      :class:`InputError` when CUDA is not usable.
-    * ``"auto"``: as ``"cuda"`` when CUDA is usable, else CPU.
-
-    TensorRT runs in fp32 unless ``trt_fp16``; its engines are cached in ``trt_cache_dir``
-    (default :func:`default_trt_cache_dir`) because building them takes minutes. ``trt_profiles``:
-    TensorRT optimisation profiles for dynamic inputs (``trt_profile_{min,opt,max}_shapes`` options,
-    e.g. from :func:`roiseg.deploy.engines.trt_profiles`).
+    ``"cpu"``: CPU only; ``"cuda"``/``"cuda:N"``: TensorRT (if onnxruntime has it and ``use_tensorrt``),
+    CUDA, CPU (:class:`InputError` when CUDA is not usable); ``"auto"``: as ``"cuda"`` when CUDA is usable,
+    else CPU. TensorRT engines are cached in ``trt_cache_dir`` (default :func:`default_trt_cache_dir`).
     """
     kind, device_id = parse_device(device)
     reason = None if kind == "cpu" else cuda_unusable_reason()
-    if kind == "cuda" and reason is not None:
-        raise InputError(f"device {device} requested but CUDA is not usable: {reason}")
-    if kind == "cpu" or reason is not None:
-        choice = ProviderChoice([CPU_EP], torch.device("cpu"))
-    else:
-        if device_id >= torch.cuda.device_count():
-            raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        providers: list[ProviderSpec] = []
-        if use_tensorrt and TENSORRT_EP in ort.get_available_providers():
-            cache = Path(trt_cache_dir) if trt_cache_dir is not None else default_trt_cache_dir()
-            providers.append((TENSORRT_EP, {
-                "device_id": device_id,
-                "trt_fp16_enable": bool(trt_fp16),
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(cache),
-                **(trt_profiles or {}),
-            }))
-        providers.append((CUDA_EP, {"device_id": device_id}))
-        providers.append(CPU_EP)
-        choice = ProviderChoice(providers, torch.device("cuda", device_id))
+    count = torch.cuda.device_count() if reason is None and kind != "cpu" else 0
+    cache = Path(trt_cache_dir) if trt_cache_dir is not None else default_trt_cache_dir()
+    with graph_errors():
+        providers = gt.execution_providers(device, reason, count, cache, use_tensorrt, trt_fp16, trt_profiles)
+    gpu = providers[0] != CPU_EP
+    choice = ProviderChoice(providers, torch.device("cuda", device_id) if gpu else torch.device("cpu"))
     LOG.info("onnxruntime providers requested: %s (device=%s)", ", ".join(choice.names), device)
     return choice
 

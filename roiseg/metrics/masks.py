@@ -1,9 +1,9 @@
 """Per-ROI mask metrics on torch tensors: one implementation for training validation and ``evaluate``.
 
 Every function takes a batch of ROIs as ``[N, H, W]`` tensors on one pixel grid (the model input
-for :class:`roiseg.training.metrics.SegMetrics`, the original image for
-:func:`roiseg.deploy.evaluate.evaluate`) and returns per-ROI pixel counts; averaging over ROIs is
-left to the caller.
+for :class:`roiseg.training.metrics.SegMetrics`) and returns per-ROI pixel counts; averaging over ROIs
+is left to the caller. ``roiseg evaluate`` computes the same figures without torch
+(:mod:`roiseg.metrics.numpy_masks`; the tests check that both agree).
 
 * **IoU of a class** for one ROI: ``|P & G| / |P | G|`` where ``P`` are the pixels predicted as
   that class and ``G`` the target pixels of that class (optionally only pixels where ``valid``);
@@ -34,10 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from roiseg.conventions import NUM_CLASSES
-
-DEFAULT_DILATION_RATIO: float = 0.02
-"""Boundary width as a fraction of the image diagonal (Cheng et al. 2021)."""
-
+from roiseg.metrics.numpy_masks import DEFAULT_DILATION_RATIO, boundary_dilation
 
 @contextlib.contextmanager
 def single_threaded() -> Iterator[None]:
@@ -117,17 +114,6 @@ def iou(inter: Tensor, union: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Boundary IoU
 # --------------------------------------------------------------------------------------------
-def boundary_dilation(image_hw: tuple[int, int], dilation_ratio: float = DEFAULT_DILATION_RATIO) -> int:
-    """Boundary width ``d`` in pixels: ``max(1, round(dilation_ratio * sqrt(H**2 + W**2)))``.
-
-    ``image_hw`` is the *whole* image (or model input) ``(H, W)``, also when masks are cropped.
-    Rounds like the reference (Python ``round``).
-    """
-    if dilation_ratio <= 0:
-        raise ValueError(f"dilation_ratio must be > 0, got {dilation_ratio}")
-    return max(1, int(round(dilation_ratio * math.hypot(int(image_hw[0]), int(image_hw[1])))))
-
-
 def erode(masks: Tensor, dilation: int, backend: str | None = None) -> Tensor:
     """[N, H, W] bool -> [N, H, W] bool erosion by a ``(2d+1) x (2d+1)`` square, outside = background.
 
