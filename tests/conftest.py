@@ -1,14 +1,19 @@
-"""Shared fixtures: paths to ../shared and small stand-in detectors built once per session."""
+"""Shared fixtures: paths to ../shared, small stand-in detectors, and the checkpoints and fused models
+many modules use, each built once per session (a YOLOX-nano fuse costs seconds on 2 CPU cores)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROISEG_SHARED", REPO.parent / "shared"))
+
+MODEL_EXPORT = os.environ.get("ROISEG_MODEL_EXPORT")
+"""CI: where the session's ROI and instance model are copied (``.ci/light_install.sh`` runs them without torch)."""
 
 # Small stand-in shapes used across tests: fast on 2 CPU cores, same names as the reference.
 SMALL_CHANNELS = 32
@@ -79,3 +84,68 @@ def yolox_trained_head(tmp_path_factory, coco_tiny, yolox_nano) -> Path:
             "train.out": str(root / "run"), "train.device": "cpu", "train.epochs": 2, "train.picture": False}
     train(load_config(None, over))
     return root / "run" / "best.pth"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and fused models shared by every module (session scope)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shared_models")
+
+
+@pytest.fixture(scope="session")
+def stand_in_checkpoint(model_dir, stand_in_full) -> Path:
+    """Random ``detail`` head (seed 0) for the full stand-in detector."""
+    from helpers_graph import make_checkpoint
+
+    return make_checkpoint(model_dir / "stand_in.pth", stand_in_full)
+
+
+@pytest.fixture(scope="session")
+def featext_checkpoint(model_dir, stand_in_featext) -> Path:
+    """Random ``detail`` head (seed 0) for the featext stand-in detector."""
+    from helpers_graph import make_checkpoint
+
+    return make_checkpoint(model_dir / "featext.pth", stand_in_featext)
+
+
+@pytest.fixture(scope="session")
+def yolox_checkpoint(model_dir, yolox_nano) -> Path:
+    """Random ``detail`` head on YOLOX-nano's ``input.663``, recorded with YOLOX's own preprocessing (BGR 0..255)."""
+    from helpers_graph import YOLOX_PRE, YOLOX_TENSOR, make_checkpoint
+
+    return make_checkpoint(model_dir / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="detail", preprocessing=YOLOX_PRE)
+
+
+@pytest.fixture(scope="session")
+def yolox_baseline_checkpoint(model_dir, yolox_nano) -> Path:
+    """Random ``baseline`` head on YOLOX-nano's ``input.663`` (default preprocessing)."""
+    from helpers_graph import YOLOX_TENSOR, make_checkpoint
+
+    return make_checkpoint(model_dir / "yolox_baseline.pth", yolox_nano, YOLOX_TENSOR, variant="baseline")
+
+
+@pytest.fixture(scope="session")
+def roi_model(model_dir, stand_in_featext, featext_checkpoint) -> Path:
+    """Unsimplified ROI model: featext stand-in + :func:`featext_checkpoint`."""
+    from helpers_graph import fused_once
+
+    return _exported(fused_once(model_dir, stand_in_featext, featext_checkpoint, simplify=False), "roi_model.onnx")
+
+
+@pytest.fixture(scope="session")
+def instance_model(model_dir, yolox_nano, yolox_checkpoint) -> Path:
+    """Unsimplified YOLOX-nano instance model (tensor input) with :func:`yolox_checkpoint`."""
+    from roiseg.export.instances import fuse_instances
+
+    out = fuse_instances(yolox_nano, yolox_checkpoint, model_dir / "yolox_instances.onnx", simplify=False).out
+    return _exported(out, "instance_model.onnx")
+
+
+def _exported(model: Path, name: str) -> Path:
+    """``model``, also copied to ``$ROISEG_MODEL_EXPORT/name`` when that is set."""
+    if MODEL_EXPORT:
+        Path(MODEL_EXPORT).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model, Path(MODEL_EXPORT) / name)
+    return model

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import torch
 
+from roiseg.conventions import Preprocessing
 from roiseg.features.extractor import describe_extractor
 from roiseg.modeling import HeadConfig, build_head
 from roiseg.training.checkpoint import save_checkpoint
 
 YOLOX_TENSOR = "input.663"
 """Stride-8 [1, 64, 52, 52] feature map of ../shared/extractors/yolox_nano.onnx."""
+YOLOX_PRE = Preprocessing(color="bgr", scale=1.0)
+"""YOLOX's own input: BGR, 0..255 (its export has no normalisation)."""
 
 
 def make_checkpoint(
@@ -53,10 +56,11 @@ _FUSED: dict[tuple, Path] = {}
 
 
 def fused_once(root: Path, detector: Path, checkpoint: Path, simplify: bool = True, **kwargs) -> Path:
-    """``roiseg.export.fuse.fuse`` into ``root``, memoised per arguments for the whole test session."""
+    """``roiseg.export.fuse.fuse`` (into ``root`` the first time), memoised per detector, checkpoint and
+    options for the whole test session: modules that share a checkpoint fixture share the model."""
     from roiseg.export.fuse import fuse
 
-    key = (str(root), str(detector), str(checkpoint), simplify, tuple(sorted(kwargs.items())))
+    key = (str(detector), str(checkpoint), simplify, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
     if key not in _FUSED or not _FUSED[key].is_file():
         out = Path(root) / f"fused_{len(_FUSED)}.onnx"
         _FUSED[key] = fuse(detector, checkpoint, out=out, simplify=simplify, **kwargs).out

@@ -23,8 +23,8 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ckpt(work, stand_in_full):
-    return make_checkpoint(work / "detail.pth", stand_in_full)
+def ckpt(stand_in_checkpoint):
+    return stand_in_checkpoint
 
 
 def test_openvino_parity(work, stand_in_full, ckpt, coco_tiny):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_graph import fused_once, make_checkpoint
+from helpers_graph import fused_once
 
 from roiseg.cli import main
 
@@ -19,9 +19,8 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built(work, stand_in_full):
-    ckpt = make_checkpoint(work / "head.pth", stand_in_full)
-    return ckpt, fused_once(work, stand_in_full, ckpt)
+def built(work, stand_in_full, stand_in_checkpoint):
+    return stand_in_checkpoint, fused_once(work, stand_in_full, stand_in_checkpoint)
 
 
 def _errors(err: str) -> list[str]:
@@ -81,17 +80,6 @@ def test_crowd_regions_ignore_the_detections_on_them():
     assert coco_mask_ap(images, gt, dets)["AP"] == pytest.approx(1.0)
     assert coco_mask_ap(images, [gt[0], {**gt[1], "iscrowd": 0}], dets)["AP50"] == pytest.approx(1.0)  # both found
     assert coco_mask_ap(images, gt[:1], dets)["AP"] < 0.9  # without the crowd region it is a false positive
-
-
-@pytest.fixture(scope="module")
-def instance_model(work, yolox_nano):
-    from helpers_graph import YOLOX_TENSOR
-
-    from roiseg.conventions import Preprocessing
-    from roiseg.export.instances import fuse_instances
-
-    ckpt = make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, preprocessing=Preprocessing(color="bgr", scale=1.0))
-    return fuse_instances(yolox_nano, ckpt, work / "instances.onnx", simplify=False).out
 
 
 def test_instance_model_is_scored_with_its_own_detections(instance_model, built, coco_tiny, work, capsys):

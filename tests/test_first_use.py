@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import pytest
-from helpers_graph import fused_once, make_checkpoint
 
 from roiseg.cli import build_parser, glue_negative_values, main
 from roiseg.conventions import DEFAULT_PARITY_REPORT, DEFAULT_PREDICT_OVERLAY
@@ -21,9 +20,8 @@ IMAGE = "images/val2017/000000020992.jpg"
 
 
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory, stand_in_featext):
-    root = tmp_path_factory.mktemp("first_use")
-    return fused_once(root, stand_in_featext, make_checkpoint(root / "head.pth", stand_in_featext), simplify=False)
+def fused(roi_model):
+    return roi_model
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SMALL_INPUT_HW
-from helpers_graph import boxes, fused_once, make_checkpoint, ort_session
+from helpers_graph import boxes, ort_session
 from onnx import TensorProto, helper, numpy_helper
 
 from graph_tools import convert_float16
@@ -79,8 +79,8 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("fp16")
 
 
-def test_fp16_fused_model_contract_and_parity(work, stand_in_full, coco_tiny, capsys):
-    ckpt = make_checkpoint(work / "detail.pth", stand_in_full)
+def test_fp16_fused_model_contract_and_parity(work, stand_in_full, stand_in_checkpoint, coco_tiny, capsys):
+    ckpt = stand_in_checkpoint
     out = work / "fp16.onnx"
     assert main(["fuse", "--yolo", str(stand_in_full), "--head", str(ckpt), "--out", str(out), "--fp16"]) == 0
     assert "precision: float16:" in capsys.readouterr().out

@@ -47,8 +47,8 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def featext_ckpt(work, stand_in_featext):
-    return make_checkpoint(work / "featext.pth", stand_in_featext)
+def featext_ckpt(featext_checkpoint):
+    return featext_checkpoint
 
 
 def _sha256(path) -> str:
@@ -177,8 +177,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, work, stand_in_featext, 
     assert list(out_dir.iterdir()) == []
 
 
-def test_parity_check_cli_passes_and_fails(work, stand_in_full, coco_tiny, capsys):
-    ckpt = make_checkpoint(work / "full.pth", stand_in_full)
+def test_parity_check_cli_passes_and_fails(work, stand_in_full, stand_in_checkpoint, coco_tiny, capsys):
+    ckpt = stand_in_checkpoint
     report = work / "parity.json"
     common = ["--yolo", str(stand_in_full), "--annotations", str(coco_tiny / VAL_JSON),
               "--images", str(coco_tiny / VAL_IMAGES), "--max-images", "1"]
@@ -201,9 +201,9 @@ def test_parity_check_cli_passes_and_fails(work, stand_in_full, coco_tiny, capsy
     assert json.loads(bad_report.read_text())["passed"] is False
 
 
-def test_parity_check_cli_on_an_instance_model(work, stand_in_full, coco_tiny, capsys):
+def test_parity_check_cli_on_an_instance_model(work, stand_in_full, stand_in_checkpoint, coco_tiny, capsys):
     """parity-check --fused on a fuse --instances model: per-image table; another head's masks fail with exit 1."""
-    ckpt = make_checkpoint(work / "inst.pth", stand_in_full, variant="detail")
+    ckpt = stand_in_checkpoint
     fused = work / "instances.onnx"
     assert main(["fuse", "--instances", "--yolo", str(stand_in_full), "--head", str(ckpt), "--out", str(fused),
                  "--score-threshold", "0.5"]) == 0

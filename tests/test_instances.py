@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import graph_tools as gt
-from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
+from helpers_graph import YOLOX_PRE, YOLOX_TENSOR, fused_once, make_checkpoint
 from roiseg.conventions import Preprocessing, preprocess, read_image
 from roiseg.detection.formats import InstanceParams, Instances
 from roiseg.export.instances import build_instances, fuse_instances, instance_notes
@@ -19,7 +19,6 @@ from roiseg.verify.instances import instance_parity
 from roiseg.verify.parity import failure_summary, format_table
 from roiseg.errors import InputError
 
-YOLOX_PRE = Preprocessing(color="bgr", scale=1.0)
 PERSON_IMAGES = ("000000020992.jpg", "000000005001.jpg", "000000184324.jpg", "000000360960.jpg")
 NO_PERSON_IMAGE = "000000454661.jpg"
 
@@ -30,13 +29,13 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stand_in_ckpt(work, stand_in_full):
-    return make_checkpoint(work / "stand_in.pth", stand_in_full, variant="detail")
+def stand_in_ckpt(stand_in_checkpoint):
+    return stand_in_checkpoint
 
 
 @pytest.fixture(scope="module")
-def yolox_ckpt(work, yolox_nano):
-    return make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="detail", preprocessing=YOLOX_PRE)
+def yolox_ckpt(yolox_checkpoint):
+    return yolox_checkpoint
 
 
 def _images(coco_tiny, names):

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 from conftest import SMALL_INPUT_HW
-from helpers_graph import boxes, fused_once, make_checkpoint, ort_session
+from helpers_graph import boxes, fused_once, ort_session
 
 from roiseg.cli import main
 from roiseg.conventions import output_modes, output_tensors
@@ -31,8 +31,8 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ckpt(work, stand_in_full):
-    return make_checkpoint(work / "detail.pth", stand_in_full)
+def ckpt(stand_in_checkpoint):
+    return stand_in_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers_graph import YOLOX_TENSOR, fused_once, make_checkpoint
+from helpers_graph import fused_once, make_checkpoint
 
 from graph_tools import ErrorStats as StageStats
 from roiseg.verify.stats import stage_result
@@ -86,11 +86,8 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(work, stand_in_full, yolox_nano):
-    return {
-        "stand_in": (stand_in_full, make_checkpoint(work / "stand_in.pth", stand_in_full)),
-        "yolox_nano": (yolox_nano, make_checkpoint(work / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="baseline")),
-    }
+def checkpoints(stand_in_full, stand_in_checkpoint, yolox_nano, yolox_baseline_checkpoint):
+    return {"stand_in": (stand_in_full, stand_in_checkpoint), "yolox_nano": (yolox_nano, yolox_baseline_checkpoint)}
 
 
 @pytest.mark.parametrize("simplify", [True, False], ids=["simplified", "unsimplified"])

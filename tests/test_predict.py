@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from helpers_graph import fused_once, make_checkpoint, ort_session
+from helpers_graph import ort_session
 
 from graph_tools import read_props, write_props
 from roiseg.cli import main
@@ -21,9 +21,8 @@ IMAGE = "images/val2017/000000020992.jpg"
 
 
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory, stand_in_featext):
-    root = tmp_path_factory.mktemp("predict")
-    return fused_once(root, stand_in_featext, make_checkpoint(root / "head.pth", stand_in_featext), simplify=False)
+def fused(roi_model):
+    return roi_model
 
 
 def test_parse_roi():
@@ -130,18 +129,6 @@ def test_predict_cli_prints_and_writes(fused, coco_tiny, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "#1 box 20,20,200,300" in printed and f"wrote {out}" in printed
     assert cv2.imread(str(out)) is not None  # a real JPEG, named .jpg
-
-
-@pytest.fixture(scope="module")
-def instance_model(tmp_path_factory, yolox_nano):
-    """yolox_nano instance model (tensor input, BGR 0..255 as YOLOX wants) with a random detail head."""
-    from helpers_graph import YOLOX_TENSOR
-
-    from roiseg.export.instances import fuse_instances
-
-    root = tmp_path_factory.mktemp("predict_instances")
-    ckpt = make_checkpoint(root / "yolox.pth", yolox_nano, YOLOX_TENSOR, preprocessing=Preprocessing(color="bgr", scale=1.0))
-    return fuse_instances(yolox_nano, ckpt, root / "instances.onnx", simplify=False).out
 
 
 def test_predict_instance_model_draws_every_person(instance_model, coco_tiny, tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers_graph import make_checkpoint, ort_session
+from helpers_graph import ort_session
 
 from roiseg.cli import main
 from roiseg.conventions import DEFAULT_PREPROCESSING, preprocess, read_image
@@ -43,9 +43,9 @@ def test_in_graph_preprocessing_matches_python_on_real_images(coco_tiny, input_h
 
 
 @pytest.fixture(scope="module")
-def raw_model(tmp_path_factory, stand_in_full):
+def raw_model(tmp_path_factory, stand_in_full, stand_in_checkpoint):
     work = tmp_path_factory.mktemp("raw")
-    ckpt = make_checkpoint(work / "detail.pth", stand_in_full)
+    ckpt = stand_in_checkpoint
     out = work / "raw.onnx"
     assert main(["fuse", "--yolo", str(stand_in_full), "--head", str(ckpt), "--out", str(out),
                  "--image-input", "raw", "--outputs", "probs", "labels"]) == 0

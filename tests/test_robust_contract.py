@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers_graph import boxes, fused_once, make_checkpoint, ort_session
+from helpers_graph import boxes, fused_once, ort_session
 
 from roiseg.export.wrapper import deployed_masks, export_head, sanitize_rois
 from roiseg.modeling import HeadConfig, build_head
@@ -75,9 +75,9 @@ def test_sanitize_rois_clips_orders_and_flags():
 # The fused model
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory, stand_in_full):
+def fused(tmp_path_factory, stand_in_full, stand_in_checkpoint):
     work = tmp_path_factory.mktemp("contract")
-    ckpt = make_checkpoint(work / "detail.pth", stand_in_full)
+    ckpt = stand_in_checkpoint
     return fused_once(work, stand_in_full, ckpt), ckpt
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SMALL_INPUT_HW
-from helpers_graph import boxes, fused_once, make_checkpoint
+from helpers_graph import boxes, fused_once
 
 import graph_tools.simplify as simplify
 from graph_tools import simplify_verified
@@ -14,9 +14,9 @@ from roiseg.export.probes import contract_feeds
 
 
 @pytest.fixture(scope="module")
-def unsimplified(tmp_path_factory, stand_in_full):
+def unsimplified(tmp_path_factory, stand_in_full, stand_in_checkpoint):
     work = tmp_path_factory.mktemp("simplify")
-    ckpt = make_checkpoint(work / "detail.pth", stand_in_full)
+    ckpt = stand_in_checkpoint
     return onnx.load(str(fused_once(work, stand_in_full, ckpt, simplify=False)))
 
 

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers_graph import fused_once, make_checkpoint
 
 from roiseg.cli import main
 
@@ -36,13 +35,13 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(work, stand_in_featext) -> Path:
-    return make_checkpoint(work / "head.pth", stand_in_featext)
+def ckpt(featext_checkpoint) -> Path:
+    return featext_checkpoint
 
 
 @pytest.fixture(scope="module")
-def fused(work, stand_in_featext, ckpt) -> Path:
-    return fused_once(work, stand_in_featext, ckpt, simplify=False)
+def fused(roi_model) -> Path:
+    return roi_model
 
 
 @pytest.fixture(scope="module")
