@@ -73,6 +73,35 @@ def random_blobs(rng: np.random.Generator, hw: tuple[int, int], n: int) -> np.nd
 
 
 # --------------------------------------------------------------------------------------------
+# The numpy implementation (roiseg evaluate, no torch) gives the torch one's numbers
+# --------------------------------------------------------------------------------------------
+def test_numpy_metrics_equal_the_torch_metrics_of_training() -> None:
+    from roiseg.metrics import numpy_masks as npm
+
+    rng = np.random.default_rng(7)
+    for hw in ((37, 53), (120, 90)):
+        pred = rng.integers(0, 3, (5, *hw)).astype(np.uint8)
+        pred[:2] = np.where(random_blobs(rng, hw, 2), 1, np.where(random_blobs(rng, hw, 2), 2, 0))
+        true = np.where(random_blobs(rng, hw, 5), 1, np.where(random_blobs(rng, hw, 5), 2, 0)).astype(np.uint8)
+        true[4], pred[4] = 0, 0  # an empty ROI: both give NaN
+        conf_np, conf_t = npm.per_roi_confusion(pred, true), per_roi_confusion(torch.from_numpy(pred), torch.from_numpy(true))
+        np.testing.assert_array_equal(conf_np, conf_t.numpy())
+        for cls in range(3):
+            np.testing.assert_array_equal(npm.iou(*npm.class_intersection_union(conf_np, cls)),
+                                          iou(*class_intersection_union(conf_t, cls)).numpy())
+        a, b = pred == 1, true == 1
+        np.testing.assert_array_equal(npm.iou(*npm.intersection_union(a, b)),
+                                      iou(*intersection_union(torch.from_numpy(a), torch.from_numpy(b))).numpy())
+        for d in (1, npm.boundary_dilation(hw), 9):
+            got = npm.iou(*npm.boundary_intersection_union(a, b, d))
+            want = iou(*boundary_intersection_union(torch.from_numpy(a), torch.from_numpy(b), d)).numpy()
+            np.testing.assert_array_equal(got, want)
+        assert np.isnan(got[4]) and not np.isnan(got[:4]).any()
+    with pytest.raises(ValueError, match="outside 0..2"):
+        npm.per_roi_confusion(np.full((1, 2, 2), 3, np.uint8), np.zeros((1, 2, 2), np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
 # IoU of a class
 # --------------------------------------------------------------------------------------------
 def test_confusion_and_class_iou_match_numpy() -> None:

@@ -155,9 +155,12 @@ def _overlay(image_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def render_worst_figure(worst: Sequence[WorstRoi]) -> "Figure":
     """The worst-ROI picture (module docstring) as a matplotlib Figure (Agg canvas)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: evaluate needs none of it
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    try:  # imported here: evaluate needs none of it; the light install has no matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as exc:
+        raise InputError("the --worst picture needs matplotlib: install roiseg[train] (or matplotlib)") from exc
 
     if not worst:
         raise InputError("no ROI to draw: the evaluation kept no worst ROI")
