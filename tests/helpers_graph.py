@@ -27,16 +27,17 @@ def make_checkpoint(
     seed: int = 0,
     logit_scale: float = 4.0,
     preprocessing=None,
+    **cfg_fields,
 ) -> Path:
     """A roiseg checkpoint whose head fits ``detector`` at ``tensor``, with random weights from ``seed``.
 
     The classifier is scaled by ``logit_scale`` so the three classes are well separated in places
     (like a trained head) instead of all near 1/3. ``preprocessing``: recorded with the extractor
-    (``conventions.Preprocessing``; the default one when ``None``).
+    (``conventions.Preprocessing``; the default one when ``None``). ``cfg_fields``: other ``HeadConfig`` fields.
     """
     info = describe_extractor(detector, tensor, *([preprocessing] if preprocessing is not None else []))
     cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw, variant=variant,
-                     hidden=hidden, num_convs=num_convs, detail_channels=16)
+                     hidden=hidden, num_convs=num_convs, detail_channels=16, **cfg_fields)
     torch.manual_seed(seed)
     head = build_head(cfg)
     with torch.no_grad():

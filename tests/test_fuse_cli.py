@@ -177,6 +177,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, work, stand_in_featext, 
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_parity_check_cli_passes_and_fails(work, stand_in_full, stand_in_checkpoint, coco_tiny, capsys):
     ckpt = stand_in_checkpoint
     report = work / "parity.json"
@@ -201,6 +202,7 @@ def test_parity_check_cli_passes_and_fails(work, stand_in_full, stand_in_checkpo
     assert json.loads(bad_report.read_text())["passed"] is False
 
 
+@pytest.mark.slow
 def test_parity_check_cli_on_an_instance_model(work, stand_in_full, stand_in_checkpoint, coco_tiny, capsys):
     """parity-check --fused on a fuse --instances model: per-image table; another head's masks fail with exit 1."""
     ckpt = stand_in_checkpoint

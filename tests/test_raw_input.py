@@ -70,6 +70,7 @@ def test_raw_model_contract(raw_model, coco_tiny):
     assert sess.run(None, {"image": img, "rois": np.zeros((0, 4), np.float32)})[0].shape == (0, 3, *img.shape[:2])
 
 
+@pytest.mark.slow
 def test_raw_model_parity_on_real_images(raw_model, stand_in_full, coco_tiny):
     path, ckpt, _ = raw_model
     report = run_parity(stand_in_full, ckpt, fused=path, annotations=coco_tiny / "annotations/instances_val2017.json",

@@ -35,12 +35,8 @@ AWKWARD_ROIS: tuple[tuple[float, float, float, float], ...] = (
     (1.20, 1.10, 1.50, 1.40),  # wholly outside: empty after clipping, all background
     (0.20, 0.20, 0.60, 0.70),  # a plain box among them
 )
-"""Boxes the contract sanitises (:func:`sanitize_rois`); fuse and parity run them with the plain ones."""
-
-
-read_probe_image = read_user_image
-"""[H, W, 3] uint8 BGR of an image file; :class:`InputError` naming the file when it is absent,
-unreadable, truncated or corrupt."""
+"""Boxes the contract sanitises (:func:`roiseg.export.wrapper.sanitize_rois`); fuse and parity run them with
+the plain ones."""
 
 
 def _check_max_images(max_images: int | None) -> None:
@@ -117,7 +113,7 @@ class ProbeImages:
 
     def __iter__(self) -> Iterator[ProbeImage]:
         for i, (name, path, boxes) in enumerate(self.files):
-            raw = read_probe_image(path)
+            raw = read_user_image(path)
             rois = boxes if boxes is not None else plausible_rois(3, seed=i)
             yield ProbeImage(name, preprocess(raw, self.input_hw, self.preprocessing), rois, raw)
 
@@ -186,7 +182,7 @@ def check_feeds(
     cases (never uniform random boxes, which are degenerate).
     """
     if images:
-        arrays = [preprocess(read_probe_image(p), input_hw, preprocessing) for p in images]
+        arrays = [preprocess(read_user_image(p), input_hw, preprocessing) for p in images]
     else:
         arrays = [smooth_image(input_hw, seed=0)]
     feeds = []
