@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 dir=$1
 shared=${ROISEG_SHARED:-../shared}
 uv venv -q "$dir/venv"
-uv pip install -q --python "$dir/venv/bin/python" .
+# the locked versions of the base dependencies (no dev group, no extras), bytecode compiled as pip does
+uv export --frozen --no-dev --no-emit-project --no-hashes --quiet -o "$dir/constraints.txt"
+uv pip install -q --python "$dir/venv/bin/python" --compile-bytecode -c "$dir/constraints.txt" .
 py="$dir/venv/bin/python"
 if "$py" -c "import torch" 2>/dev/null; then echo "the light install has torch" >&2; exit 1; fi
 image="$shared/coco-tiny/images/val2017/000000005001.jpg"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import numpy_helper
 
-from graph_tools.splice import rename_tensors
+from graph_tools.splicing import rename_tensors
 
 RANDOM_OPS: frozenset[str] = frozenset({
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout",

@@ -9,13 +9,13 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
-
-import onnx
-from google.protobuf.message import DecodeError
+from typing import TYPE_CHECKING, Iterator
 
 from graph_tools.errors import GraphError
 from graph_tools.log import get_logger
+
+if TYPE_CHECKING:  # onnx is imported where a model is read or written: atomic writes need none of it
+    import onnx
 
 LOG = get_logger(__name__)
 
@@ -83,6 +83,9 @@ def clean_stale_temps(final: str | Path, max_age_s: float = STALE_TEMP_AGE_S) ->
 
 def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX file (external data included); :class:`GraphError` naming the file when it cannot."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
     p = Path(path)
     if not p.is_file():
         raise GraphError(f"ONNX model not found: {p}")
@@ -151,6 +154,8 @@ def save_model(model: onnx.ModelProto, path: str | Path, external: bool | None =
     the model is too big for one protobuf. The data file is written before the ``.onnx`` file is
     renamed into place, so a reader never sees an ``.onnx`` whose data is missing.
     """
+    import onnx
+
     path = Path(path)
     if external is None:
         external = needs_external_data(model)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Sequence, Union
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from graph_tools.errors import GraphError
-from graph_tools.io import needs_external_data, save_model
+
+if TYPE_CHECKING:
+    import onnx
 
 CPU_PROVIDER: str = "CPUExecutionProvider"
 ProviderSpec = Union[str, tuple[str, dict]]
@@ -45,7 +46,10 @@ def create_session(
         options.log_severity_level = DEFAULT_LOG_SEVERITY
         options.enable_cpu_mem_arena = arena
     tmp = None
-    if isinstance(model, onnx.ModelProto):
+    in_memory = not isinstance(model, (str, Path))
+    if in_memory:  # a ModelProto (a file path needs no onnx here: running a model does not import it)
+        from graph_tools.io import needs_external_data, save_model
+
         if needs_external_data(model):
             tmp = tempfile.TemporaryDirectory(prefix="graph_tools_session_")
             source: bytes | str = str(save_model(model, Path(tmp.name) / "model.onnx", external=True))
@@ -56,7 +60,7 @@ def create_session(
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=list(providers or [CPU_PROVIDER]))
     except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, NotImplemented, ...)
-        name = what or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+        name = what or ("model" if in_memory else str(model))
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise GraphError(f"onnxruntime cannot load {name}: {reason}") from exc
     session._graph_tools_tmpdir = tmp  # keep the external-data folder alive with the session
@@ -129,6 +133,10 @@ def create_openvino_session(model: onnx.ModelProto | str | Path, device: str = "
         raise GraphError("OpenVINO is not installed (it is an optional dependency: the 'openvino' "
                          "dependency group)") from exc
     config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    import onnx
+
+    from graph_tools.io import needs_external_data, save_model
+
     with tempfile.TemporaryDirectory(prefix="graph_tools_ov_") as tmp:
         try:
             if isinstance(model, onnx.ModelProto):

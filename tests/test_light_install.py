@@ -1,5 +1,6 @@
 """The light install: running a fused model (``roiseg predict``, ``roiseg evaluate`` of an ONNX file) imports
-no torch, no ``roiseg.modeling`` and no ``roiseg.training``; the CLI parser needs none of them either.
+no torch, no ``roiseg.modeling`` and no ``roiseg.training`` (nor onnx: onnxruntime runs the file); the CLI
+parser needs none of them either.
 
 Checked in fresh processes with an import hook that refuses those modules (an import anywhere, even one
 whose ImportError would be caught, is recorded) — the install without extras has no torch at all.
@@ -32,7 +33,7 @@ class Refuse(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Refuse())
 from roiseg.cli import main
 codes = [main(argv) for argv in json.loads(sys.argv[1])]
-print(json.dumps({{"codes": codes, "tried": sorted(set(tried)),
+print(json.dumps({{"codes": codes, "tried": sorted(set(tried)), "onnx": "onnx" in sys.modules,
                    "loaded": sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in HEAVY))}}))
 """
 
@@ -45,7 +46,7 @@ def _run(commands: list[list[str]]) -> dict:
 
 
 def test_the_parser_and_help_import_no_torch():
-    assert _run([]) == {"codes": [], "tried": [], "loaded": []}  # importing the CLI
+    assert _run([]) == {"codes": [], "tried": [], "loaded": [], "onnx": False}  # importing the CLI
     code = "import sys; from roiseg.cli import build_parser; build_parser(); build_parser('predict')\n" \
            f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -64,7 +65,8 @@ def test_predict_and_evaluate_run_a_fused_model_without_torch(roi_model, instanc
         ["evaluate", "--model", str(roi_model), *data, "--report", str(tmp_path / "roi.json")],
         ["evaluate", "--model", str(instance_model), *data, "--report", str(tmp_path / "inst.json")],
     ])
-    assert got == {"codes": [0, 0, 0, 0], "tried": [], "loaded": []}
+    assert got == {"codes": [0, 0, 0, 0], "tried": [], "loaded": [], "onnx": False}  # not even onnx: metadata
+    # is read from the file's protobuf directly (graph_tools.read_file_props)
     assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
     roi, inst = json.loads((tmp_path / "roi.json").read_text()), json.loads((tmp_path / "inst.json").read_text())
     assert roi["num_rois"] > 0 and roi["figures"]["target_iou"]["all"]["mean"] is not None

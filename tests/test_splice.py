@@ -150,3 +150,22 @@ def test_a_dynamic_detector_batch_is_pinned_to_one(stand_in_full):
     assert _dims(fused.graph.input[0]) == [1, 3, 128, 128]
     out = ort_session(fused).run(None, {"images": np.zeros((1, 3, 128, 128), np.float32), "rois": boxes(2)})[0]
     assert out.shape == (2, 3, 128, 128)
+
+
+def test_file_metadata_is_read_without_onnx_and_equals_onnx_s(stand_in_full, tmp_path):
+    """graph_tools.read_file_props reads metadata_props from the protobuf wire format (graph skipped)."""
+    from graph_tools import GraphError, read_file_props, read_props, write_props
+
+    model = onnx.load(str(stand_in_full))
+    write_props(model, {"a": "1", "roiseg.x": "ü € 😀", "": "empty key", "b": ""})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert read_file_props(path) == read_props(onnx.load(str(path))) == {"a": "1", "roiseg.x": "ü € 😀", "": "empty key",
+                                                                         "b": ""}
+    (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[:-3])
+    (tmp_path / "text.onnx").write_text('{"not": "protobuf"}')
+    for bad in ("cut.onnx", "text.onnx"):
+        with pytest.raises(GraphError, match="not a readable ONNX model"):
+            read_file_props(tmp_path / bad)
+    with pytest.raises(GraphError, match="not found"):
+        read_file_props(tmp_path / "none.onnx")

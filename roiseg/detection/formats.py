@@ -31,10 +31,9 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import onnx
 
 import graph_tools as gt
 from roiseg.conventions import (
@@ -42,6 +41,9 @@ from roiseg.conventions import (
 )
 from roiseg.detection.layouts import DETECTION_FORMATS, LAYOUTS, Layout
 from roiseg.errors import InputError, graph_errors
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)

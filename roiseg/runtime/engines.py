@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import onnx
+from typing import TYPE_CHECKING, Any, Sequence
 
 import graph_tools as gt
 from roiseg.conventions import FUSED_ROIS_INPUT, ImageInput
 from roiseg.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
 
 ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
 OPENVINO_PRECISION: str = "f32"

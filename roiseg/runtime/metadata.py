@@ -42,15 +42,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
-
-from graph_tools import load_model, read_props, write_props
+from graph_tools import read_file_props, read_props, write_props
 from roiseg import __version__
 from roiseg.conventions import CLASS_NAMES, DEFAULT_OUTPUTS, OUTPUT_MODES, ImageInput, Preprocessing
 from roiseg.detection.props import InstanceProps
 from roiseg.errors import InputError, graph_errors
+
+if TYPE_CHECKING:
+    import onnx
 
 PREFIX: str = "roiseg."
 DETECTOR_META_PREFIX: str = "detector."
@@ -224,10 +225,9 @@ def write_metadata(model: onnx.ModelProto, meta: FusedMetadata) -> None:
 
 
 def read_metadata(model: onnx.ModelProto | str | Path) -> FusedMetadata:
-    """:class:`FusedMetadata` of a fused model (a ``ModelProto`` or a path; weights are not loaded)."""
-    source: str | Path = "model"
-    if not isinstance(model, onnx.ModelProto):
-        source = model
+    """:class:`FusedMetadata` of a fused model: a ``ModelProto``, or a file (its metadata is read without
+    loading the graph or the weights, and without importing onnx: :func:`graph_tools.read_file_props`)."""
+    if isinstance(model, (str, Path)):
         with graph_errors():
-            model = load_model(model, load_external_data=False)
-    return FusedMetadata.from_props(read_props(model), source)
+            return FusedMetadata.from_props(read_file_props(model), model)
+    return FusedMetadata.from_props(read_props(model), "model")
