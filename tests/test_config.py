@@ -109,10 +109,10 @@ def test_invalid_toml_names_the_file(tmp_path: Path):
 
 
 def test_cli_flags_become_overrides_and_win_over_set():
+    from roiseg.cli import build_parser
     from roiseg.commands import train as cmd
 
-    parser = argparse.ArgumentParser()
-    cmd.add_parser(parser.add_subparsers())
+    parser = build_parser("train")  # the config flags are added when train is the command
     args = parser.parse_args(["train", "--set", "optim.lr=0.1", "--set", "train.keep=3", "--lr", "0.2",
                               "--feature-tensor", "input.663", "--cache", "none", "--variant", "baseline"])
     items = cmd.overrides_from_args(args)
@@ -145,6 +145,14 @@ def test_head_section_has_every_head_config_field_but_the_extractor_ones():
     assert all(getattr(TrainConfig().head, k) == HeadConfig.__dataclass_fields__[k].default for k in keys)
 
 
+def test_the_parser_adds_the_config_flags_only_for_train():
+    from roiseg.cli import build_parser
+
+    with pytest.raises(SystemExit):  # another command on the line: train's flags (torch) are not built
+        build_parser("predict").parse_args(["train", "--lr", "0.2"])
+    assert build_parser("train").parse_args(["train", "--lr", "0.2"]).__dict__["optim.lr"] == 0.2
+
+
 def test_every_flag_names_a_config_key_and_only_given_flags_override():
     from roiseg.commands import train as cmd
     from roiseg.utils.overrides import flag_fields
@@ -153,7 +161,9 @@ def test_every_flag_names_a_config_key_and_only_given_flags_override():
     assert flags["--feature-tensor"] == "features.feature_tensor" and flags["--data-root"] == "data.root"
     assert flags["--out"] == "train.out" and flags["--variant"] == "head.variant" and flags["--cache"] == "features.cache"
     parser = argparse.ArgumentParser()
-    cmd.add_parser(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    cmd.add_parser(sub)
+    cmd.add_details(sub.choices["train"])
     assert cmd.overrides_from_args(parser.parse_args(["train"])) == {}
     args = parser.parse_args(["train", "--data-root", "/d", "--batch-size", "3", "--out", "o", "--resume", "--config", "c.toml"])
     assert cmd.overrides_from_args(args) == {"data.root": "/d", "data.batch_size": 3, "train.out": "o"}

@@ -104,6 +104,11 @@ def test_instance_model_is_scored_with_its_own_detections(instance_model, built,
     assert "mask AP with the model's own detections" in capsys.readouterr().out
     again = json.loads(auto.read_text())
     assert again["mask_ap"] == got["mask_ap"] and again["per_image"] == got["per_image"]
+    from roiseg.errors import InputError
+    from roiseg.evaluation.models import load_mask_model
+
+    with pytest.raises(InputError, match="is an instance model: it finds its own boxes"):
+        load_mask_model(instance_model, device="cpu")  # the library refuses it on the ground-truth boxes too
     # what each mode cannot do: one line, exit 2
     ckpt, fused = built
     for args, expected in ((["--model", str(instance_model), "--rois", "gt"], "evaluate it without --rois gt"),

@@ -42,7 +42,7 @@ from roiseg.conventions import (
     extra_features_input, output_modes, output_tensors,
 )
 from roiseg.runtime.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG, KEY_OUTPUTS
-from roiseg.errors import InputError, translate_graph_errors
+from roiseg.errors import translate_graph_errors
 from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.modeling.paste import masks_from_logits, paste_roi_logits, roi_inside_masks
 from roiseg.utils.atomic import atomic_path
