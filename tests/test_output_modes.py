@@ -104,6 +104,20 @@ def test_fuse_cli_refuses_an_unknown_mode(work, stand_in_full, ckpt, capsys):
     assert lines == ["error: unknown output mode 'mask'; expected one or more of probs, labels, target, roi_logits"]
 
 
+def test_the_session_runs_every_output_mode_the_metadata_names(all_modes):
+    from roiseg.runtime.session import FusedSession
+
+    fused = FusedSession(all_modes, device="cpu")
+    image = np.random.default_rng(3).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    rois = boxes(5, seed=4)
+    got = fused.outputs(fused.image_feed(image), rois)
+    assert list(got) == output_tensors(ALL) and fused.meta.outputs == tuple(ALL)
+    want = ort_session(all_modes).run(output_tensors(ALL), {"images": fused.image_feed(image)["images"], "rois": rois})
+    for name, ref in zip(output_tensors(ALL), want):
+        np.testing.assert_array_equal(got[name], ref)
+    np.testing.assert_array_equal(fused.roi_probabilities(fused.image_feed(image), rois), got["masks"])
+
+
 def test_predict_and_evaluate_need_the_probs_output(work, stand_in_full, ckpt):
     from roiseg.evaluation.models import load_mask_model
     from roiseg.runtime.predict import RoiPredictor

@@ -27,7 +27,7 @@ import numpy as np
 import graph_tools as gt
 from roiseg.conventions import (
     FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, FUSED_SCORES_OUTPUT,
-    ImageInput, default_trt_cache_dir, normalised_rois_to_pixels, output_tensors, preprocess,
+    INSTANCE_OUTPUTS, ImageInput, default_trt_cache_dir, normalised_rois_to_pixels, output_tensors, preprocess,
 )
 from roiseg.errors import InputError, graph_errors
 from roiseg.runtime.engines import TRT_ROIS, trt_profiles
@@ -98,7 +98,7 @@ class FusedSession:
                  need_probs: bool = True) -> None:
         self.path = Path(model)
         self.meta: FusedMetadata = read_metadata(self.path)
-        self.image_input = ImageInput(self.meta.image_input)
+        self.image_input: ImageInput = self.meta.image_input
         profiles = trt_profiles(self.meta.input_hw, self.image_input, trt_rois, has_rois=not self.is_instance_model)
         providers = session_providers(device, profiles)
         with graph_errors():
@@ -137,9 +137,10 @@ class FusedSession:
         return {self.image_input.input_name: preprocess(image_bgr, self.meta.input_hw, self.meta.preprocessing)}
 
     def outputs(self, feed: Feed, rois: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """``{output tensor name: array}`` of every output mode of the model (and an instance model's
-        ``boxes``, ``scores``, ``classes``); ``rois`` [N, 4] normalised x1y1x2y2 for a ROI model."""
-        names = [o.name for o in self.session.get_outputs()]
+        """``{output tensor name: array}`` of every output mode of the model (``conventions.OUTPUT_MODES``;
+        an instance model's ``boxes``, ``scores``, ``classes`` first); ``rois`` [N, 4] normalised x1y1x2y2
+        for a ROI model."""
+        names = [*([] if not self.is_instance_model else INSTANCE_OUTPUTS), *output_tensors(self.meta.outputs)]
         return dict(zip(names, self.session.run(names, self._with_rois(feed, rois))))
 
     def roi_probabilities(self, feed: Feed, rois: np.ndarray) -> np.ndarray:
@@ -154,10 +155,6 @@ class FusedSession:
         if not self.raw:  # normalised boxes; a raw-image model gives pixels itself
             boxes = normalised_rois_to_pixels(boxes, orig_hw)
         return RawInstances(np.asarray(boxes, np.float32), scores, classes, masks)
-
-    def mask_outputs(self) -> list[str]:
-        """The mask output tensors of the model's output modes (``masks``, ``labels``, ...)."""
-        return output_tensors(self.meta.outputs)
 
     def _with_rois(self, feed: Feed, rois: np.ndarray | None) -> Feed:
         if self.is_instance_model or rois is None:
