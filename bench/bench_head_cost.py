@@ -1,7 +1,8 @@
 """Per-ROI cost of each head variant at the reference shapes, in the fused model and in training.
 
 Builds the stand-in detector at the reference shapes (1024 channels, 640x640, the five reference
-taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps), a head with default
+taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps, without and with the per-ROI
+RGB refinement: ``query``, ``hybrid``), a head with default
 sizes and random weights, fuses them (``roiseg fuse``) and times in one process, round-robin:
 
 * ``detector``: the trimmed detector alone (image -> the taps the head reads);
@@ -10,9 +11,9 @@ sizes and random weights, fuses them (``roiseg fuse``) and times in one process,
 Ratios: fused(1) / detector and the per-extra-ROI cost (fused(N) - fused(1)) / (N - 1) / detector.
 Then one training step per variant on random features of the right shapes (``--train-rois`` ROIs,
 ``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss,
-``query`` with the point loss (K points per ROI); training ROIs/s and the ratio query / detail.
+``query``/``hybrid`` with the point loss (K points per ROI); training ROIs/s and the ratio hybrid / detail.
 
-    uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--json out.json]
+    uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,21 +39,24 @@ from roiseg.training.checkpoint import save_checkpoint
 from roiseg.training.loss import LossConfig, SegLoss
 from roiseg.training.step import StepSetup, train_step
 
-VARIANTS = {"detail": {"variant": "detail"}, "query": {"variant": "query"}}
-POINTS = {"detail": 0, "query": 12544}
+VARIANTS = {"detail": {"variant": "detail"}, "query": {"variant": "query", "refine_channels": 0},
+            "hybrid": {"variant": "query", "refine_channels": 16}}
+"""Head config overrides per measured variant (``hybrid``: the query head with the per-ROI RGB refinement)."""
+POINTS = {"detail": 0, "query": 12544, "hybrid": 12544}
 
 
-def head_config(detector: Path, variant: str) -> tuple[HeadConfig, dict]:
-    extras = "auto" if variant == "query" else ()
+def head_config(detector: Path, variant: str, embed_dim: int = 32) -> tuple[HeadConfig, dict]:
+    over = {**VARIANTS[variant], "embed_dim": embed_dim}
+    extras = "auto" if over["variant"] == "query" else ()
     info = describe_extractor(detector, DEFAULT_FEATURE_TENSOR, extra_tensors=extras)
-    cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw, variant=variant,
-                     extra_channels=info.extra_channels, extra_strides=info.extra_strides)
+    cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw,
+                     extra_channels=info.extra_channels, extra_strides=info.extra_strides, **over)
     return cfg, info.to_dict()
 
 
-def build(root: Path, detector: Path, variant: str) -> tuple[Path, Path, HeadConfig]:
+def build(root: Path, detector: Path, variant: str, embed_dim: int) -> tuple[Path, Path, HeadConfig]:
     """Fused model and trimmed detector (at every tap the head reads) of one variant."""
-    cfg, info = head_config(detector, variant)
+    cfg, info = head_config(detector, variant, embed_dim)
     torch.manual_seed(0)
     head = build_head(cfg).eval()
     ckpt = save_checkpoint(root / f"{variant}.pth", {"epoch": 0, "head_config": cfg.to_dict(),
@@ -115,13 +119,14 @@ def main() -> None:
     ap.add_argument("--train-rois", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--embed-dim", type=int, default=32, help="query/hybrid embedding width (0: scaled with the detector)")
     args = ap.parse_args()
     hw = (args.size, args.size)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     with tempfile.TemporaryDirectory(prefix="roiseg_bench_head_") as tmp:
         root = Path(tmp)
         detector = build_stand_in_detector(root / "detector.onnx", channels=args.channels, input_hw=hw)
-        built = {v: build(root, detector, v) for v in VARIANTS}
+        built = {v: build(root, detector, v, args.embed_dim) for v in VARIANTS}
         med = time_inference({v: (f, t) for v, (f, t, _) in built.items()}, hw, args.rois, args.reps)
         cfgs = {v: c for v, (_, _, c) in built.items()}
     n = args.rois
@@ -136,16 +141,16 @@ def main() -> None:
             "train_rois_per_s": train_rois_per_s(cfg, POINTS[v], args.train_rois, args.train_steps),
             "train_loss": "points" if POINTS[v] else "full resolution",
         }
-    ratio = out["query"]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
+    ratio = out["hybrid"]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
     print(f"stand-in {args.channels} ch, {hw[0]}x{hw[1]}, CPU; median of {args.reps} reps")
     for v, r in out.items():
-        print(f"{v:<7} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
+        print(f"{v:<6} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
               f"  fused({n}) {r[f'fused_{n}_ms']:.0f} ms  fused(1)/detector {r['fused_1_over_detector']:.3f}"
               f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}"
               f"  train {r['train_rois_per_s']:.2f} ROIs/s ({r['train_loss']})")
-    print(f"training ROIs/s, query (points) / detail (full resolution): {ratio:.2f}")
+    print(f"training ROIs/s, hybrid (points) / detail (full resolution): {ratio:.2f}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"variants": out, "train_ratio_query_over_detail": ratio,
+        args.json.write_text(json.dumps({"variants": out, "train_ratio_hybrid_over_detail": ratio, "embed_dim": args.embed_dim,
                                          "channels": args.channels, "input_hw": list(hw)}, indent=2))
 
 

@@ -123,3 +123,22 @@ def test_subset_must_be_positive(tmp_path, n):
     with pytest.raises(InputError, match="subset"):
         prepare_coco(src, tmp_path / "out", subsets=[n])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_bbox_is_skipped_counted_and_never_reaches_analyze(bad, tmp_path):
+    from roiseg.data.analyze import analyze
+
+    data = hand_made()
+    data["annotations"].append(_ann(11, 7, bbox=(bad, 10, 20, 30)))
+    sel = select_persons(data, "hand.json")
+    assert sel.skipped["non_finite_bbox"] == 1 and 11 not in [a["id"] for a in sel.annotations]
+    src = tmp_path / "instances_train2017.json"
+    src.write_text(json.dumps(data))  # NaN / Infinity as Python's json writes them
+    report = prepare_coco(src, tmp_path / "out")
+    assert report["skipped_annotations"]["non_finite_bbox"] == 1
+    out = tmp_path / "out" / "instances_train2017_person_only_no_crowd.json"
+    assert [a["id"] for a in json.loads(out.read_text())["annotations"]] == [1, 2, 8, 10]
+    # a file that was never prepared: the shared rule drops it there too
+    result = analyze(src, workers=1)
+    assert result["num_instances"] == 4 and result["skipped_annotations"]["non_finite_bbox"] == 1

@@ -5,8 +5,8 @@ Rules (:func:`select_persons`, shared by prepare, the dataset and analyze):
 1. keep annotations of category 1 (person) only;
 2. drop every image that has a crowd person (``iscrowd`` 1): its persons are not all outlined,
    so its "background" would be wrong;
-3. skip (and count) person annotations that cannot define a ROI target: a bbox with zero width
-   or height (``zero_area_bbox``); polygons with fewer than 3 points are removed from the
+3. skip (and count) person annotations that cannot define a ROI target: a bbox with a NaN or
+   infinite value (``non_finite_bbox``) or zero width or height (``zero_area_bbox``); polygons with fewer than 3 points are removed from the
    segmentation (``short_polygon``, they enclose no area) and an annotation left with no polygon
    is skipped (``empty_segmentation``);
 4. drop every image left without a person (``no_person``); with ``images_dir``, also images whose
@@ -19,6 +19,7 @@ stops with an :class:`~roiseg.errors.InputError` naming the file and the id.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,10 @@ def select_persons(data: dict, source: str | Path, images_dir: str | Path | None
         img = images[ann["image_id"]]
         if "segmentation" not in ann:
             raise InputError(f"{source}: person annotation id {ann['id']} has no 'segmentation'")
+        if not all(math.isfinite(float(v)) for v in ann["bbox"]):
+            skipped["non_finite_bbox"] += 1
+            LOG.debug("skipping annotation id %s: bbox %s is not finite", ann["id"], ann["bbox"])
+            continue
         _, _, bw, bh = ann["bbox"]
         if bw <= 0 or bh <= 0:
             skipped["zero_area_bbox"] += 1

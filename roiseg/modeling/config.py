@@ -59,12 +59,18 @@ class HeadConfig:
     refine_channels: int = 16
     """``query``: channels of the per-ROI RGB refinement (a residual conv stack over the RoI-aligned
     image, the logits and the embedding at the ROI grid; 0 = off)."""
+    centred_logits: bool = True
+    """``query``: the class logits read the ROI's tokens minus their mean over the ROI's cells, so the
+    dot products shape the mask inside the ROI and only the per-class bias sets its level (the box
+    prior): a short training run cannot shift a whole ROI away from the box before it has learned
+    where the person is. ``False`` only for checkpoints made before roiseg 0.2."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
     initialisation depends on it. 0 = the plain (random) initialisation."""
 
-    LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0}
+    LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
+                                           "centred_logits": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property

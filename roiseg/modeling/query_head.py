@@ -18,8 +18,9 @@ Per ROI, everything is light:
    attention logits of class ``c`` get the previous prediction's ``log p_c`` per cell added, so a
    query attends to the cells its class holds, and the network stays a continuous function of its
    inputs (``attention_mask = "hard"``, Mask2Former's 0.5 threshold, only for old checkpoints).
-4. Class logits = dot products of the (projected) class queries with the ROI's tokens, plus a
-   per-class bias that starts at the box prior (target inside the ROI): [N, 3, G, G].
+4. Class logits = dot products of the (projected) class queries with the ROI's tokens centred
+   over the ROI's cells (they shape the mask), plus a per-class bias that starts at the box prior
+   (target inside the ROI) and sets the level: [N, 3, G, G].
 5. Optionally (``refine_channels``), a per-ROI RGB refinement: a small residual conv stack over
    the RoI-aligned input image, the logits and the embedding at the G x G grid, whose last layer
    starts at zero. Then the same exportable paste as the other heads.
@@ -195,6 +196,8 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
 
     def _logits(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """[N, 3, D] x [N, T, D] -> [N, 3, T] (plus the per-class bias)."""
+        if self.cfg.centred_logits:  # shape from the dot products, level from the bias (HeadConfig.centred_logits)
+            tokens = tokens - tokens.mean(dim=1, keepdim=True)
         logits = torch.matmul(self.mask_embed(queries), tokens.transpose(1, 2))
         return logits if self.class_bias is None else logits + self.class_bias[None, :, None]
 

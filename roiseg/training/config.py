@@ -201,7 +201,7 @@ class OptimConfig:
 class RunConfig:
     """The run: length, seed, device, output folder, checkpoint retention."""
 
-    epochs: int = _opt(5, "--epochs", "number of epochs (the schedule spans them)")
+    epochs: int = _opt(3, "--epochs", "number of epochs (the schedule spans them)")
     seed: int = _opt(0, "--seed", "seed of initialisation, data order and ROI sampling")
     device: str = _opt("auto", "--device", "auto, cpu, cuda or cuda:N")
     """``auto`` (CUDA when usable), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun each rank uses ``cuda:LOCAL_RANK``."""

@@ -21,8 +21,9 @@ the inside pixels of all ROIs in the batch)
 CE is a pixel mean (large ROIs weigh more, as in the dataset-accumulated mIoU); Dice is a ROI mean
 (small ROIs weigh as much as large ones).
 
-Class weights come from ``data_analyze.json`` (``class_weights``) when present, else they are
-computed from the training targets with the same formula (:func:`compute_class_weights`).
+Class weights are uniform by default (``loss.class_weights = [1, 1, 1]``); with ``[]`` they come from
+``data_analyze.json`` (``class_weights``) when present, else they are computed from the training
+targets with the same formula (:func:`compute_class_weights`).
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ class LossConfig:
     """Classes whose soft Dice is added: ``(1,)`` = target only, ``(1, 2)`` = also non-target."""
     focal_gamma: float = 0.0
     """Focal exponent on the cross-entropy; 0 = plain (weighted) cross-entropy."""
-    class_weights: list[float] | None = field(default=None)
-    """Cross-entropy weight per class (background, target, non_target); ``None`` = all 1."""
+    class_weights: list[float] | None = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Cross-entropy weight per class (background, target, non_target); ``None`` = all 1; in the
+    training config ``[]`` = from ``data_analyze.json`` (inverse frequency). Uniform by default:
+    measured better for short runs (docs/heads.md, "Short runs")."""
     points: int = 12544
     """0: loss on every pixel inside each ROI at the full input resolution (the ROI logits are pasted
     to [N, 3, H, W]); K > 0: loss on K points per ROI, importance-sampled (:mod:`roiseg.training.points`)."""

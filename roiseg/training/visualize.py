@@ -84,9 +84,9 @@ def select_validation_images(dataset: Any, names: Sequence[str], count: int = NU
             break
         if idx not in found and readable(idx):
             found.append(idx)
-    if named == 0:
+    if named == 0 and names:
         LOG.warning("validation picture: none of the named images found; using the first %d validation images", len(found))
-    elif len(found) > named:
+    elif len(found) > named and names:
         added = ", ".join(dataset.record(i)["file_name"] for i in found[named:])
         LOG.info("validation picture: %d named image(s) found; added %s to show %d", named, added, len(found))
     return found
