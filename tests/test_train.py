@@ -228,9 +228,11 @@ def test_second_epoch_reads_every_feature_from_the_cache(trained):
 
 
 def test_training_loss_decreases(trained):
-    losses = [r["train_loss"] for r in trained["records"]]
-    assert losses[-1] < losses[0]
-    assert trained["records"][-1]["val_loss"] < trained["records"][0]["val_loss"]
+    # The val loss is over the same pixels every epoch; the train loss is over importance-sampled points
+    # (the head's least certain ones), which get harder as it learns, so only its finiteness is checked.
+    val = [r["val_loss"] for r in trained["records"]]
+    assert all(b < a for a, b in zip(val, val[1:])), val
+    assert all(np.isfinite(r["train_loss"]) for r in trained["records"])
 
 
 def test_keep_prunes_older_checkpoints_but_not_best(trained, tmp_path):
