@@ -28,7 +28,7 @@ def ckpt(stand_in_checkpoint):
 
 
 def test_openvino_parity(work, stand_in_full, ckpt, coco_tiny):
-    pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
+    import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
     fused = fused_once(work, stand_in_full, ckpt, outputs=("probs", "labels"))
     report = run_parity(stand_in_full, ckpt, fused=fused, annotations=coco_tiny / "annotations/instances_val2017.json",
                         images=coco_tiny / "images/val2017", max_images=1, large_set=0, engine="openvino")
@@ -41,7 +41,7 @@ def test_openvino_parity(work, stand_in_full, ckpt, coco_tiny):
 def test_openvino_session_keeps_the_onnx_output_names():
     """OpenVINO merges a graph output with the tensor feeding it (here ``rois``, an ``Identity`` of the
     clipped boxes) and may then name it by the inner tensor; the session answers to the ONNX names."""
-    pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
+    import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
     import graph_tools as gt
     from roiseg.detection.formats import DetectionSpec, InstanceParams
     from roiseg.detection.graph import postprocess_model
@@ -59,7 +59,7 @@ def test_openvino_session_keeps_the_onnx_output_names():
 
 
 def test_openvino_session_forces_f32():
-    pytest.importorskip("openvino")
+    import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
     from onnx import TensorProto, helper
 
     import graph_tools as gt

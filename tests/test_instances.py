@@ -87,7 +87,7 @@ def test_yolox_instance_model_parity_on_real_images(work, yolox_nano, yolox_ckpt
 
 def test_yolox_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, coco_tiny, yolox_instances):
     """The instance model (NonMaxSuppression, data-dependent K, K = 0) on OpenVINO matches the references."""
-    pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
+    import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
     roi_model = fused_once(work, yolox_nano, yolox_ckpt)
     result = instance_parity(yolox_instances, yolox_nano, roi_model, _images(coco_tiny, (*PERSON_IMAGES, NO_PERSON_IMAGE)),
                              engine="openvino")
@@ -100,7 +100,7 @@ def test_yolox_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, c
 def test_raw_image_instance_model_parity_on_openvino(work, yolox_nano, yolox_ckpt, coco_tiny, yolox_raw_instances):
     """The raw-image instance model's outputs (pixel boxes, its internal rois exposed) keep their ONNX
     names on OpenVINO, which merges an output with the tensor feeding it."""
-    pytest.importorskip("openvino", reason="OpenVINO is the optional dependency group 'openvino'")
+    import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
     roi_model = fused_once(work, yolox_nano, yolox_ckpt, image_input="raw")
     # OpenVINO's in-graph resize differs from onnxruntime's (in which the ROI model reference preprocesses)
     # by one grey level at some pixels (mean 5e-5 of the 0..255 range); this sharp random-weight head's
