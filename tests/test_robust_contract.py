@@ -19,7 +19,9 @@ H, W, C = 64, 96, 16
 
 
 def _openvino():
-    return import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
+    import openvino  # a default dependency group: uv sync installs it
+
+    return openvino
 
 
 def ov_run(model, feeds: dict) -> list[np.ndarray]:
