@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +83,45 @@ def clean_stale_temps(final: str | Path, max_age_s: float = STALE_TEMP_AGE_S) ->
     return removed
 
 
+def clean_stale_temp_dirs(prefix: str, root: str | Path | None = None, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the folders :func:`temp_dir` made with ``prefix`` in ``root`` (default: the system temp
+    folder) whose process is not running (killed, e.g. ``kill -9``) or that were untouched for
+    ``max_age_s`` seconds. Each removal is logged (warning). Returns the removed folders."""
+    root = Path(root or tempfile.gettempdir())
+    pattern = re.compile(rf"^{re.escape(prefix)}pid(\d+)_")
+    removed, now = [], time.time()
+    for entry in root.glob(f"{glob_escape(prefix)}pid*_*"):
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_dir():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            dead = not _process_running(int(match.group(1)))
+            age = now - entry.stat().st_mtime
+            if dead or age > max_age_s:
+                size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+                why = f"process {match.group(1)} is not running" if dead else f"untouched for {age / 3600:.1f} h"
+                LOG.warning("removed stale temporary folder %s (%.1f MB; %s)", entry, size / 1e6, why)
+    return removed
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str, root: str | Path | None = None) -> Iterator[Path]:
+    """A temporary folder ``<prefix>pid<pid>_<random>`` removed on exit, like
+    :class:`tempfile.TemporaryDirectory`; the stale folders of killed processes with the same prefix
+    are removed first (:func:`clean_stale_temp_dirs`), so a ``kill -9`` leaves litter only until the
+    next run."""
+    clean_stale_temp_dirs(prefix, root)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}pid{os.getpid()}_", dir=root) as tmp:
+        yield Path(tmp)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
 def load_model(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX file (external data included); :class:`GraphError` naming the file when it cannot."""
     import onnx
@@ -136,10 +177,29 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if disk_full(exc, final.parent):
+            raise GraphError(f"no space left on device writing {final}") from exc
         raise
+
+
+NO_SPACE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+LOW_SPACE_BYTES: int = 16 * 2**20
+"""Free space below which a writer's non-OSError failure (e.g. torch.save's) is taken for a full disk."""
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc``, raised while writing into ``folder``, means the disk (or quota) is full:
+    an OSError with ENOSPC/EDQUOT, or a RuntimeError (a library's own writer) with less than
+    :data:`LOW_SPACE_BYTES` free left there."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_SPACE_ERRNOS
+    if isinstance(exc, RuntimeError):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    return False
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:

@@ -226,3 +226,15 @@ def test_probabilities_back_at_original_size_are_the_argmax_of_the_bilinear_resi
     np.testing.assert_array_equal(labels_all, labels)
     same, same_labels = to_original_size(full, (37, 23))  # already at the original size (a raw-image model)
     np.testing.assert_array_equal(same, full) and np.testing.assert_array_equal(same_labels, labels)
+
+
+def test_rois_without_a_score_are_counted_in_the_summary():
+    from roiseg.evaluation.report import _summary_line
+    from roiseg.evaluation.roi import unscored_rois
+
+    records = [{"target_iou": 0.5}, {"target_iou": float("nan")}, {"target_iou": 0.7}, {"target_iou": float("nan")}]
+    report = {"images": {"evaluated": 2, "selected": 2, "skipped": {}}, "num_rois": 4, "images_per_s": 1.0,
+              "input_hw": [64, 64], "dilation_ratio": 0.02, "unscored_rois": unscored_rois(records)}
+    assert report["unscored_rois"] == 2
+    assert "4 ROIs (2 not scored: no target pixel inside the box" in _summary_line(report)
+    assert "not scored" not in _summary_line({**report, "unscored_rois": 0})

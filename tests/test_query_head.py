@@ -110,3 +110,16 @@ def test_pytorch_path_of_evaluate_reads_the_extra_taps(stand_in_full, tmp_path):
     rois = np.array([[0.1, 0.1, 0.6, 0.9], [0.3, 0.2, 0.9, 0.7]], np.float32)
     np.testing.assert_allclose(torch_model.roi_probabilities(image, rois), fused_model.roi_probabilities(
         {"images": image}, rois), atol=1e-4)
+
+
+def test_fuse_at_one_of_the_heads_extra_taps_names_its_primary_tensor(yolox_nano, tmp_path, capsys):
+    from roiseg.cli import main
+
+    ckpt = _query_checkpoint(tmp_path / "query.pth", yolox_nano, YOLOX_TENSOR)
+    extra = torch.load(ckpt, weights_only=False)["extractor"]["extra_tensors"]
+    assert "input.423" in extra
+    code = main(["fuse", "--yolo", str(yolox_nano), "--head", str(ckpt), "--feature-tensor", "input.423",
+                 "--out", str(tmp_path / "fused.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "one of the extra taps" in err and repr(YOLOX_TENSOR) in err and "repeat" not in err
+    assert not (tmp_path / "fused.onnx").exists()

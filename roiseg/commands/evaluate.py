@@ -78,7 +78,7 @@ def _source(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from roiseg.errors import InputError
-    from roiseg.evaluation.report import format_report, write_report_json, write_report_markdown, write_worst_picture
+    from roiseg.evaluation.report import format_report, write_outputs
     from roiseg.utils.atomic import check_output_file
 
     if args.max_images is not None and args.max_images < 1:
@@ -104,10 +104,6 @@ def run(args: argparse.Namespace) -> int:
         report, worst = result.report, result.worst
     print(f"model: {model.description}")
     print(format_report(report))
-    if args.report is not None:
-        print(f"wrote {write_report_json(args.report, report)}")
-    if args.markdown is not None:
-        print(f"wrote {write_report_markdown(args.markdown, report)}")
-    if args.worst > 0:
-        print(f"wrote {write_worst_picture(args.worst_picture, worst)}")
+    for path in write_outputs(report, worst, args.report, args.markdown, args.worst_picture if args.worst > 0 else None):
+        print(f"wrote {path}")
     return 0

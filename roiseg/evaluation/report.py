@@ -14,6 +14,8 @@ over a dimmed crop); row title = file name, annotation id, target IoU and bounda
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -23,7 +25,7 @@ import numpy as np
 from roiseg.conventions import NON_TARGET, SIZE_BUCKETS, TARGET, normalised_rois_to_pixels
 from roiseg.errors import InputError
 from roiseg.metrics.coco_ap import AP_KEYS
-from roiseg.utils.atomic import atomic_path, atomic_write, write_json
+from roiseg.utils.atomic import atomic_path, atomic_write, write_all, write_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -105,7 +107,10 @@ def table_rows(report: dict) -> list[list[str]]:
 def _summary_line(report: dict) -> str:
     im = report["images"]
     skipped = ", ".join(f"{n} {r}" for r, n in im["skipped"].items() if n) or "none"
-    return (f"{im['evaluated']} of {im['selected']} images evaluated (skipped: {skipped}), {report['num_rois']} ROIs, "
+    unscored = report.get("unscored_rois", 0)
+    rois = f"{report['num_rois']} ROIs" + (f" ({unscored} not scored: no target pixel inside the box, e.g. a box off "
+                                           "the image)" if unscored else "")
+    return (f"{im['evaluated']} of {im['selected']} images evaluated (skipped: {skipped}), {rois}, "
             f"{report['images_per_s']:.2f} images/s; input {report['input_hw'][0]}x{report['input_hw'][1]}, "
             f"boundary dilation ratio {report['dilation_ratio']:g}")
 
@@ -208,13 +213,18 @@ def format_instance_table(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", _instance_summary(report)])
 
 
-def write_instance_markdown(path: str | Path, report: dict[str, Any], title: str = "roiseg evaluate --rois detector") -> Path:
-    """The figures as a Markdown document (atomically)."""
+def format_instance_markdown(report: dict[str, Any], title: str = "roiseg evaluate --rois detector") -> str:
+    """The instance figures as a Markdown document."""
     ap = report["mask_ap"]
-    text = "\n".join([f"# {title}", "", f"Model `{report['model']}`, annotations `{report['annotations']}`, images "
+    return "\n".join([f"# {title}", "", f"Model `{report['model']}`, annotations `{report['annotations']}`, images "
                       f"`{report['images_dir']}`.", "", "| " + " | ".join(AP_KEYS) + " |",
                       "|" + "|".join(["---:"] * len(AP_KEYS)) + "|", "| " + " | ".join(_fmt(ap.get(k)) for k in AP_KEYS) + " |",
                       "", _instance_summary(report) + ".", ""])
+
+
+def write_instance_markdown(path: str | Path, report: dict[str, Any], title: str = "roiseg evaluate --rois detector") -> Path:
+    """:func:`format_instance_markdown` written atomically."""
+    text = format_instance_markdown(report, title)
     return atomic_write(path, lambda p: p.write_text(text))
 
 
@@ -230,7 +240,24 @@ def write_report_markdown(path: str | Path, report: dict[str, Any]) -> Path:
     return write_markdown(path, report)
 
 
+def write_outputs(report: dict[str, Any], worst: Sequence[WorstRoi], json_path: str | Path | None = None,
+                  markdown_path: str | Path | None = None, worst_path: str | Path | None = None) -> list[Path]:
+    """The report JSON, its Markdown and the worst-ROI picture (those given), all or none
+    (:func:`roiseg.utils.atomic.write_all`: a failure such as a full disk leaves none of them)."""
+    writers: dict[Path, Any] = {}
+    if json_path is not None:
+        text = json.dumps(report, indent=2) + "\n"
+        writers[Path(json_path)] = lambda p: p.write_text(text)
+    if markdown_path is not None:
+        md = format_instance_markdown(report) if report.get("protocol") == INSTANCE_PROTOCOL else format_markdown(report)
+        writers[Path(markdown_path)] = lambda p: p.write_text(md)
+    if worst_path is not None:
+        fig = render_worst_figure(worst)
+        writers[Path(worst_path)] = lambda p: fig.savefig(p, format="png", dpi=DPI)
+    return write_all(writers)
+
+
 __all__ = [
     "format_instance_table", "format_report", "write_instance_markdown", "write_report_markdown", "WORST_MARGIN", "WorstRoi", "crop_worst_roi", "format_markdown", "format_table", "render_worst_figure", "table_rows", "write_markdown", "write_report_json",
-    "write_worst_picture",
+    "write_worst_picture", "write_outputs", "format_instance_markdown",
 ]

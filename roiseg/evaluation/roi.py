@@ -270,8 +270,15 @@ class RoiEvaluator:
         acc = self.acc
         return {"input_hw": list(self.input_hw), "dilation_ratio": self.dilation_ratio,
                 "dropped_images": dict(self.selection.dropped_images), "skipped_annotations": dict(self.selection.skipped),
-                "num_rois": len(acc.rois), "figures": {name: bucket_means(acc.rois, name) for name in FIGURES},
+                "num_rois": len(acc.rois), "unscored_rois": unscored_rois(acc.rois),
+                "figures": {name: bucket_means(acc.rois, name) for name in FIGURES},
                 "mask_ap": coco_mask_ap(acc.gt_images, acc.gt_anns, acc.detections), "rois": acc.rois}
+
+
+def unscored_rois(records: list[dict[str, Any]]) -> int:
+    """ROIs without a target IoU: no target pixel inside the box and none predicted (an empty union),
+    e.g. a box off the image or around a person outside it; counted, not averaged."""
+    return sum(1 for r in records if not np.isfinite(r["target_iou"]))
 
 
 def evaluate(model: MaskModel, annotations: str | Path, images_dir: str | Path, *, max_images: int | None = None,

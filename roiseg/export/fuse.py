@@ -108,6 +108,10 @@ def prepend_preprocessing(trimmed: onnx.ModelProto, input_hw: tuple[int, int], p
 def _described(path: Path, source: HeadSource, options: FuseOptions) -> tuple[str, ExtractorInfo, list[str]]:
     """The feature tensor, the detector described there, and the head/detector compatibility warnings."""
     tensor = options.feature_tensor or source.feature_tensor or DEFAULT_FEATURE_TENSOR
+    if tensor in source.extra_tensors:
+        raise InputError(f"feature tensor {tensor!r} is one of the extra taps the head {source.path.name} reads "
+                         f"({', '.join(source.extra_tensors)}); its primary tensor is "
+                         f"{source.feature_tensor or DEFAULT_FEATURE_TENSOR!r}: give that, or leave the feature tensor out")
     info = describe_extractor(path, tensor, source.preprocessing, extra_tensors=source.extra_tensors)
     warnings = check_head_features(source.cfg, source.extractor, info, source.path, options.strict)
     for note in warnings:

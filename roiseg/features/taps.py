@@ -56,8 +56,11 @@ def resolve_extra_tensors(model: onnx.ModelProto, primary: str, extra: str | Seq
             raise InputError(f"extra tensors must be a list of tensor names or {AUTO!r}, got {extra!r}")
         return auto_extra_tensors(model, primary, input_hw)
     names = [str(t) for t in extra]
-    if primary in names or len(set(names)) != len(names):
-        raise InputError(f"extra tensors {names} repeat a tensor (primary {primary!r})")
+    if primary in names:
+        raise InputError(f"{primary!r} is the primary tensor and one of the extra taps {names}: an extra tap is read "
+                         "beside the primary, give the primary tensor the head reads first")
+    if len(set(names)) != len(names):
+        raise InputError(f"extra tensors {names} name a tensor twice")
     with graph_errors():
         for name in names:
             require_tensor(model, name, source)

@@ -67,13 +67,27 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it to ``final`` (fsynced).
 
     The folder is created (InputError when it cannot be, or when ``final`` is a folder); on any
-    exception the temporary file is removed and ``final`` is left untouched; stale temporary files
-    of ``final`` left by a killed writer are removed first (:func:`graph_tools.atomic_path`).
+    exception the temporary file is removed and ``final`` is left untouched (a full disk: InputError
+    "no space left on device writing FILE"); stale temporary files of ``final`` left by a killed
+    writer are removed first (:func:`graph_tools.atomic_path`).
     """
     final = check_output_file(final)
     ensure_writable_dir(final.parent if str(final.parent) else Path("."))
-    with graph_tools.atomic_path(final) as tmp:
-        yield tmp
+    try:
+        with graph_tools.atomic_path(final) as tmp:
+            yield tmp
+    except graph_tools.GraphError as exc:  # a full disk, named with the file
+        raise InputError(str(exc)) from exc
+
+
+def write_all(writers: dict[str | Path, Callable[[Path], Any]]) -> list[Path]:
+    """Write several outputs all or none: each ``writer(tmp)`` fills a temporary file beside its final
+    path; only when every one succeeded are they renamed into place (a failure, e.g. a full disk,
+    removes every temporary file and leaves no output). Returns the final paths."""
+    with contextlib.ExitStack() as stack:
+        for final, writer in writers.items():
+            writer(stack.enter_context(atomic_path(final)))
+    return [Path(p) for p in writers]
 
 
 def atomic_write(final: str | Path, writer: Callable[[Path], Any]) -> Path:

@@ -30,7 +30,6 @@ stage is skipped (the ``fused`` stage covers the whole file) and ``trim`` keeps 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -268,6 +267,10 @@ def compare_paths(stages: RoiStages, probes: Iterable[ProbeImage], input_hw: tup
     return names
 
 
+PARITY_TEMP_PREFIX: str = "roiseg_parity_"
+"""Temporary folders of parity-check (``<prefix>pid<pid>_<random>``; a killed run's are removed by the next)."""
+
+
 def run_roi_parity(detector: str | Path, source: HeadSource, fused: str | Path | None, probes_from: dict[str, Any],
                    tolerances: dict[str, float | None], feature_tensor: str | None = None,
                    large_set: int = LARGE_ROI_SET, engine: str = "onnxruntime") -> dict[str, Any]:
@@ -277,7 +280,7 @@ def run_roi_parity(detector: str | Path, source: HeadSource, fused: str | Path |
     the model's precision)."""
     if source.head is None:
         raise InputError(f"head {source.path}: parity needs a checkpoint (the PyTorch path runs its weights)")
-    with tempfile.TemporaryDirectory(prefix="roiseg_parity_") as tmp:
+    with gt.temp_dir(PARITY_TEMP_PREFIX) as tmp:
         if fused is None:
             build = build_fused(detector, source, FuseOptions(feature_tensor=feature_tensor))
             fused_path = gt.save_model(finish_fused(build)[0], Path(tmp) / "fused.onnx")
