@@ -251,6 +251,8 @@ def test_detection_spec_errors(stand_in_featext, yolox_nano):
         detection_spec(featext, "/model.34/Concat_output_0")
     with pytest.raises(InputError, match="not found"):
         detection_spec(featext, "no_such_tensor")
+    with pytest.raises(InputError, match="would hold 85 detections of 3545 classes: not that format"):
+        detection_spec(gt.load_model(yolox_nano), det_format="ultralytics")  # YOLOX's [1, 3549, 85] read the wrong way
     spec = detection_spec(gt.load_model(yolox_nano))
     for bad, why in [(InstanceParams(person_classes=(80,)), "out of range"), (InstanceParams(person_classes=()), "distinct"),
                      (InstanceParams(score_threshold=1.0), "score threshold"), (InstanceParams(iou_threshold=1.5), "IoU"),

@@ -187,7 +187,13 @@ def classes_of(at: Layout, shape: list, anchors: int, decoded: bool, tensor: str
     if shape[col_axis] <= at.first_class or (rows_fixed and shape[row_axis] != at.grid_rows(anchors)):
         rows = f" with {at.grid_rows(anchors)} rows (strides 8, 16, 32 on the input size)" if rows_fixed else ""
         raise InputError(f"{tensor!r} {shape} is not in the {at.name} format {at.shape}{rows}")
-    return shape[col_axis] - at.first_class
+    classes, detections = shape[col_axis] - at.first_class, shape[row_axis]
+    if detections <= shape[col_axis]:  # every grid detector gives more detections than values per detection
+        others = ", ".join(n for n in DETECTION_FORMATS if n != at.name)
+        raise InputError(f"{tensor!r} {shape} read in the {at.name} format {at.shape} would hold {detections} detections "
+                         f"of {classes} classes: not that format (its axes are the other way round?); "
+                         f"give the right one (--det-format {others})")
+    return classes
 
 
 def detection_spec(model: onnx.ModelProto, tensor: str | None = None, det_format: str | None = None,
