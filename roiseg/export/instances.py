@@ -42,6 +42,7 @@ from roiseg.detection.props import InstanceProps
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.export.fuse import FusedBuild, build_fused, finish_and_write, full_check
 from roiseg.export.head_source import HeadSource, load_head_source
+from roiseg.export.instance_check import check_detections
 from roiseg.export.options import FuseOptions, InstanceOptions, split_options
 from roiseg.export.raw_input import DETECTOR_IMAGES, conversion_model, preprocessing_model
 from roiseg.export.report import FuseReport
@@ -174,10 +175,14 @@ def instance_notes(props: InstanceProps) -> list[str]:
 def fuse_instances(detector: str | Path, head: str | Path | HeadSource, out: str | Path = DEFAULT_FUSED_MODEL,
                    options: FuseOptions | None = None, instances: InstanceOptions | None = None,
                    **changes: Any) -> FuseReport:
-    """Build (:func:`build_instances`), finish (:func:`roiseg.export.fuse.finish_fused`) and write the
-    instance model to ``out``; nothing is written when a check fails. ``changes``: fields of
+    """Build (:func:`build_instances`), check its detections on the check images
+    (:func:`roiseg.export.instance_check.check_detections`), finish (:func:`roiseg.export.fuse.finish_fused`)
+    and write the instance model to ``out``; nothing is written when a check fails. ``changes``: fields of
     :class:`FuseOptions` or :class:`InstanceOptions` to set, e.g. ``fuse_instances(det, head, out, fp16=True)``."""
     options, instances = split_options(changes, options, instances)
     result = build_instances(detector, head, options, instances)
     result.build.notes.extend(instance_notes(result.props))
+    for warning in check_detections(result.build.model, result.build.meta, result.props, options):
+        LOG.warning(warning)
+        result.build.warnings.append(warning)
     return finish_and_write(result.build, out, options)
