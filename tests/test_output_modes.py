@@ -118,12 +118,79 @@ def test_the_session_runs_every_output_mode_the_metadata_names(all_modes):
     np.testing.assert_array_equal(fused.roi_probabilities(fused.image_feed(image), rois), got["masks"])
 
 
-def test_predict_and_evaluate_need_the_probs_output(work, stand_in_full, ckpt):
-    from roiseg.evaluation.models import load_mask_model
-    from roiseg.runtime.predict import RoiPredictor
+MODE_TOLERANCE = {"probs": 0.0, "roi_logits": 1e-4, "target": 0.02, "labels": 0.03}
+"""Largest difference of evaluate's mean target IoU from the probs model's, by the output the masks come
+from: roi_logits is pasted here as in the graph; target lacks the non-target class; labels are resized
+as one-hot maps."""
+
+
+@pytest.mark.parametrize("mode", ["roi_logits", "target", "labels"])
+def test_every_output_mode_gives_masks_close_to_probs(mode, work, stand_in_full, ckpt, all_modes):
     from roiseg.runtime.session import FusedSession
 
-    path = fused_once(work, stand_in_full, ckpt, outputs=("labels",))
-    for cls in (RoiPredictor, FusedSession, lambda p, device: load_mask_model(p, device=device)):
-        with pytest.raises(InputError, match="has no probabilities output \\(its outputs: labels\\)"):
-            cls(path, device="cpu")
+    single = FusedSession(fused_once(work, stand_in_full, ckpt, outputs=(mode,)), device="cpu")
+    probs = FusedSession(all_modes, device="cpu")
+    assert single.mask_source == mode and probs.mask_source == "probs"
+    image = np.random.default_rng(5).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    rois = np.concatenate([boxes(4, seed=6), [[-0.1, 0.2, 0.4, 1.2]]]).astype(np.float32)
+    got, want = (s.roi_probabilities(s.image_feed(image), rois) for s in (single, probs))
+    assert got.shape == want.shape
+    if mode == "roi_logits":
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    elif mode == "target":
+        np.testing.assert_array_equal(got[:, 1], want[:, 1])
+    else:
+        np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+
+@pytest.mark.parametrize("mode", ["roi_logits", "target", "labels"])
+def test_predict_and_evaluate_take_every_output_mode(mode, work, stand_in_full, ckpt, all_modes, coco_tiny, tmp_path):
+    from roiseg.evaluation.models import load_mask_model
+    from roiseg.evaluation.roi import evaluate
+    from roiseg.runtime.predict import predict_image
+
+    path = fused_once(work, stand_in_full, ckpt, outputs=(mode,))
+    image = coco_tiny / "images/val2017/000000020992.jpg"
+    pred, written = predict_image(path, image, [[60, 30, 250, 320]], out=tmp_path / "o.png", device="cpu")
+    ref, _ = predict_image(all_modes, image, [[60, 30, 250, 320]], device="cpu")
+    assert written and pred.labels.shape == ref.labels.shape
+    assert np.mean(pred.labels == ref.labels) > 0.97
+    figures = {}
+    for model in (path, all_modes):
+        report = evaluate(load_mask_model(model, device="cpu"), coco_tiny / "annotations/instances_val2017.json",
+                          coco_tiny / "images/val2017", max_images=3, workers=0, show_progress=False).report
+        figures[model] = report
+    got, want = figures[path], figures[all_modes]
+    assert got["mask_source"] == mode and want["mask_source"] == "probs"
+    assert got["num_rois"] == want["num_rois"] > 0
+    diff = abs(got["figures"]["target_iou"]["all"]["mean"] - want["figures"]["target_iou"]["all"]["mean"])
+    assert diff <= MODE_TOLERANCE[mode], (mode, diff)
+
+
+@pytest.mark.slow
+def test_a_compact_raw_float16_instance_model_runs_through_every_command(yolox_nano, yolox_checkpoint, coco_tiny,
+                                                                           tmp_path):
+    """The hardest cell of the matrix: YOLOX-nano instance model, labels + target outputs only, raw-image
+    input, float16: predict, evaluate and parity-check take it, and agree with the probs model."""
+    from roiseg.evaluation.instances import evaluate_instances
+    from roiseg.export.instances import fuse_instances
+    from roiseg.runtime.instances import predict_instances
+    from roiseg.runtime.session import FusedSession
+
+    photo = coco_tiny / "images/val2017/000000184324.jpg"
+    common = {"simplify": False, "check_images": [photo]}
+    compact = fuse_instances(yolox_nano, yolox_checkpoint, tmp_path / "compact.onnx", outputs=("labels", "target"),
+                             image_input="raw", fp16=True, **common).out
+    full = fuse_instances(yolox_nano, yolox_checkpoint, tmp_path / "full.onnx", **common).out
+    got, written = predict_instances(compact, photo, out=tmp_path / "persons.png", device="cpu")
+    want, _ = predict_instances(full, photo, device="cpu")
+    assert written and len(got.scores) == len(want.scores) > 0
+    np.testing.assert_allclose(got.rois_px, want.rois_px, atol=2.0)
+    assert np.mean(got.labels == want.labels) > 0.97
+    ann, images = coco_tiny / "annotations/instances_val2017.json", coco_tiny / "images/val2017"
+    reports = [evaluate_instances(FusedSession(m, "cpu"), ann, images, max_images=3, workers=0, show_progress=False)
+               for m in (compact, full)]
+    assert reports[0]["mask_source"] == "target" and reports[0]["num_detections"] == reports[1]["num_detections"]
+    assert abs(reports[0]["mask_ap"]["AP"] - reports[1]["mask_ap"]["AP"]) < 0.05
+    parity = run_parity(yolox_nano, yolox_checkpoint, fused=compact, annotations=ann, images=images, max_images=2)
+    assert parity["passed"], format_table(parity)

@@ -91,7 +91,7 @@ class InstanceEvaluator:
         meta, params = self.session.meta, self.session.meta.instances.params
         return {
             "protocol": PROTOCOL, "model": str(self.session.path), "input_hw": list(meta.input_hw),
-            "image_input": meta.image_input.value,
+            "image_input": meta.image_input.value, "mask_source": self.session.mask_source,
             "num_detections": len(self.results), "num_persons": sum(1 for a in gt if not a["iscrowd"]),
             "num_crowd_regions": sum(1 for a in gt if a["iscrowd"]),
             "thresholds": {"score": params.score_threshold, "iou": params.iou_threshold,

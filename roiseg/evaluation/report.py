@@ -25,6 +25,7 @@ import numpy as np
 from roiseg.conventions import NON_TARGET, SIZE_BUCKETS, TARGET, normalised_rois_to_pixels
 from roiseg.errors import InputError
 from roiseg.metrics.coco_ap import AP_KEYS
+from roiseg.runtime.masks import SOURCE_NOTES
 from roiseg.utils.atomic import atomic_path, atomic_write, write_all, write_json
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ def _summary_line(report: dict) -> str:
     unscored = report.get("unscored_rois", 0)
     rois = f"{report['num_rois']} ROIs" + (f" ({unscored} not scored: no target pixel inside the box, e.g. a box off "
                                            "the image)" if unscored else "")
+    source = report.get("mask_source", "probs")
+    rois += "" if source == "probs" else f"; masks from {SOURCE_NOTES[source]}"
     return (f"{im['evaluated']} of {im['selected']} images evaluated (skipped: {skipped}), {rois}, "
             f"{report['images_per_s']:.2f} images/s; input {report['input_hw'][0]}x{report['input_hw'][1]}, "
             f"boundary dilation ratio {report['dilation_ratio']:g}")
@@ -198,11 +201,13 @@ def write_worst_picture(path: str | Path, worst: Sequence[WorstRoi]) -> Path:
 
 def _instance_summary(report: dict[str, Any]) -> str:
     im, th = report["images"], report["thresholds"]
+    source = report.get("mask_source", "probs")
+    masks = "" if source == "probs" else f"; masks and scores from {SOURCE_NOTES[source]}"
     skipped = ", ".join(f"{n} {r}" for r, n in im["skipped"].items() if n) or "none"
     return (f"{im['evaluated']} of {im['selected']} images evaluated (skipped: {skipped}); {report['num_detections']} "
             f"detections (score > {th['score']:g}, NMS IoU {th['iou']:g}, at most {th['max_instances']} per image), "
             f"{report['num_persons']} persons, {report['num_crowd_regions']} crowd regions (ignored); "
-            f"{report['images_per_s']:.2f} images/s")
+            f"{report['images_per_s']:.2f} images/s{masks}")
 
 
 def format_instance_table(report: dict[str, Any]) -> str:

@@ -271,6 +271,7 @@ class RoiEvaluator:
         return {"input_hw": list(self.input_hw), "dilation_ratio": self.dilation_ratio,
                 "dropped_images": dict(self.selection.dropped_images), "skipped_annotations": dict(self.selection.skipped),
                 "num_rois": len(acc.rois), "unscored_rois": unscored_rois(acc.rois),
+                "mask_source": getattr(self.model, "mask_source", "probs"),
                 "figures": {name: bucket_means(acc.rois, name) for name in FIGURES},
                 "mask_ap": coco_mask_ap(acc.gt_images, acc.gt_anns, acc.detections), "rois": acc.rois}
 

@@ -26,11 +26,11 @@ import numpy as np
 
 import graph_tools as gt
 from roiseg.conventions import (
-    FUSED_BOXES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_MASKS_OUTPUT, FUSED_ROIS_INPUT, FUSED_SCORES_OUTPUT,
-    INSTANCE_OUTPUTS, ImageInput, default_trt_cache_dir, normalised_rois_to_pixels, output_tensors, preprocess,
+    FUSED_ROIS_INPUT, INSTANCE_OUTPUTS, OUTPUT_MODES, ImageInput, default_trt_cache_dir, normalised_rois_to_pixels, output_tensors, preprocess,
 )
 from roiseg.errors import InputError, graph_errors
 from roiseg.runtime.engines import TRT_ROIS, trt_profiles
+from roiseg.runtime.masks import mask_source, probabilities_from
 from roiseg.runtime.metadata import FusedMetadata, read_metadata
 from roiseg.utils.progress import get_logger
 
@@ -90,12 +90,12 @@ class FusedSession:
     """A fused roiseg model (ROI or instance model) in onnxruntime (module docstring).
 
     ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``trt_rois``: the ROI counts of TensorRT's
-    profile (min, opt, max); ``need_probs``: refuse a model without the ``probs`` output (``masks``).
-    InputError when the file is no roiseg fused model or breaks the contract.
+    profile (min, opt, max). Masks come from whichever output mode the model has
+    (:attr:`mask_source`, :mod:`roiseg.runtime.masks`). InputError when the file is no roiseg fused
+    model or breaks the contract.
     """
 
-    def __init__(self, model: str | Path, device: str = "auto", trt_rois: Sequence[int] = TRT_ROIS,
-                 need_probs: bool = True) -> None:
+    def __init__(self, model: str | Path, device: str = "auto", trt_rois: Sequence[int] = TRT_ROIS) -> None:
         self.path = Path(model)
         self.meta: FusedMetadata = read_metadata(self.path)
         self.image_input: ImageInput = self.meta.image_input
@@ -108,9 +108,10 @@ class FusedSession:
         if names != set(expected):
             kind = "an instance model takes" if self.is_instance_model else "expected"
             raise InputError(f"{self.path} has inputs {sorted(names)}; {kind} {' and '.join(expected)}")
-        if need_probs and "probs" not in self.meta.outputs:
-            raise InputError(f"{self.path} has no probabilities output (its outputs: {', '.join(self.meta.outputs)}); "
-                             "fuse it with the probs output to run it here")
+        try:
+            self.mask_source: str = mask_source(self.meta.outputs)
+        except InputError as exc:
+            raise InputError(f"{self.path}: {exc}") from None
 
     @property
     def is_instance_model(self) -> bool:
@@ -143,15 +144,25 @@ class FusedSession:
         names = [*([] if not self.is_instance_model else INSTANCE_OUTPUTS), *output_tensors(self.meta.outputs)]
         return dict(zip(names, self.session.run(names, self._with_rois(feed, rois))))
 
+    def mask_hw(self, feed: Feed) -> tuple[int, int]:
+        """``(h, w)`` of the model's masks for ``feed``: the input size, or the original for a raw-image model."""
+        image = feed[self.image_input.input_name]
+        return (int(image.shape[0]), int(image.shape[1])) if self.raw else self.meta.input_hw
+
+    def _masks(self, feed: Feed, rois: np.ndarray | None, extra: Sequence[str] = ()) -> tuple[list[np.ndarray], np.ndarray]:
+        """Run the model once: the ``extra`` outputs and [N, 3, h, w] probabilities from :attr:`mask_source`."""
+        names = list(dict.fromkeys([*extra, *OUTPUT_MODES[self.mask_source]]))
+        got = dict(zip(names, self.session.run(names, self._with_rois(feed, rois))))
+        return [got[n] for n in extra], probabilities_from(got, self.mask_source, self.mask_hw(feed))
+
     def roi_probabilities(self, feed: Feed, rois: np.ndarray) -> np.ndarray:
         """[N, 3, h, w] class probabilities of a ROI model for ``rois`` [N, 4] normalised x1y1x2y2 (the
-        input size, or the original size for a raw-image model)."""
-        return self.session.run([FUSED_MASKS_OUTPUT], self._with_rois(feed, rois))[0]
+        input size, or the original size for a raw-image model), from whichever mask output it has."""
+        return self._masks(feed, rois)[1]
 
     def instances(self, feed: Feed, orig_hw: tuple[int, int]) -> RawInstances:
         """An instance model's persons on the image of ``feed``, boxes in pixels of ``orig_hw`` = ``(H0, W0)``."""
-        boxes, scores, classes, masks = self.session.run(
-            [FUSED_BOXES_OUTPUT, FUSED_SCORES_OUTPUT, FUSED_CLASSES_OUTPUT, FUSED_MASKS_OUTPUT], feed)
+        (boxes, scores, classes), masks = self._masks(feed, None, INSTANCE_OUTPUTS)
         if not self.raw:  # normalised boxes; a raw-image model gives pixels itself
             boxes = normalised_rois_to_pixels(boxes, orig_hw)
         return RawInstances(np.asarray(boxes, np.float32), scores, classes, masks)
