@@ -29,12 +29,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True,
                    help="fused ONNX written by roiseg fuse (an instance model, fuse --instances, finds the persons "
                         "itself: no --roi)")
-    p.add_argument("--image", type=Path, required=True, help="image file")
+    p.add_argument("--image", type=Path, default=None, help="image file")
+    p.add_argument("--source", default=None, metavar="PATH|GLOB|CAMERA",
+                   help="a stream instead of --image: an image, a folder, a glob ('frames/*.jpg'), a video file or a "
+                        "camera index (0); overlays go to --out (a video for a video or camera, else a folder)")
+    p.add_argument("--rois-json", type=Path, default=None, metavar="FILE",
+                   help="with --source and a ROI model: its boxes, a COCO instances file (matched by file name) or "
+                        "detection results (matched by image_id: the file name's number or the frame index)")
+    p.add_argument("--save-json", type=Path, default=None, metavar="FILE",
+                   help="with --source: COCO results (RLE masks, scores) for pycocotools' loadRes; FILE.partial "
+                        "holds the results so far while it runs")
     p.add_argument("--roi", action="append", default=None, metavar="X1,Y1,X2,Y2",
                    help="ROI in pixels of the original image (repeatable; a ROI model needs at least one)")
     p.add_argument("--normalized", action="store_true",
                    help="the --roi numbers are normalised to [0, 1] (fractions of the width and height)")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OVERLAY), help=f"overlay picture (default {DEFAULT_OVERLAY})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"overlay picture (default {DEFAULT_OVERLAY}); with --source a video file (.mp4, .avi) or a folder")
     p.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
                    help="also write per-ROI class-id and target PNGs into the folder DIR")
     p.add_argument("--device", default="auto", help=f"onnxruntime device: {', '.join(DEVICE_CHOICES)}, cuda:N (default auto)")
@@ -61,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from roiseg.runtime.predict import parse_roi, predict_image
 
     trt_rois = _trt_rois(args.trt_rois)
+    if (args.image is None) == (args.source is None):
+        raise InputError("give an --image, or a --source (folder, glob, video, camera index)")
+    if args.source is not None:
+        return _run_stream(args)
+    if args.rois_json is not None or args.save_json is not None:
+        raise InputError("--rois-json and --save-json go with --source")
+    args.out = Path(DEFAULT_OVERLAY) if args.out is None else args.out
     if is_instance_model(args.model):
         if args.roi or args.normalized:
             raise InputError(f"{args.model} is an instance model: it finds the persons itself; --roi and --normalized "
@@ -82,6 +99,23 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    from roiseg.errors import InputError
+    from roiseg.runtime.stream import run_stream
+
+    if args.roi or args.normalized or args.save_masks:
+        raise InputError("--roi, --normalized and --save-masks are for one --image; a stream's boxes come from --rois-json")
+    summary = run_stream(args.model, args.source, args.out, args.save_json, args.rois_json, args.device)
+    state = "interrupted after" if summary.interrupted else "ran"
+    print(f"{state} {summary.frames} frame(s) of {args.source} at {summary.fps:.2f} frames/s; {summary.results} mask(s)")
+    overlays = [p for p in summary.written if p != args.save_json]
+    if overlays:
+        print(f"wrote {overlays[0] if len(overlays) == 1 else f'{len(overlays)} overlays to {args.out}'}")
+    if args.save_json is not None:
+        print(f"wrote {args.save_json}")
+    return 130 if summary.interrupted else 0
 
 
 def _run_instances(args: argparse.Namespace) -> int:
