@@ -27,7 +27,7 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(('atomic_path', 'clean_stale_temp_dirs', 'clean_stale_temps', 'file_sha256', 'load_model',
                      'needs_external_data', 'save_model', 'temp_dir'), "io"),
     **dict.fromkeys(('read_file_props', 'read_props', 'set_prop', 'write_props'), "metadata"),
-    **dict.fromkeys(('choose_ir_version', 'convert_opset', 'default_opset', 'max_supported_opset', 'ort_max_ir_version', 'validate_opset'), "opset"),
+    **dict.fromkeys(('choose_ir_version', 'convert_opset', 'dedupe_opset_imports', 'default_opset', 'max_supported_opset', 'ort_max_ir_version', 'validate_opset'), "opset"),
     **dict.fromkeys(('cuda_device_count', 'cuda_unusable_reason', 'execution_providers', 'parse_device', 'provider_names'), "providers"),
     **dict.fromkeys(('CPU_PROVIDER', 'Feeds', 'OpenVinoSession', 'ProviderSpec', 'create_openvino_session', 'create_session', 'run_feeds'), "session"),
     **dict.fromkeys(('SIMPLIFIERS', 'SimplifyResult', 'max_output_difference', 'simplify_verified'), "simplify"),

@@ -122,3 +122,19 @@ def convert_opset(model: onnx.ModelProto, target: int, what: str = "model") -> o
         raise GraphError(f"cannot convert {what} from opset {current} to {target}: {reason}") from exc
     converted.ir_version = max(int(converted.ir_version), min_ir_version(converted))
     return converted
+
+
+def dedupe_opset_imports(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep one opset import per domain (``"ai.onnx"`` counted as ``""``; the highest version), in place.
+
+    Merging models can list a domain twice (``[("", 17), ("", 17)]``), which some consumers refuse
+    (onnxruntime's quantization tools: "Failed to find proper ai.onnx domain"). Returns ``model``.
+    """
+    best: dict[str, int] = {}
+    for imp in model.opset_import:
+        domain = "" if imp.domain == "ai.onnx" else imp.domain
+        best[domain] = max(best.get(domain, 0), int(imp.version))
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in best.items())
+    return model
+

@@ -120,6 +120,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true",
                    help="compute in float16 where safe (detector and head convolutions); RoiAlign, box geometry, "
                         "normalisations and quantization ops stay float32; inputs and outputs float32")
+    p.add_argument("--int8", default=None, choices=("head", "all"),
+                   help="static int8 quantization (QDQ, per-channel, symmetric; TensorRT parses it): the head's "
+                        "convolutions and weight MatMuls, or all: the detector's too (not when it is quantized "
+                        "already); RoiAlign, Resize, Softmax and the paste stay float; needs --calibration-images")
+    p.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
+                   help="folder of real images to calibrate the int8 ranges on")
+    p.add_argument("--calibration-count", type=int, default=32, metavar="N",
+                   help="calibration images used, the first N in name order (default 32)")
     p.add_argument("--instances", action="store_true",
                    help="an instance model: input only the image; the detector's detections are decoded, "
                         "thresholded, suppressed (NonMaxSuppression) and capped in the graph and feed the head; "
@@ -143,7 +151,13 @@ def run(args: argparse.Namespace) -> int:
         read_user_image(image)  # absent, truncated or corrupt: stop now, naming the file
     options = FuseOptions(feature_tensor=args.feature_tensor, opset=args.opset, strict=args.strict,
                           outputs=args.outputs or DEFAULT_OUTPUTS, image_input=args.image_input,
-                          simplify=not args.no_simplify, check_images=args.check_image, fp16=args.fp16)
+                          simplify=not args.no_simplify, check_images=args.check_image, fp16=args.fp16,
+                          int8=args.int8, calibration_images=args.calibration_images,
+                          calibration_count=args.calibration_count)
+    if args.int8 and args.instances:
+        raise InputError("--int8 is for ROI models for now; quantize the ROI model (without --instances)")
+    if (args.calibration_images is not None) != bool(args.int8):
+        raise InputError("--int8 and --calibration-images go together")
     if args.instances:
         from roiseg.export.instances import fuse_instances
 

@@ -29,6 +29,7 @@ from roiseg.errors import InputError, translate_graph_errors
 from roiseg.export.head_source import HeadSource, load_head_source
 from roiseg.export.options import FuseOptions, split_options
 from roiseg.export.precision import to_float16
+from roiseg.export.int8 import calibration_files, quantize_int8, quantized_ops
 from roiseg.export.probes import model_feeds
 from roiseg.export.raw_input import PRE_PREFIX, check_raw_preprocessing, preprocessing_model
 from roiseg.export.report import FuseReport
@@ -186,7 +187,7 @@ def finish_fused(build: FusedBuild, options: FuseOptions = FuseOptions()) -> tup
     """Step 2: the model to write (simplified when verified, ``options.simplify``; with ``options.fp16``,
     float16 compute where safe, :mod:`roiseg.export.precision`) and a note on what was done. The checks
     run on ``options.check_images`` (a synthetic image by default) and the robust contract's ROI sets."""
-    model = build.model
+    model = gt.dedupe_opset_imports(build.model)
     names = [vi.name for vi in gt.graph_inputs(model)]
     feeds = []
     if options.simplify or options.fp16:
@@ -205,8 +206,24 @@ def finish_fused(build: FusedBuild, options: FuseOptions = FuseOptions()) -> tup
     if options.fp16:
         model, build.precision_note = to_float16(model, feeds)
         LOG.info(build.precision_note)
+    if options.int8:
+        model, build.precision_note = _int8(model, build, options, names)
+        LOG.info(build.precision_note)
     write_metadata(model, build.meta)
     return model, note
+
+
+def _int8(model: onnx.ModelProto, build: FusedBuild, options: FuseOptions, names: Sequence[str]) -> tuple[onnx.ModelProto, str]:
+    """The int8 model (:mod:`roiseg.export.int8`), calibrated on ``options.calibration_images``."""
+    if options.fp16:
+        raise InputError("--int8 and --fp16 exclude each other: an int8 model keeps float32 between its int8 ops")
+    if options.calibration_images is None:
+        raise InputError("--int8 needs --calibration-images DIR (real images to calibrate the ranges on)")
+    files = calibration_files(options.calibration_images, options.calibration_count)
+    meta = build.meta
+    feeds = model_feeds(meta.input_hw, meta.preprocessing, meta.image_input, names, files, contract=False)
+    build.meta.int8 = "head" if options.int8 == "all" and quantized_ops(model) else options.int8
+    return quantize_int8(model, options.int8, feeds)
 
 
 @translate_graph_errors

@@ -31,6 +31,12 @@ class FuseOptions:
     """Image files to verify the finished model on (default: a synthetic image)."""
     fp16: bool = False
     """Compute in float16 where safe (:mod:`roiseg.export.precision`)."""
+    int8: str | None = None
+    """``head`` or ``all``: static int8 QDQ quantization (:mod:`roiseg.export.int8`); needs ``calibration_images``."""
+    calibration_images: str | Path | None = None
+    """Folder of real images whose ranges calibrate the int8 model."""
+    calibration_count: int = 32
+    """Calibration images used (the first ones in name order)."""
 
 
 @dataclass(frozen=True)

@@ -215,16 +215,17 @@ def contract_feeds(image: np.ndarray) -> list[dict[str, np.ndarray]]:
 
 
 def model_feeds(input_hw: tuple[int, int], pre: Preprocessing, image_input: ImageInput, names: Sequence[str],
-                check_images: Sequence[str | Path] | None = None) -> list[dict[str, np.ndarray]]:
+                check_images: Sequence[str | Path] | None = None, contract: bool = True) -> list[dict[str, np.ndarray]]:
     """Feeds to verify a finished model of input ``names`` on: :func:`check_feeds` and :func:`contract_feeds`,
     raw images for a raw-image model, and only the inputs the model has: without ``rois`` (an instance
-    model finds its own boxes) each image once, plus a black one (no detections)."""
+    model finds its own boxes) each image once, plus a black one (no detections). ``contract=False``: the
+    images with plausible ROIs only (no empty, degenerate or non-finite ROI sets: int8 calibration)."""
     feeds = check_feeds(input_hw, pre, check_images)
-    feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT])
+    feeds += contract_feeds(feeds[0][DEFAULT_IMAGE_INPUT]) if contract else []
     if FUSED_ROIS_INPUT not in names:
         images = list({id(f[DEFAULT_IMAGE_INPUT]): f[DEFAULT_IMAGE_INPUT] for f in feeds}.values())
         feeds = [{DEFAULT_IMAGE_INPUT: image, FUSED_ROIS_INPUT: np.zeros((0, 4), np.float32)}
-                 for image in [*images, np.zeros_like(images[0])]]
+                 for image in [*images, *([np.zeros_like(images[0])] if contract else [])]]
     if ImageInput(image_input) is ImageInput.RAW:
         feeds = raw_feeds(feeds, pre)
     return [{k: v for k, v in feed.items() if k in names} for feed in feeds]

@@ -26,6 +26,7 @@ under ``detector.<key>``. Values are strings; structured ones are JSON.
 ``roiseg.image_input``          ``"tensor"`` (``images`` [1, 3, H, W]) or ``"raw"`` (``image`` uint8 [H0, W0, 3] BGR,
                                 preprocessed in the graph, masks at H0 x W0)
 ``roiseg.fp16``                 ``"true"`` when the model computes in float16 where safe (inputs/outputs float32)
+``roiseg.int8``                 ``head`` or ``all`` when int8 QDQ quantized (``fuse --int8``); absent otherwise
 ``roiseg.outputs``              JSON list of the output modes present (``probs``, ``labels``, ``target``,
                                 ``roi_logits``; absent = ``["probs"]``), see ``conventions.OUTPUT_MODES``
 ``roiseg.instances``            instance model only (``roiseg fuse --instances``): JSON ``{"detections":
@@ -74,6 +75,7 @@ KEY_HEAD_SHA256 = PREFIX + "head_sha256"
 KEY_SIMPLIFIED = PREFIX + "simplified"
 KEY_SIMPLIFIER = PREFIX + "simplifier"
 KEY_FP16 = PREFIX + "fp16"
+KEY_INT8 = PREFIX + "int8"
 KEY_IMAGE_INPUT = PREFIX + "image_input"
 KEY_OUTPUTS = PREFIX + "outputs"
 """Fused model and exported head: JSON list of the output modes present."""
@@ -105,6 +107,8 @@ class FusedMetadata:
     """Which simplifier's result was kept (``onnxslim``, ``onnxsim``; empty when not simplified)."""
     fp16: bool = False
     """True when the model computes in float16 where safe (``roiseg fuse --fp16``)."""
+    int8: str = ""
+    """``head`` or ``all`` when the model is int8 QDQ quantized (``roiseg fuse --int8``); empty otherwise."""
     image_input: ImageInput = ImageInput.TENSOR
     extra_tensors: tuple[str, ...] = ()
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
@@ -136,6 +140,7 @@ class FusedMetadata:
             KEY_SIMPLIFIED: "true" if self.simplified else "false",
             KEY_SIMPLIFIER: self.simplifier,
             KEY_FP16: "true" if self.fp16 else "false",
+            **({KEY_INT8: self.int8} if self.int8 else {}),
             KEY_IMAGE_INPUT: ImageInput(self.image_input).value,
             KEY_OUTPUTS: json.dumps(list(self.outputs)),
             **({KEY_INSTANCES: self.instances.to_json()} if self.instances is not None else {}),
@@ -180,7 +185,7 @@ class FusedMetadata:
             feature_tensor=props[KEY_TENSOR], input_hw=(input_hw[0], input_hw[1]), stride=stride,
             preprocessing=pre, head_config=head_cfg, head_sha256=props.get(KEY_HEAD_SHA256, ""),
             simplified=props.get(KEY_SIMPLIFIED, "false") == "true", simplifier=props.get(KEY_SIMPLIFIER, ""),
-            fp16=props.get(KEY_FP16, "false") == "true", image_input=image_input,
+            fp16=props.get(KEY_FP16, "false") == "true", int8=props.get(KEY_INT8, ""), image_input=image_input,
             class_names=names, extra_tensors=extra_tensors,
             outputs=outputs, instances=instances,
             version=props.get(KEY_VERSION, ""), roi_format=props.get(KEY_ROI_FORMAT, ROI_FORMAT), extra=extra,
@@ -199,7 +204,7 @@ class FusedMetadata:
             "input_hw": list(self.input_hw), "stride": self.stride,
             "preprocessing": json.loads(self.preprocessing.to_json()), "class_names": list(self.class_names),
             "head_config": dict(self.head_config), "simplified": self.simplified, "simplifier": self.simplifier,
-            "fp16": self.fp16, "image_input": ImageInput(self.image_input).value, "version": self.version,
+            "fp16": self.fp16, "int8": self.int8, "image_input": ImageInput(self.image_input).value, "version": self.version,
             "outputs": list(self.outputs),
             **({"instances": self.instances.summary()} if self.instances is not None else {}),
         }

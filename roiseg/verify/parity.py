@@ -21,9 +21,10 @@ from roiseg.runtime.engines import ENGINES
 from roiseg.runtime.metadata import read_metadata
 from roiseg.verify.fp16 import Fp16Instances
 from roiseg.verify.instances import ExactInstances, run_instance_parity
+from roiseg.verify.int8 import Int8Agreement
 from roiseg.verify.roi import LARGE_ROI_SET, RoiStages, run_roi_parity
 
-COMPARATORS: dict[str, Any] = {cls.KIND: cls for cls in (RoiStages, ExactInstances, Fp16Instances)}
+COMPARATORS: dict[str, Any] = {cls.KIND: cls for cls in (RoiStages, ExactInstances, Fp16Instances, Int8Agreement)}
 """Each comparison by its report's ``kind``: ``table(report)`` and ``failures(report)``."""
 
 

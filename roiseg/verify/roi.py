@@ -55,6 +55,7 @@ from roiseg.export.wrapper import deployed_outputs
 from roiseg.runtime.engines import engine_session
 from roiseg.runtime.metadata import FusedMetadata, read_metadata
 from roiseg.utils.progress import get_logger, progress
+from roiseg.verify.int8 import int8_parity
 from roiseg.verify.rebuild import rebuild_reference
 from roiseg.verify.stats import output_stats, stage_result, value_stats
 from roiseg.verify.table import Column, format_rows, verdict
@@ -290,6 +291,10 @@ def run_roi_parity(detector: str | Path, source: HeadSource, fused: str | Path |
             fused_path, label = Path(fused), str(fused)
         fused_model = gt.load_model(fused_path)
         meta = read_metadata(fused_model)
+        if meta.int8:  # against the float model: what int8 can promise (roiseg.verify.int8)
+            probes, n_probes = probe_images(meta, **probes_from)
+            return {**int8_parity(fused_model, build.model, meta, probes, n_probes), "fused": label,
+                    "metadata": meta.summary()}
         reference = TorchPath(gt.load_model(detector), [meta.feature_tensor, *meta.extra_tensors], source.head)
         probes, n_probes = probe_images(meta, **probes_from)
         tol = Tolerances.for_model(meta.fp16, **tolerances)

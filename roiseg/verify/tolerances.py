@@ -9,6 +9,8 @@ float16 model                  no bound on the largest error (``FP16_PARITY_ATOL
 raw-image preprocessing        ``RAW_PREPROCESS_ATOL`` (one grey level: OpenCV resizes in fixed point),
                                plus ``FP16_PREPROCESS_SLACK`` in a float16 model
 instance model (float32)       boxes and scores ``<= BOX_ATOL``, masks ``<= PARITY_ATOL``
+int8 ROI model                 against the float model: argmax ``>= INT8_MIN_ARGMAX``, mean per-ROI
+                               target IoU ``>= INT8_MIN_ROI_IOU``
 instance model (float16)       matched by box IoU ``>= MATCH_IOU`` (same class), ``>= MIN_MATCHED`` of
                                both sides' instances, masks at the float16 tolerances
 =============================  ===============================================================
@@ -34,6 +36,10 @@ FP16_PREPROCESS_SLACK: float = 1e-3
 """What float16 adds to the preprocessing tolerance of a raw-image model."""
 BOX_ATOL: float = 1e-4
 """Largest difference of a normalised box coordinate or a score between the graph and the reference."""
+INT8_MIN_ARGMAX: float = 0.97
+"""An int8 model: smallest fraction of pixels whose argmax class agrees with the float model's ..."""
+INT8_MIN_ROI_IOU: float = 0.95
+"""... and smallest mean per-ROI IoU of the two target masks."""
 MATCH_IOU: float = 0.5
 """Smallest box IoU (same class) at which a float16 instance counts as the reference's."""
 MIN_MATCHED: float = 0.95

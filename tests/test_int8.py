@@ -1,0 +1,70 @@
+"""fuse --int8: static QDQ quantization calibrated on real images; RoiAlign/Resize/Softmax/paste stay
+float; no ConvInteger/DynamicQuantizeLinear; the int8 parity against the float model."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import onnx
+import pytest
+
+from roiseg.cli import main
+from roiseg.conventions import HEAD_PREFIX
+from roiseg.runtime.metadata import read_metadata
+from roiseg.verify.parity import format_table, run_parity
+
+CALIBRATION = ["000000020992.jpg", "000000184324.jpg", "000000005001.jpg", "000000010764.jpg"]
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory, coco_tiny):
+    out = tmp_path_factory.mktemp("calibration")
+    for name in CALIBRATION:
+        shutil.copy(coco_tiny / "images/val2017" / name, out / name)
+    return out
+
+
+def _quantized_convs(model: onnx.ModelProto) -> Counter:
+    """Convs whose weight comes through a DequantizeLinear, counted as head or detector nodes."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return Counter("head" if n.name.startswith(HEAD_PREFIX) else "detector" for n in model.graph.node
+                   if n.op_type == "Conv" and n.input[1] in dequantized)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["head", "all"])
+def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_head, yolox_nano, calibration, coco_tiny,
+                                                         tmp_path, capsys):
+    out = tmp_path / f"int8_{scope}.onnx"
+    code = main(["fuse", "--yolo", str(yolox_nano), "--head", str(yolox_trained_head), "--out", str(out), "--int8", scope,
+                 "--calibration-images", str(calibration), "--calibration-count", "3"])
+    assert code == 0, capsys.readouterr().err
+    model = onnx.load(str(out))
+    assert read_metadata(model).int8 == scope
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    assert not {"ConvInteger", "DynamicQuantizeLinear", "MatMulInteger"} & set(ops)  # TensorRT parses QDQ
+    convs = _quantized_convs(model)
+    assert convs["head"] > 0 and (convs["detector"] > 0) == (scope == "all")
+    quantized_inputs = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for node in model.graph.node:  # RoiAlign, Resize and Softmax read float tensors, never a dequantized one
+        if node.op_type in ("RoiAlign", "Resize", "Softmax"):
+            assert not any(i in quantized_inputs for i in node.input), node.name
+    report = run_parity(yolox_nano, yolox_trained_head, fused=out, annotations=coco_tiny / "annotations/instances_val2017.json",
+                        images=coco_tiny / "images/val2017", max_images=3)
+    assert report["kind"] == "int8" and report["rois"] > 0 and report["argmax_agreement"] >= 0.97, format_table(report)
+    if scope == "head":  # the detector in float: the documented tolerances hold
+        assert report["passed"] and report["mean_roi_target_iou"] >= 0.95, format_table(report)
+    else:  # YOLOX-nano quantized too: measured 0.94 on this weakly trained head (docs/performance.md)
+        assert report["mean_roi_target_iou"] >= 0.85, format_table(report)
+
+
+def test_int8_needs_calibration_images_and_excludes_fp16(stand_in_full, stand_in_checkpoint, calibration, tmp_path, capsys):
+    base = ["fuse", "--yolo", str(stand_in_full), "--head", str(stand_in_checkpoint), "--out", str(tmp_path / "m.onnx")]
+    for extra, why in [(["--int8", "head"], "--int8 and --calibration-images go together"),
+                       (["--int8", "head", "--calibration-images", str(tmp_path / "none")], "no such folder"),
+                       (["--int8", "head", "--calibration-images", str(calibration), "--fp16"], "exclude each other")]:
+        assert main([*base, *extra]) == 2
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
