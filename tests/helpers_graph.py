@@ -97,3 +97,14 @@ def boxes(n: int, seed: int = 0):
     wh = rng.uniform(0.05, 0.6, (n, 2))
     x1y1 = rng.uniform(0, 1, (n, 2)) * (1 - wh)
     return np.concatenate([x1y1, x1y1 + wh], 1).astype(np.float32)
+
+
+def without_head_hash(fused, out):
+    """A copy of a fused model whose metadata no longer records the head's sha256 (so parity-check cannot
+    tell the head apart by its hash and must find a wrong head by the numbers)."""
+    import graph_tools as gt
+    from roiseg.runtime.metadata import KEY_HEAD_SHA256
+
+    model = gt.load_model(fused)
+    gt.set_prop(model, KEY_HEAD_SHA256, "")
+    return gt.save_model(model, out)

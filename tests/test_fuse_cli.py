@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SMALL_CHANNELS, SMALL_INPUT_HW
-from helpers_graph import YOLOX_TENSOR, boxes, fused_once, make_checkpoint, ort_session
+from helpers_graph import YOLOX_TENSOR, boxes, fused_once, make_checkpoint, ort_session, without_head_hash
 
 from graph_tools import node_attributes, nodes_of_type, read_props, trim_at_tensor
 from roiseg.conventions import HEAD_PREFIX
@@ -196,6 +196,9 @@ def test_parity_check_cli_passes_and_fails(work, stand_in_full, stand_in_checkpo
     assert main(["fuse", "--yolo", str(stand_in_full), "--head", str(other), "--out", str(fused), "--no-simplify"]) == 0
     bad_report = work / "parity_bad.json"
     capsys.readouterr()
+    assert main(["parity-check", *common, "--fused", str(fused), "--head", str(ckpt), "--report", str(bad_report)]) == 2
+    assert "was not built from the head" in _error_lines(capsys.readouterr().err)[0]  # told by the head's sha256
+    fused = without_head_hash(fused, work / "other_fused_no_hash.onnx")  # ... and without it, by the numbers
     assert main(["parity-check", *common, "--fused", str(fused), "--head", str(ckpt), "--report", str(bad_report)]) == 1
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "parity outside tolerance" in errors[0] and "fused" in errors[0]
@@ -219,6 +222,9 @@ def test_parity_check_cli_on_an_instance_model(work, stand_in_full, stand_in_che
     data = json.loads(report.read_text())
     assert data["kind"] == "instances" and data["passed"] and sum(r["count"] for r in data["images"]) > 0
     other = make_checkpoint(work / "inst_other.pth", stand_in_full, variant="detail", seed=5)
+    assert main(["parity-check", *common, "--head", str(other), "--report", str(report)]) == 2
+    assert "was not built from the head" in _error_lines(capsys.readouterr().err)[0]
+    common[3] = str(without_head_hash(fused, work / "instances_no_hash.onnx"))
     assert main(["parity-check", *common, "--head", str(other), "--report", str(report)]) == 1
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "parity outside tolerance" in errors[0] and "image(s) failed" in errors[0]
