@@ -69,7 +69,8 @@ def test_default_outputs_lie_under_ignored_folders():
     fuse = parser.parse_args(["fuse", "--yolo", "d.onnx", "--head", "h.pth"])
     analyze = parser.parse_args(["analyze"])
     train_out = "checkpoints/checkpoint_epoch_0001_640x640_5000.pth"
-    assert str(parity.report) == DEFAULT_PARITY_REPORT and str(predict.out) == DEFAULT_PREDICT_OVERLAY
+    assert str(parity.report) == DEFAULT_PARITY_REPORT
+    assert predict.out is None  # with --image it becomes DEFAULT_PREDICT_OVERLAY (next test); with --source, none
     for path in (DEFAULT_PARITY_REPORT, DEFAULT_PREDICT_OVERLAY, str(fuse.out), str(analyze.out), train_out,
                  "models/evaluate_worst_rois.png", ".cache/features/x.npy", "roiseg_demo/parity.json"):
         assert _ignored(path), path
