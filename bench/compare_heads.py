@@ -167,11 +167,16 @@ def main(argv: list[str] | None = None) -> int:
                                   DETECTORS[d].tensor) for d in dets for v in variants}
     text = tables(dets, variants, seeds, {j: json.loads(r.read_text()) for j, r in zip(jobs, reports)}, costs)
     print(text)
-    if args.markdown:
-        tmp = args.markdown.with_suffix(".partial")
-        tmp.write_text(text)
-        tmp.replace(args.markdown)
+    write_text(args.markdown, text)
     return 0
+
+
+def write_text(path: Path | None, text: str) -> None:
+    """Write ``text`` to ``path`` (when given) under a temporary name, then rename."""
+    if path is not None:
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

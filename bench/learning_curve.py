@@ -46,6 +46,7 @@ def plot(points: list[dict], title: str, out: Path) -> None:
     ax.plot(x, [p["target_boundary_iou"] for p in points], "s-", label="boundary IoU")
     ax.axhline(statistics.fmean(p["box_floor_target_iou"] for p in points), ls="--", c="grey", label="whole-box floor")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(x, [str(v) for v in x])
     ax.set_xlabel("training images (coco-persons train)")
     ax.set_ylabel("coco-persons val, original resolution")
@@ -70,16 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args(argv)
     points = sorted((point(args, int(n)) for n in args.sizes.split(",")), key=lambda p: p["images"])
-    plot(points, f"{args.variant} head, {args.detector}", args.plot)
+    plot(points, f"{args.variant} head (defaults, {len(args.seeds)} seed), {args.detector}", args.plot)
     rows = ["| train images | target IoU | boundary IoU | mask AP | whole-box floor |", "|---:|---:|---:|---:|---:|"]
     rows += [f"| {p['images']} | {p['target_iou']:.4f} | {p['target_boundary_iou']:.4f} | {p['mask_ap']:.4f} | "
              f"{p['box_floor_target_iou']:.4f} |" for p in points]
     text = "\n".join(rows) + "\n"
     print(text)
-    if args.markdown:
-        tmp = args.markdown.with_suffix(".partial")
-        tmp.write_text(text)
-        tmp.replace(args.markdown)
+    ch.write_text(args.markdown, text)
     return 0
 
 

@@ -108,3 +108,12 @@ def without_head_hash(fused, out):
     model = gt.load_model(fused)
     gt.set_prop(model, KEY_HEAD_SHA256, "")
     return gt.save_model(model, out)
+
+
+def image_folder(root, coco_tiny, names):
+    """A folder under ``root`` holding copies of the coco-tiny val images ``names``."""
+    import shutil
+
+    for name in names:
+        shutil.copy(coco_tiny / "images/val2017" / name, root / name)
+    return root

@@ -3,11 +3,11 @@ float; no ConvInteger/DynamicQuantizeLinear; the int8 parity against the float m
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 
 import onnx
 import pytest
+from helpers_graph import image_folder
 
 from roiseg.cli import main
 from roiseg.conventions import HEAD_PREFIX
@@ -19,10 +19,7 @@ CALIBRATION = ["000000020992.jpg", "000000184324.jpg", "000000005001.jpg", "0000
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory, coco_tiny):
-    out = tmp_path_factory.mktemp("calibration")
-    for name in CALIBRATION:
-        shutil.copy(coco_tiny / "images/val2017" / name, out / name)
-    return out
+    return image_folder(tmp_path_factory.mktemp("calibration"), coco_tiny, CALIBRATION)
 
 
 def _quantized_convs(model: onnx.ModelProto) -> Counter:

@@ -4,11 +4,11 @@ size and frame rate; COCO results that pycocotools loads back; a .partial that i
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
 import pytest
+from helpers_graph import image_folder
 from pycocotools.coco import COCO
 
 from roiseg.cli import main
@@ -19,10 +19,7 @@ IMAGES = ["000000020992.jpg", "000000184324.jpg", "000000005001.jpg"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, coco_tiny):
-    out = tmp_path_factory.mktemp("frames")
-    for name in IMAGES:
-        shutil.copy(coco_tiny / "images/val2017" / name, out / name)
-    return out
+    return image_folder(tmp_path_factory.mktemp("frames"), coco_tiny, IMAGES)
 
 
 def _video(path, n: int, size=(96, 128), fps=12.0):
