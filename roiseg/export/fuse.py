@@ -57,7 +57,7 @@ class FusedBuild:
     detector_path: Path
     warnings: list[str] = field(default_factory=list)
     precision_note: str = ""
-    """What the float16 conversion did (empty for a float32 model)."""
+    """What the float16 or int8 conversion did (empty for a float32 model)."""
     notes: list[str] = field(default_factory=list)
 
 
