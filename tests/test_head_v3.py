@@ -25,12 +25,12 @@ def _inputs(cfg: HeadConfig, seed: int = 0):
     return taps, torch.rand(2, 3, h, w, generator=gen)
 
 
-@pytest.mark.parametrize("variant", ["query", "detail"])
-def test_an_untrained_head_predicts_the_box(variant):
+@pytest.mark.parametrize("variant,fields", [("query", {}), ("query", {"local_channels": 32}), ("detail", {})])
+def test_an_untrained_head_predicts_the_box(variant, fields):
     probs = {}
     for prior in (4.0, 0.0):
         cfg = HeadConfig(in_channels=32, stride=8, input_hw=(96, 96), extra_channels=(16,), extra_strides=(4,),
-                         variant=variant, box_prior=prior)
+                         variant=variant, box_prior=prior, **fields)
         torch.manual_seed(0)
         head = build_head(cfg).eval()
         taps, image = _inputs(cfg)

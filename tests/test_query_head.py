@@ -45,16 +45,18 @@ def test_one_run_gives_every_tap(stand_in_featext):
     assert ext.calls <= 3  # one batched run (after the one-by-one check), not one run per tap
 
 
-def _query_checkpoint(path, detector, tensor, seed=0):
+def _query_checkpoint(path, detector, tensor, seed=0, **fields):
     info = describe_extractor(detector, tensor, extra_tensors="auto")
     cfg = HeadConfig(in_channels=info.channels, stride=info.stride, input_hw=info.input_hw, variant="query",
                      extra_channels=info.extra_channels, extra_strides=info.extra_strides, embed_dim=16,
-                     query_heads=2, query_layers=2, mask_size=24, groups=8)
+                     query_heads=2, query_layers=2, mask_size=24, groups=8, **fields)
     torch.manual_seed(seed)
     head = build_head(cfg)
     with torch.no_grad():
         for p in head.mask_embed.parameters():
             p.mul_(4.0)  # well separated classes, like a trained head
+        if head.local is not None:  # a branch that contributes, as after training (it starts at zero)
+            torch.nn.init.normal_(head.local.out.weight, std=0.5)
     return save_checkpoint(path, {"epoch": 1, "head_config": cfg.to_dict(), "model": head.state_dict(),
                                   "extractor": info.to_dict(), "metrics": {}, "config": {}})
 
@@ -81,6 +83,35 @@ def test_fused_query_head_runs_any_roi_count_and_passes_parity(which, stand_in_f
     fused_stage = report["stages"]["fused"]
     assert report["passed"] and fused_stage["max_abs"] <= 1e-4 and fused_stage["argmax_agreement"] >= 0.9999
     assert report["stages"]["trim"]["elements"] > 0
+
+
+def test_the_local_branch_starts_at_zero_then_exports_and_passes_parity(stand_in_full, coco_tiny, tmp_path):
+    from roiseg.export.fuse import fuse
+
+    fields = {"in_channels": 32, "stride": 8, "input_hw": (96, 96), "extra_channels": (16,), "extra_strides": (4,)}
+    taps = [torch.randn(2, 32, 12, 12), torch.randn(2, 16, 24, 24)]
+    rois, idx, image = torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.3, 0.2, 0.8, 0.7]]), torch.tensor([0, 1]), torch.rand(2, 3, 96, 96)
+    torch.manual_seed(0)
+    local = build_head(HeadConfig(**fields, local_channels=32)).eval()
+    torch.manual_seed(0)
+    plain = build_head(HeadConfig(**fields)).eval()
+    plain.load_state_dict({k: v for k, v in local.state_dict().items() if not k.startswith("local.")})
+    with torch.no_grad():
+        assert torch.equal(local(taps, rois, idx, image), plain(taps, rois, idx, image))  # zero-initialised output
+        torch.nn.init.normal_(local.local.out.weight, std=0.5)
+        assert (local(taps, rois, idx, image) - plain(taps, rois, idx, image)).abs().max() > 1e-3
+
+    ckpt = _query_checkpoint(tmp_path / "local.pth", stand_in_full, "/model.34/Concat_output_0", local_channels=32)
+    fused = fuse(stand_in_full, ckpt, out=tmp_path / "fused.onnx").out
+    sess = ort_session(fused)
+    hw = describe_extractor(stand_in_full, "/model.34/Concat_output_0").input_hw
+    img = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
+    for n in (0, 1, 7):
+        rois_n = np.tile(np.float32([[0.1, 0.2, 0.6, 0.9]]), (n, 1))
+        assert sess.run(None, {"images": img, "rois": rois_n})[0].shape == (n, 3, *hw)
+    report = run_parity(stand_in_full, ckpt, fused=fused, annotations=coco_tiny / "annotations/instances_val2017.json",
+                        images=coco_tiny / "images/val2017", max_images=1, large_set=0)
+    assert report["passed"] and report["stages"]["fused"]["max_abs"] <= 1e-4
 
 
 def test_query_head_trains_with_point_loss_and_no_full_resolution_tensor(tmp_path, stand_in_full, monkeypatch):

@@ -59,6 +59,10 @@ class HeadConfig:
     refine_channels: int = 16
     """``query``: channels of the per-ROI RGB refinement (a residual conv stack over the RoI-aligned
     image, the logits and the embedding at the ROI grid; 0 = off)."""
+    local_channels: int = 0
+    """``query``: channels of the per-ROI local branch (RoIAlign of the primary tap at ``roi_size``,
+    a 1x1 reduce and three 3x3 convs, upsampled to the ROI grid and added to the ROI's tokens
+    through a 1x1 projection that starts at zero; 0 = off)."""
     centred_logits: bool = True
     """``query``: the class logits read the ROI's tokens minus their mean over the ROI's cells, so the
     dot products shape the mask inside the ROI and only the per-class bias sets its level (the box
@@ -70,7 +74,7 @@ class HeadConfig:
     initialisation depends on it. 0 = the plain (random) initialisation."""
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
-                                           "centred_logits": False}
+                                           "centred_logits": False, "local_channels": 0}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property
@@ -113,6 +117,8 @@ class HeadConfig:
                 raise ValueError(f"attention_mask must be one of {', '.join(ATTENTION_MASKS)}, got {self.attention_mask!r}")
             if self.refine_channels < 0:
                 raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
+            if self.local_channels < 0:
+                raise ValueError(f"local_channels must be >= 0, got {self.local_channels}")
             return
         ups = self.mask_size / self.roi_size
         if ups < 1 or 2 ** round(math.log2(ups)) != ups:

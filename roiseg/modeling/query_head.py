@@ -7,7 +7,8 @@ convs) into one mask embedding ``E`` [B, D, H/4, W/4].
 Per ROI, everything is light:
 
 1. ``RoIAlign(E)`` to a ``G x G`` grid over the ROI (``G = mask_size``): the ROI's pixel tokens
-   [N, G*G, D], plus a learned embedding (an MLP of the cell's normalised x, y) of each cell's
+   [N, G*G, D] (with ``local_channels``, plus a per-ROI branch on the primary tap: :class:`RoiLocal`),
+   plus a learned embedding (an MLP of the cell's normalised x, y) of each cell's
    position inside the ROI: one [G*G, D] table, computed once. Keys, values and the pixel side of
    the class logits are these tokens; no per-token projection runs per ROI: everything per ROI is a
    RoIAlign, a few [3 x G*G] attention maps and dot products.
@@ -159,6 +160,34 @@ class RgbRefine(nn.Module):
         return self.out(self.body(torch.cat([image, logits, grid], dim=1)))
 
 
+class RoiLocal(nn.Module):
+    """Per-ROI local features from the primary tap, added to the ROI's grid embedding (``local_channels``).
+
+    ``RoIAlign`` of the primary tap [B, C, h, w] at ``roi_size`` -> 1x1 reduce to L -> three 3x3 conv
+    + GroupNorm + ReLU -> bilinear resize to the G x G ROI grid -> 1x1 to D, which starts at zero
+    (the head starts as without the branch). What ``detail``'s per-ROI conv stack gives (reasoning
+    about the ROI's own person on the detector's features), at ~L * (C + 27 L) parameters.
+    """
+
+    def __init__(self, cfg: HeadConfig, dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.local_channels
+        self.body = nn.Sequential(conv_gn_relu(cfg.in_channels, ch, 1, cfg.groups),
+                                  *[conv_gn_relu(ch, ch, 3, cfg.groups) for _ in range(3)])
+        self.out = nn.Conv2d(ch, dim, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, D, G, G]."""
+        cfg = self.cfg
+        x = roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
+                      sampling_ratio=cfg.sampling_ratio, aligned=True)
+        x = F.interpolate(self.body(x), size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
+        return self.out(x)
+
+
 class QueryMaskHead(MaskHeadOutputs, nn.Module):
     """Detector taps + ROIs + image -> [N, 3, G, G] logits on each ROI's grid (module docstring)."""
 
@@ -180,6 +209,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
                 self.mask_embed[-1].weight.mul_(0.1)
                 self.mask_embed[-1].bias.zero_()
         self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
+        self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
 
     def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -226,6 +256,8 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         g = cfg.mask_size
         grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
                          aligned=True)  # [N, D, G, G]
+        if self.local is not None:
+            grid = grid + self.local(taps[0], boxes)
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
