@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
                    "head.attention_mask=hard", "head.box_prior=0.0"),
     "hybrid": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32"),
     "hybrid-local": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=64"),
+    "hybrid-local128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32",
+                        "head.local_channels=128"),
     "hybrid-d64": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=64"),
     "hybrid-d128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=128"),
     "hybrid-auto": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=0"),

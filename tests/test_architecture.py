@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,9 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Every module named by an import statement anywhere in the file (relative ones resolved)."""
+@functools.cache
+def _imports(path: Path, module: str) -> frozenset[str]:
+    """Every module named by an import statement anywhere in the file (relative ones resolved; parsed once)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -54,7 +56,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = ".".join(parts + ([node.module] if node.module else []))
             out.add(base)
             out |= {f"{base}.{a.name}" for a in node.names}
-    return out
+    return frozenset(out)
 
 
 def _rank(module: str) -> int:
