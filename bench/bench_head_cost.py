@@ -2,7 +2,7 @@
 
 Builds the stand-in detector at the reference shapes (1024 channels, 640x640, the five reference
 taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps, without and with the per-ROI
-RGB refinement: ``query``, ``hybrid``), a head with default
+RGB refinement: ``query``, ``hybrid``; ``hybrid-local``, the default, adds the per-ROI local branch), a head with default
 sizes and random weights, fuses them (``roiseg fuse``) and times in one process, round-robin:
 
 * ``detector``: the trimmed detector alone (image -> the taps the head reads);
@@ -11,7 +11,7 @@ sizes and random weights, fuses them (``roiseg fuse``) and times in one process,
 Ratios: fused(1) / detector and the per-extra-ROI cost (fused(N) - fused(1)) / (N - 1) / detector.
 Then one training step per variant on random features of the right shapes (``--train-rois`` ROIs,
 ``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss,
-``query``/``hybrid`` with the point loss (K points per ROI); training ROIs/s and the ratio hybrid / detail.
+the query heads with the point loss (K points per ROI); training ROIs/s and the ratio default / detail.
 
     uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32] [--json out.json]
 """
@@ -39,10 +39,13 @@ from roiseg.training.checkpoint import save_checkpoint
 from roiseg.training.loss import LossConfig, SegLoss
 from roiseg.training.step import StepSetup, train_step
 
-VARIANTS = {"detail": {"variant": "detail"}, "query": {"variant": "query", "refine_channels": 0},
-            "hybrid": {"variant": "query", "refine_channels": 16}}
-"""Head config overrides per measured variant (``hybrid``: the query head with the per-ROI RGB refinement)."""
-POINTS = {"detail": 0, "query": 12544, "hybrid": 12544}
+VARIANTS = {"detail": {"variant": "detail"}, "query": {"variant": "query", "refine_channels": 0, "local_channels": 0},
+            "hybrid": {"variant": "query", "refine_channels": 16, "local_channels": 0},
+            "hybrid-local": {"variant": "query", "refine_channels": 16, "local_channels": 64}}
+"""Head config overrides per measured variant (``hybrid``: the query head with the per-ROI RGB refinement;
+``hybrid-local``, the default: plus the per-ROI local branch)."""
+POINTS = {"detail": 0, "query": 12544, "hybrid": 12544, "hybrid-local": 12544}
+DEFAULT = "hybrid-local"
 
 
 def head_config(detector: Path, variant: str, embed_dim: int = 32) -> tuple[HeadConfig, dict]:
@@ -141,16 +144,16 @@ def main() -> None:
             "train_rois_per_s": train_rois_per_s(cfg, POINTS[v], args.train_rois, args.train_steps),
             "train_loss": "points" if POINTS[v] else "full resolution",
         }
-    ratio = out["hybrid"]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
+    ratio = out[DEFAULT]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
     print(f"stand-in {args.channels} ch, {hw[0]}x{hw[1]}, CPU; median of {args.reps} reps")
     for v, r in out.items():
-        print(f"{v:<6} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
+        print(f"{v:<12} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
               f"  fused({n}) {r[f'fused_{n}_ms']:.0f} ms  fused(1)/detector {r['fused_1_over_detector']:.3f}"
               f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}"
               f"  train {r['train_rois_per_s']:.2f} ROIs/s ({r['train_loss']})")
-    print(f"training ROIs/s, hybrid (points) / detail (full resolution): {ratio:.2f}")
+    print(f"training ROIs/s, {DEFAULT} (points) / detail (full resolution): {ratio:.2f}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"variants": out, "train_ratio_hybrid_over_detail": ratio, "embed_dim": args.embed_dim,
+        args.json.write_text(json.dumps({"variants": out, "train_ratio_default_over_detail": ratio, "embed_dim": args.embed_dim,
                                          "channels": args.channels, "input_hw": list(hw)}, indent=2))
 
 

@@ -12,7 +12,7 @@ Runs that finished (their evaluation report exists) are reused, so the command r
 runs two trainings at a time with one torch thread each (the machine has two cores).
 
     uv run python bench/compare_heads.py --detectors yolox_nano,yolo11n --seeds 0,1 \\
-        --variants detail,query,hybrid,hybrid-d64 --work /tmp/heads --markdown docs/heads_table.md
+        --variants hybrid-local,hybrid,query,detail --work /tmp/heads --markdown /tmp/heads/table.md
 
 The data is ``../shared/coco-persons`` (``--data``), prepared with ``prepare-coco`` and ``analyze``
 into ``WORK/data`` on first use.
@@ -144,7 +144,7 @@ def train_rate(run: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default="yolox_nano,yolo11n")
-    ap.add_argument("--variants", default="detail,query,hybrid,hybrid-d64")
+    ap.add_argument("--variants", default="hybrid-local,hybrid,query,detail")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--data", type=Path, default=SHARED / "coco-persons")
     ap.add_argument("--work", type=Path, default=Path("/tmp/roiseg_compare_heads"))

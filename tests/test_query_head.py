@@ -94,7 +94,7 @@ def test_the_local_branch_starts_at_zero_then_exports_and_passes_parity(stand_in
     torch.manual_seed(0)
     local = build_head(HeadConfig(**fields, local_channels=32)).eval()
     torch.manual_seed(0)
-    plain = build_head(HeadConfig(**fields)).eval()
+    plain = build_head(HeadConfig(**fields, local_channels=0)).eval()
     plain.load_state_dict({k: v for k, v in local.state_dict().items() if not k.startswith("local.")})
     with torch.no_grad():
         assert torch.equal(local(taps, rois, idx, image), plain(taps, rois, idx, image))  # zero-initialised output

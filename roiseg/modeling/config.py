@@ -59,7 +59,7 @@ class HeadConfig:
     refine_channels: int = 16
     """``query``: channels of the per-ROI RGB refinement (a residual conv stack over the RoI-aligned
     image, the logits and the embedding at the ROI grid; 0 = off)."""
-    local_channels: int = 0
+    local_channels: int = 64
     """``query``: channels of the per-ROI local branch (RoIAlign of the primary tap at ``roi_size``,
     a 1x1 reduce and three 3x3 convs, upsampled to the ROI grid and added to the ROI's tokens
     through a 1x1 projection that starts at zero; 0 = off)."""
