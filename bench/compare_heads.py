@@ -52,16 +52,16 @@ DETECTORS: dict[str, Detector] = {
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "detail": ("head.variant=detail",),
-    "query": ("head.variant=query", "head.refine_channels=0", "head.embed_dim=32"),
-    "query-hard": ("head.variant=query", "head.refine_channels=0", "head.embed_dim=32",
+    "query": ("head.variant=query", "head.refine_channels=0", "head.embed_dim=32", "head.local_channels=0"),
+    "query-hard": ("head.variant=query", "head.refine_channels=0", "head.embed_dim=32", "head.local_channels=0",
                    "head.attention_mask=hard", "head.box_prior=0.0"),
-    "hybrid": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32"),
+    "hybrid": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=0"),
     "hybrid-local": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=64"),
     "hybrid-local128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32",
                         "head.local_channels=128"),
-    "hybrid-d64": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=64"),
-    "hybrid-d128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=128"),
-    "hybrid-auto": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=0"),
+    "hybrid-d64": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=64", "head.local_channels=0"),
+    "hybrid-d128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=128", "head.local_channels=0"),
+    "hybrid-auto": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=0", "head.local_channels=0"),
 }
 """Each variant as ``--set`` overrides of the defaults (``default``: none)."""
 
