@@ -59,6 +59,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=64"),
     "hybrid-local128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32",
                         "head.local_channels=128"),
+    "hybrid-local-m112": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=64",
+                          "head.mask_size=112"),
     "hybrid-d64": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=64", "head.local_channels=0"),
     "hybrid-d128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=128", "head.local_channels=0"),
     "hybrid-auto": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=0", "head.local_channels=0"),
