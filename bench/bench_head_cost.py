@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,13 +40,15 @@ from roiseg.training.checkpoint import save_checkpoint
 from roiseg.training.loss import LossConfig, SegLoss
 from roiseg.training.step import StepSetup, train_step
 
-VARIANTS = {"detail": {"variant": "detail"}, "query": {"variant": "query", "refine_channels": 0, "local_channels": 0},
-            "hybrid": {"variant": "query", "refine_channels": 16, "local_channels": 0},
-            "hybrid-local": {"variant": "query", "refine_channels": 16, "local_channels": 64}}
-"""Head config overrides per measured variant (``hybrid``: the query head with the per-ROI RGB refinement;
-``hybrid-local``, the default: plus the per-ROI local branch)."""
-POINTS = {"detail": 0, "query": 12544, "hybrid": 12544, "hybrid-local": 12544}
-DEFAULT = "hybrid-local"
+sys.path.insert(0, str(Path(__file__).parent))
+import compare_heads as ch  # noqa: E402
+
+MEASURED = ("detail", "query", "hybrid", ch.DEFAULT_VARIANT)
+VARIANTS = {v: ch.head_overrides(v) for v in MEASURED}
+"""Head config overrides per measured variant, as ``compare_heads.py`` defines them (``hybrid``: the query
+head with the per-ROI RGB refinement; the default adds the per-ROI local branch)."""
+POINTS = {v: 0 if v == "detail" else 12544 for v in MEASURED}
+DEFAULT = ch.DEFAULT_VARIANT
 
 
 def head_config(detector: Path, variant: str, embed_dim: int = 32) -> tuple[HeadConfig, dict]:

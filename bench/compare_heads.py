@@ -49,23 +49,38 @@ DETECTORS: dict[str, Detector] = {
                            ("features.color=bgr", "features.scale=1.0")),
     "yolo11n": Detector(SHARED / "extractors/yolo11n.onnx", "/model.15/Concat_output_0"),
 }
+
+
+def _query(refine: int, local: int, embed: int = 32, *extra: str) -> tuple[str, ...]:
+    """``--set`` overrides of a ``query`` head with these widths (every width named, so a later change of
+    the defaults does not change what a measured variant is)."""
+    return ("head.variant=query", f"head.refine_channels={refine}", f"head.embed_dim={embed}",
+            f"head.local_channels={local}", *extra)
+
+
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "detail": ("head.variant=detail",),
-    "query": ("head.variant=query", "head.refine_channels=0", "head.embed_dim=32", "head.local_channels=0"),
-    "query-hard": ("head.variant=query", "head.refine_channels=0", "head.embed_dim=32", "head.local_channels=0",
-                   "head.attention_mask=hard", "head.box_prior=0.0"),
-    "hybrid": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=0"),
-    "hybrid-local": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=64"),
-    "hybrid-local128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32",
-                        "head.local_channels=128"),
-    "hybrid-local-m112": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=32", "head.local_channels=64",
-                          "head.mask_size=112"),
-    "hybrid-d64": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=64", "head.local_channels=0"),
-    "hybrid-d128": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=128", "head.local_channels=0"),
-    "hybrid-auto": ("head.variant=query", "head.refine_channels=16", "head.embed_dim=0", "head.local_channels=0"),
+    "query": _query(0, 0),
+    "query-hard": _query(0, 0, 32, "head.attention_mask=hard", "head.box_prior=0.0"),
+    "hybrid": _query(16, 0),
+    "hybrid-local": _query(16, 64),
+    "hybrid-local128": _query(16, 128),
+    "hybrid-local-m112": _query(16, 64, 32, "head.mask_size=112"),
+    "hybrid-d64": _query(16, 0, 64),
+    "hybrid-d128": _query(16, 0, 128),
+    "hybrid-auto": _query(16, 0, 0),
 }
 """Each variant as ``--set`` overrides of the defaults (``default``: none)."""
+DEFAULT_VARIANT = "hybrid-local"
+"""The measured variant that ``configs/default.toml`` ships (docs/heads.md)."""
+
+
+def head_overrides(variant: str) -> dict[str, object]:
+    """``VARIANTS[variant]`` as :class:`roiseg.modeling.HeadConfig` fields (parsed as ``roiseg train --set`` does)."""
+    from roiseg.utils.overrides import parse_set
+
+    return {k.removeprefix("head."): v for k, v in parse_set(VARIANTS[variant]).items()}
 
 
 def uv_run(args: list[str], log: Path, threads: int) -> None:
