@@ -47,7 +47,7 @@ MEASURED = ("detail", "query", "hybrid", ch.DEFAULT_VARIANT)
 VARIANTS = {v: ch.head_overrides(v) for v in MEASURED}
 """Head config overrides per measured variant, as ``compare_heads.py`` defines them (``hybrid``: the query
 head with the per-ROI RGB refinement; the default adds the per-ROI local branch)."""
-POINTS = {v: 0 if v == "detail" else 12544 for v in MEASURED}
+POINTS = {v: 0 if v == "detail" else LossConfig().points for v in MEASURED}
 DEFAULT = ch.DEFAULT_VARIANT
 
 
