@@ -46,6 +46,18 @@ def test_masks_are_probabilities_and_background_outside():
     assert probs[0, 1:, 4:12, 4:12].sum() > 0
 
 
+def test_class_softmax_is_torch_softmax_even_for_extreme_logits():
+    from roiseg.modeling.paste import class_softmax
+
+    torch.manual_seed(3)
+    logits = torch.randn(2, 3, 5, 7) * 4
+    logits[0, :, 0, 0] = torch.tensor([90.0, -90.0, 0.0])  # exp(90) overflows float32 without the max shift
+    logits[1, :, 1, 1] = torch.tensor([-200.0, -201.0, -250.0])
+    got = class_softmax(logits)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, F.softmax(logits, dim=1), atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("variant", ["baseline", "detail"])
 def test_head_shapes_and_size_at_reference_channels(variant):
     cfg = HeadConfig(in_channels=1024, stride=8, input_hw=(640, 640), variant=variant)
