@@ -14,6 +14,8 @@ from roiseg.conventions import HEAD_PREFIX
 from roiseg.runtime.metadata import read_metadata
 from roiseg.verify.parity import format_table, run_parity
 
+CALIBRATION_COUNT = 8
+"""Calibration images of the parity test (the first of coco-tiny train in name order; the default is 32)."""
 CALIBRATION = ["000000020992.jpg", "000000184324.jpg", "000000005001.jpg", "000000010764.jpg"]
 
 
@@ -31,11 +33,10 @@ def _quantized_convs(model: onnx.ModelProto) -> Counter:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["head", "all"])
-def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_head, yolox_nano, calibration, coco_tiny,
-                                                         tmp_path, capsys):
+def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_head, yolox_nano, coco_tiny, tmp_path, capsys):
     out = tmp_path / f"int8_{scope}.onnx"
     code = main(["fuse", "--yolo", str(yolox_nano), "--head", str(yolox_trained_head), "--out", str(out), "--int8", scope,
-                 "--calibration-images", str(calibration), "--calibration-count", "3"])
+                 "--calibration-images", str(coco_tiny / "images/train2017"), "--calibration-count", str(CALIBRATION_COUNT)])
     assert code == 0, capsys.readouterr().err
     model = onnx.load(str(out))
     assert read_metadata(model).int8 == scope
@@ -53,8 +54,12 @@ def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_hea
     assert report["kind"] == "int8" and report["rois"] > 0 and report["argmax_agreement"] >= 0.97, format_table(report)
     if scope == "head":  # the detector in float: the documented tolerances hold
         assert report["passed"] and report["mean_roi_target_iou"] >= 0.95, format_table(report)
-    else:  # YOLOX-nano quantized too: measured 0.94 on this weakly trained head (docs/performance.md)
-        assert report["mean_roi_target_iou"] >= 0.85, format_table(report)
+    else:  # YOLOX-nano quantized too: 0.945-0.955 on this weakly trained head with 3-16 calibration images and
+        # 3-8 val images (0.87 before its first conv stayed float and its ranges were averaged; docs/performance.md)
+        assert report["mean_roi_target_iou"] >= 0.93, format_table(report)
+    detector_convs = [n for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith(HEAD_PREFIX)]
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert detector_convs[0].input[1] not in dequantized  # the first conv (it reads the image) stays float
 
 
 def test_int8_needs_calibration_images_and_excludes_fp16(stand_in_full, stand_in_checkpoint, calibration, tmp_path, capsys):

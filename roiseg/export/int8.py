@@ -3,15 +3,19 @@
 ``onnxruntime.quantization.quantize_static`` in the **QDQ** format (QuantizeLinear/DequantizeLinear
 pairs around float ops: what TensorRT's ONNX parser takes; no ``ConvInteger`` or
 ``DynamicQuantizeLinear``), int8 activations and weights, symmetric, **per-channel** weights, ranges
-calibrated (MinMax) on real images (``--calibration-images DIR``, the first ``--calibration-count``
-files in name order) with plausible person ROIs.
+calibrated on real images (``--calibration-images DIR``, the first ``--calibration-count`` files in name
+order) with plausible person ROIs: MinMax ranges **averaged over the calibration feeds**
+(``CalibMovingAverage``), so that one image with an outlier does not set a tensor's range.
 
 Only ``Conv``, ``ConvTranspose`` and ``Gemm`` are quantized (where the compute is: the pixel decoder,
 the refinement, the detector): ``RoiAlign``, ``Resize``, ``Softmax``, every ``MatMul`` (the query
 MLPs and attention on three queries, the dot products that make the logits, the paste) stay float —
 quantizing the query MatMuls bought no measurable time. Depthwise convolutions (``group`` > 1) stay float
 too: int8 on one-channel filters cost YOLOX-nano's ``all`` model 0.09 per-ROI target IoU against the
-float model (0.85 -> 0.94 without them; docs/performance.md). ``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
+float model (0.85 -> 0.94 without them; docs/performance.md). The detector's **first convolution** stays
+float too (:data:`FLOAT_FIRST_CONVS`): it reads the image (3-12 input channels, little compute) and is the
+most sensitive layer — with it and the averaged ranges YOLOX-nano's ``all`` model went from 0.866 to 0.955
+per-ROI target IoU against float, YOLO11n's from 0.964 to 0.974 (docs/performance.md). ``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
 ``all``: the detector's too, unless the detector is already quantized (``ConvInteger``,
 ``DynamicQuantizeLinear``, ``QuantizeLinear``...): that is said, and only the head is quantized.
 """
@@ -39,6 +43,8 @@ QUANT_OPS: frozenset[str] = frozenset({"DynamicQuantizeLinear", "ConvInteger", "
                                         "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"})
 """Ops that show a detector was quantized already."""
 DEFAULT_CALIBRATION_COUNT: int = 32
+FLOAT_FIRST_CONVS: int = 1
+"""The detector's first convolutions (in graph order) that ``all`` keeps in float."""
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -63,10 +69,15 @@ def quantized_ops(model: onnx.ModelProto) -> Counter:
 def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
     """Names of the nodes :mod:`this module <roiseg.export.int8>` quantizes in ``scope`` (module docstring)."""
     weights = {i.name for i in model.graph.initializer}
-    names = []
+    names, detector_convs = [], 0
     for node in model.graph.node:
-        if scope == "head" and not node.name.startswith(HEAD_PREFIX):
+        in_head = node.name.startswith(HEAD_PREFIX)
+        if scope == "head" and not in_head:
             continue
+        if node.op_type == "Conv" and not in_head:
+            detector_convs += 1
+            if detector_convs <= FLOAT_FIRST_CONVS:
+                continue
         group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
         if node.op_type in QUANTIZED_OPS and group == 1 and any(i in weights for i in node.input):
             names.append(node.name)
@@ -103,12 +114,14 @@ def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, 
         quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=names,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibMovingAverage": True})
         quantized = gt.load_model(dst)
     for key in ("metadata_props",):
         del quantized.metadata_props[:]
         quantized.metadata_props.extend(getattr(model, key))
-    note = f"int8 ({scope}): {len(names)} nodes quantized (QDQ, per-channel, symmetric), calibrated on {len(feeds)} feeds"
+    note = (f"int8 ({scope}): {len(names)} nodes quantized (QDQ, per-channel, symmetric), ranges averaged over "
+            f"{len(feeds)} calibration feeds")
     if done:
         note += f"; the detector was quantized already ({sum(done.values())} quantization ops)"
     return quantized, note
