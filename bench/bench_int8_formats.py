@@ -1,14 +1,15 @@
 """int8 formats on onnxruntime's x86 CPU provider: why ``fuse --int8`` (TensorRT's format) is not faster here.
 
 From one float32 fused model (``roiseg fuse`` output), quantizes with onnxruntime's ``quantize_static``
-(QDQ, per-channel int8 weights, MinMax on the first ``--calibration-count`` images of
-``--calibration-images``) in four ways, and times all of them round-robin in one process at 1 and 8
+(QDQ, per-channel int8 weights, MinMax ranges averaged over the first ``--calibration-count`` images of
+``--calibration-images``) in three ways (four sessions), and times all of them round-robin in one process at 1 and 8
 plausible ROIs on one photo (median of ``--reps``), with the argmax agreement with float32 at 8 ROIs:
 
-* ``s8 conv``: int8 symmetric activations, convolutions only: what ``fuse --int8 all`` writes;
-* ``s8 conv, int8 allowed``: the same run with the session option ``session.qdqisint8allowed=1``;
-* ``u8 conv``: uint8 asymmetric activations, convolutions only;
-* ``u8 wide``: uint8 asymmetric, plus Sigmoid, Mul, Add, Concat, MaxPool, Resize and Split.
+* ``s8 conv``: what ``fuse --int8 all`` writes (:func:`roiseg.export.int8.quantize_options`: int8 symmetric
+  activations; :func:`~roiseg.export.int8.nodes_to_quantize`: the convolutions but the first and the depthwise);
+* ``s8 conv, int8 allowed``: the same model run with the session option ``session.qdqisint8allowed=1``;
+* ``u8 conv``: the same nodes with uint8 asymmetric activations;
+* ``u8 wide``: uint8 asymmetric, plus every Sigmoid, Mul, Add, Concat, MaxPool, Resize and Split.
 
     uv run python bench/bench_int8_formats.py --model fused_float32.onnx --calibration-images DIR [--reps 7]
 """
@@ -24,38 +25,29 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import quantize_static
 
-from roiseg.export.int8 import QUANTIZED_OPS, _Reader, calibration_files
+from roiseg.export.int8 import _Reader, calibration_files, nodes_to_quantize, quantize_options
 from roiseg.export.probes import model_feeds, plausible_rois
 from roiseg.runtime.metadata import read_metadata
 
-WIDE = frozenset({"Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "Split"})
-FORMATS = {"s8 conv": (QuantType.QInt8, True, QUANTIZED_OPS), "u8 conv": (QuantType.QUInt8, False, QUANTIZED_OPS),
-           "u8 wide": (QuantType.QUInt8, False, QUANTIZED_OPS | WIDE)}
-
-
-def _nodes(model: onnx.ModelProto, ops: frozenset[str]) -> list[str]:
-    """Nodes of ``ops``; convolutions only with a weight initializer and ``group`` 1 (as ``fuse --int8``)."""
-    weights = {i.name for i in model.graph.initializer}
-    out = []
-    for node in model.graph.node:
-        group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
-        conv = node.op_type in QUANTIZED_OPS
-        if node.op_type in ops and (not conv or (group == 1 and any(i in weights for i in node.input))):
-            out.append(node.name)
-    return out
+WIDE = ("Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "Split")
+"""Element-wise and data-movement ops the ``u8 wide`` format quantizes besides ``fuse --int8 all``'s nodes."""
 
 
 def quantized(model_path: Path, feeds: list, root: Path) -> dict[str, Path]:
+    """The three formats of the module docstring, written under ``root``."""
     model = onnx.load(model_path)
+    convs = nodes_to_quantize(model, "all")
+    wide = convs + [n.name for n in model.graph.node if n.op_type in WIDE]
+    formats = {"s8 conv": ("int8", convs), "u8 conv": ("uint8", convs), "u8 wide": ("uint8", wide)}
     out = {}
-    for name, (act, symmetric, ops) in FORMATS.items():
+    for name, (activations, nodes) in formats.items():
         dst = root / f"{name.replace(' ', '_')}.onnx"
-        quantize_static(str(model_path), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=_nodes(model, ops),
-                        op_types_to_quantize=sorted(ops), calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+        options = quantize_options(activations)
+        if name == "u8 wide":
+            options["op_types_to_quantize"] = sorted({"Conv", "ConvTranspose", "Gemm", *WIDE})
+        quantize_static(str(model_path), str(dst), _Reader(feeds), nodes_to_quantize=nodes, **options)
         out[name] = dst
     return out
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -94,9 +94,22 @@ class _Reader:
         return next(self._it, None)
 
 
+def quantize_options(activations: str = "int8") -> dict[str, Any]:
+    """``quantize_static`` keywords of ``fuse --int8`` (module docstring): QDQ, per-channel symmetric int8
+    weights, MinMax ranges averaged over the feeds; ``activations`` ``int8`` (symmetric: TensorRT's format,
+    what ``fuse`` writes) or ``uint8`` (asymmetric: onnxruntime's x86 CPU fuses only these; bench_int8_formats)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    signed = activations == "int8"
+    return {"quant_format": QuantFormat.QDQ, "per_channel": True, "weight_type": QuantType.QInt8,
+            "activation_type": QuantType.QInt8 if signed else QuantType.QUInt8,
+            "calibrate_method": CalibrationMethod.MinMax,
+            "extra_options": {"ActivationSymmetric": signed, "WeightSymmetric": True, "CalibMovingAverage": True}}
+
+
 def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, str]:
     """``model`` with int8 QDQ on the nodes of ``scope``, ranges from ``feeds``; and a note on what was done."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_static
 
     if scope not in INT8_SCOPES:
         raise InputError(f"--int8 must be one of {', '.join(INT8_SCOPES)}, got {scope!r}")
@@ -111,11 +124,7 @@ def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, 
     with tempfile.TemporaryDirectory(prefix="roiseg_int8_") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         gt.save_model(model, src)
-        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=names,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "CalibMovingAverage": True})
+        quantize_static(str(src), str(dst), _Reader(feeds), nodes_to_quantize=names, **quantize_options())
         quantized = gt.load_model(dst)
     for key in ("metadata_props",):
         del quantized.metadata_props[:]
