@@ -179,12 +179,11 @@ class RoiLocal(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, D, G, G]."""
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled [N, C, R, R]: the primary tap RoI-aligned at ``roi_size`` (:meth:`QueryMaskHead.primary_rois`)
+        -> [N, D, G, G]."""
         cfg = self.cfg
-        x = roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
-                      sampling_ratio=cfg.sampling_ratio, aligned=True)
-        x = F.interpolate(self.body(x), size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(self.body(pooled), size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
         return self.out(x)
 
 
@@ -217,10 +216,16 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         taps = [features] if isinstance(features, torch.Tensor) else list(features)
         return self.pixel_decoder(taps, images)
 
-    def _queries(self, primary: torch.Tensor, rois: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def primary_rois(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, C, R, R] (``R = roi_size``):
+        one RoIAlign of the widest tap, read by the queries and the local branch."""
         cfg = self.cfg
-        pooled = roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
-                           sampling_ratio=cfg.sampling_ratio, aligned=True).mean(dim=(2, 3))  # [N, C]
+        return roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
+                         sampling_ratio=cfg.sampling_ratio, aligned=True)
+
+    def _queries(self, pooled: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """pooled [N, C, R, R] (:meth:`primary_rois`), rois [N, 4] normalised -> [N, 3, D] class queries."""
+        pooled = pooled.mean(dim=(2, 3))  # [N, C]
         geometry = torch.cat([rois, rois[:, 2:4] - rois[:, 0:2]], dim=1)  # [N, 6] normalised
         return self.query(torch.cat([pooled, geometry], dim=1))[:, None] + self.class_embed[None]  # [N, 3, D]
 
@@ -256,12 +261,13 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         g = cfg.mask_size
         grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
                          aligned=True)  # [N, D, G, G]
+        pooled = self.primary_rois(taps[0], boxes)
         if self.local is not None:
-            grid = grid + self.local(taps[0], boxes)
+            grid = grid + self.local(pooled)
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
-        queries = self._queries(taps[0], rois, boxes)
+        queries = self._queries(pooled, rois)
         logits = self._logits(queries, tokens)
         for layer in self.layers:
             queries = layer(queries, tokens, tokens, self._bias(logits))
