@@ -21,13 +21,14 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import quantize_static
 
-from roiseg.export.int8 import _Reader, calibration_files, nodes_to_quantize, quantize_options
+from roiseg.export.int8 import CalibrationReader, calibration_files, nodes_to_quantize, quantize_options
 from roiseg.export.probes import model_feeds, plausible_rois
 from roiseg.runtime.metadata import read_metadata
 
@@ -35,7 +36,7 @@ WIDE = ("Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "Split")
 """Element-wise and data-movement ops the ``u8 wide`` format quantizes besides ``fuse --int8 all``'s nodes."""
 
 
-def quantized(model_path: Path, feeds: list, root: Path) -> dict[str, Path]:
+def quantized(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], root: Path) -> dict[str, Path]:
     """The three formats of the module docstring, written under ``root``."""
     model = onnx.load(model_path)
     convs = nodes_to_quantize(model, "all")
@@ -47,12 +48,13 @@ def quantized(model_path: Path, feeds: list, root: Path) -> dict[str, Path]:
         options = quantize_options(activations)
         if name == "u8 wide":
             options["op_types_to_quantize"] = sorted({"Conv", "ConvTranspose", "Gemm", *WIDE})
-        quantize_static(str(model_path), str(dst), _Reader(feeds), nodes_to_quantize=nodes, **options)
+        quantize_static(str(model_path), str(dst), CalibrationReader(feeds), nodes_to_quantize=nodes, **options)
         out[name] = dst
     return out
 
 
 def session(path: Path, int8_allowed: bool = False) -> ort.InferenceSession:
+    """onnxruntime CPU session; ``int8_allowed``: ``session.qdqisint8allowed=1`` (int8-activation kernels on x86)."""
     options = ort.SessionOptions()
     if int8_allowed:
         options.add_session_config_entry("session.qdqisint8allowed", "1")

@@ -103,6 +103,8 @@ def test_the_local_branch_starts_at_zero_then_exports_and_passes_parity(stand_in
 
     ckpt = _query_checkpoint(tmp_path / "local.pth", stand_in_full, "/model.34/Concat_output_0", local_channels=32)
     fused = fuse(stand_in_full, ckpt, out=tmp_path / "fused.onnx").out
+    softmax_axes = {a.i for n in nodes_of_type(load_model(fused), "Softmax") for a in n.attribute if a.name == "axis"}
+    assert softmax_axes <= {-1, 3}  # attention only: the class softmax of the full-resolution masks is element-wise ops
     sess = ort_session(fused)
     hw = describe_extractor(stand_in_full, "/model.34/Concat_output_0").input_hw
     img = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)

@@ -122,8 +122,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "normalisations and quantization ops stay float32; inputs and outputs float32")
     p.add_argument("--int8", default=None, choices=("head", "all"),
                    help="static int8 quantization (QDQ, per-channel, symmetric; TensorRT parses it): the head's "
-                        "convolutions and weight MatMuls, or all: the detector's too (not when it is quantized "
-                        "already); RoiAlign, Resize, Softmax and the paste stay float; needs --calibration-images")
+                        "convolutions, or all: the detector's too but its first (the stem) and depthwise ones "
+                        "(not when it is quantized already); MatMuls, RoiAlign, Resize, the softmaxes and the "
+                        "paste stay float; needs --calibration-images")
     p.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
                    help="folder of real images to calibrate the int8 ranges on")
     p.add_argument("--calibration-count", type=int, default=32, metavar="N",

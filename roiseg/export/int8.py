@@ -84,7 +84,7 @@ def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
     return names
 
 
-class _Reader:
+class CalibrationReader:
     """``CalibrationDataReader``: the calibration feeds one by one."""
 
     def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
@@ -100,6 +100,8 @@ def quantize_options(activations: str = "int8") -> dict[str, Any]:
     what ``fuse`` writes) or ``uint8`` (asymmetric: onnxruntime's x86 CPU fuses only these; bench_int8_formats)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
+    if activations not in ("int8", "uint8"):
+        raise ValueError(f"activations must be int8 or uint8, got {activations!r}")
     signed = activations == "int8"
     return {"quant_format": QuantFormat.QDQ, "per_channel": True, "weight_type": QuantType.QInt8,
             "activation_type": QuantType.QInt8 if signed else QuantType.QUInt8,
@@ -124,7 +126,7 @@ def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, 
     with tempfile.TemporaryDirectory(prefix="roiseg_int8_") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         gt.save_model(model, src)
-        quantize_static(str(src), str(dst), _Reader(feeds), nodes_to_quantize=names, **quantize_options())
+        quantize_static(str(src), str(dst), CalibrationReader(feeds), nodes_to_quantize=names, **quantize_options())
         quantized = gt.load_model(dst)
     for key in ("metadata_props",):
         del quantized.metadata_props[:]

@@ -86,8 +86,8 @@ def class_softmax(logits: torch.Tensor) -> torch.Tensor:
 
     ``exp(x - max_c x) / sum_c exp(x - max_c x)``: the same function as ``F.softmax(x, dim=1)`` (within
     float rounding), exported as ``ReduceMax``, ``Sub``, ``Exp``, ``ReduceSum``, ``Div``. onnxruntime's CPU
-    ``Softmax`` on a non-last axis transposes the tensor twice: at [1, 3, 640, 640] it took ~20 ms per ROI
-    against ~2.9 ms for these ops (docs/performance.md, "The class softmax").
+    ``Softmax`` on a non-last axis transposes the tensor twice: at [N, 3, 640, 640] it took ~23 ms per ROI
+    against 2.1-4.4 ms for these ops (docs/performance.md, "The class softmax").
     """
     exp = torch.exp(logits - logits.amax(dim=1, keepdim=True))
     return exp / exp.sum(dim=1, keepdim=True)

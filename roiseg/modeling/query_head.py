@@ -163,7 +163,8 @@ class RgbRefine(nn.Module):
 class RoiLocal(nn.Module):
     """Per-ROI local features from the primary tap, added to the ROI's grid embedding (``local_channels``).
 
-    ``RoIAlign`` of the primary tap [B, C, h, w] at ``roi_size`` -> 1x1 reduce to L -> three 3x3 conv
+    The primary tap RoI-aligned at ``roi_size`` ([N, C, R, R], :meth:`QueryMaskHead.primary_rois`, shared with
+    the queries) -> 1x1 reduce to L -> three 3x3 conv
     + GroupNorm + ReLU -> bilinear resize to the G x G ROI grid -> 1x1 to D, which starts at zero
     (the head starts as without the branch). What ``detail``'s per-ROI conv stack gives (reasoning
     about the ROI's own person on the detector's features), at ~L * (C + 27 L) parameters.
@@ -218,7 +219,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
 
     def primary_rois(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, C, R, R] (``R = roi_size``):
-        one RoIAlign of the widest tap, read by the queries and the local branch."""
+        one RoIAlign of the primary tap, read by the queries and the local branch."""
         cfg = self.cfg
         return roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
                          sampling_ratio=cfg.sampling_ratio, aligned=True)
