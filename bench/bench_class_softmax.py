@@ -10,15 +10,19 @@ Both are exported from PyTorch (opset 17, dynamic N) and timed round-robin in on
 from __future__ import annotations
 
 import argparse
+import functools
 import io
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from roiseg.modeling.paste import class_softmax
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import round_robin  # noqa: E402
 
 
 class _Softmax(torch.nn.Module):
@@ -48,16 +52,11 @@ def main() -> None:
     sessions = {"Softmax(axis=1)": session(_Softmax(), args.size), "class_softmax": session(_ClassSoftmax(), args.size)}
     rng = np.random.default_rng(0)
     inputs = {n: (rng.standard_normal((n, 3, args.size, args.size)) * 5).astype(np.float32) for n in args.rois}
-    times: dict[tuple[str, int], list[float]] = {(k, n): [] for k in sessions for n in args.rois}
-    for rep in range(args.reps + 1):  # rep 0 warms up
-        for (name, n), spent in times.items():
-            t0 = time.perf_counter()
-            sessions[name].run(None, {"x": inputs[n]})
-            if rep:
-                spent.append(time.perf_counter() - t0)
+    times = round_robin({(k, n): functools.partial(s.run, None, {"x": inputs[n]}) for k, s in sessions.items()
+                         for n in args.rois}, args.reps)
     print(f"[N, 3, {args.size}, {args.size}] logits, onnxruntime {ort.__version__} CPU, median of {args.reps}")
     for n in args.rois:
-        old, new = (statistics.median(times[(k, n)]) for k in sessions)
+        old, new = (times[(k, n)] for k in sessions)
         a, b = (s.run(None, {"x": inputs[n]})[0] for s in sessions.values())
         print(f"N={n:3d}  Softmax {old * 1e3:8.2f} ms  class_softmax {new * 1e3:8.2f} ms  ratio {old / new:5.2f}x  "
               f"per ROI {old * 1e3 / n:6.2f} -> {new * 1e3 / n:5.2f} ms  max abs diff {np.abs(a - b).max():.1e}")

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import graph_tools as gt
@@ -42,6 +40,7 @@ from roiseg.training.step import StepSetup, train_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 import compare_heads as ch  # noqa: E402
+from timing import round_robin  # noqa: E402
 
 MEASURED = ("detail", "query", "hybrid", ch.DEFAULT_VARIANT)
 VARIANTS = {v: ch.head_overrides(v) for v in MEASURED}
@@ -83,15 +82,7 @@ def time_inference(paths: dict[str, tuple[Path, Path]], hw: tuple[int, int], n: 
         calls[f"{variant} detector"] = lambda ts=ts: ts.run(None, {"images": image})
         for k in (1, n):
             calls[f"{variant} fused {k}"] = lambda fs=fs, k=k: fs.run(None, {"images": image, "rois": rois[k]})
-    for fn in calls.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(reps):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return round_robin(calls, reps)
 
 
 def train_rois_per_s(cfg: HeadConfig, points: int, rois_per_step: int, steps: int) -> float:

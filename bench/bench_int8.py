@@ -13,19 +13,18 @@ round-robin over ``--reps`` repetitions (median; onnxruntime CPU, default thread
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
-import graph_tools as gt
 from roiseg.conventions import read_image
 from roiseg.export.probes import plausible_rois
 from roiseg.runtime.session import FusedSession
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import round_robin  # noqa: E402
 
 MODELS = {"float32": [], "int8 head": ["--int8", "head"], "int8 all": ["--int8", "all"]}
 
@@ -50,15 +49,7 @@ def timings(models: dict[str, Path], photo: Path, reps: int) -> dict[tuple[str, 
         for n in (1, 8):
             rois = plausible_rois(n, seed=n)
             calls[(name, n)] = lambda sess=sess, feed=feed, rois=rois: sess.roi_probabilities(feed, rois)
-    for fn in calls.values():
-        fn()
-    times = {k: [] for k in calls}
-    for _ in range(reps):
-        for key, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return round_robin(calls, reps)
 
 
 def evaluate(model: Path, args: argparse.Namespace) -> dict:

@@ -17,9 +17,9 @@ plausible ROIs on one photo (median of ``--reps``), with the argmax agreement wi
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +31,9 @@ from onnxruntime.quantization import quantize_static
 from roiseg.export.int8 import CalibrationReader, calibration_files, nodes_to_quantize, quantize_options
 from roiseg.export.probes import model_feeds, plausible_rois
 from roiseg.runtime.metadata import read_metadata
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import round_robin  # noqa: E402
 
 WIDE = ("Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "Split")
 """Element-wise and data-movement ops the ``u8 wide`` format quantizes besides ``fuse --int8 all``'s nodes."""
@@ -79,17 +82,12 @@ def main() -> None:
                     "u8 conv": session(paths["u8 conv"]), "u8 wide": session(paths["u8 wide"])}
         image = feeds[0][names[0]]
         inputs = {n: {names[0]: image, "rois": plausible_rois(n, seed=n)} for n in (1, 8)}
-        times = {(k, n): [] for k in sessions for n in (1, 8)}
-        for rep in range(args.reps + 1):  # rep 0 warms up
-            for (k, n), spent in times.items():
-                t0 = time.perf_counter()
-                sessions[k].run(None, inputs[n])
-                if rep:
-                    spent.append(time.perf_counter() - t0)
+        times = round_robin({(k, n): functools.partial(s.run, None, inputs[n]) for k, s in sessions.items()
+                             for n in (1, 8)}, args.reps)
         ref = sessions["float32"].run(None, inputs[8])[0].argmax(1)
-        base = [statistics.median(times[("float32", n)]) for n in (1, 8)]
+        base = [times[("float32", n)] for n in (1, 8)]
         for k, sess in sessions.items():
-            t1, t8 = (statistics.median(times[(k, n)]) for n in (1, 8))
+            t1, t8 = (times[(k, n)] for n in (1, 8))
             agree = float(np.mean(sess.run(None, inputs[8])[0].argmax(1) == ref))
             print(f"{k:22s} N=1 {t1 * 1e3:7.1f} ms ({base[0] / t1:.2f}x)  N=8 {t8 * 1e3:7.1f} ms ({base[1] / t8:.2f}x)  "
                   f"argmax vs float32 {agree:.2%}")

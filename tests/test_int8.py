@@ -63,8 +63,8 @@ def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_hea
     convs = _quantized_convs(model)
     assert convs["head"] > 0 and (convs["detector"] > 0) == (scope == "all")
     weights = {i for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm") for i in n.input[1:]}
-    dequantized_weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
-                           and any(i.name == n.input[0] for i in model.graph.initializer)}
+    initializers = {i.name for i in model.graph.initializer}
+    dequantized_weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers}
     for node in model.graph.node:  # only convolution weights are stored int8: the paste's MatMuls, RoiAlign... stay float
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
             assert not any(i in dequantized_weights for i in node.input[1:]), node.name
@@ -78,8 +78,7 @@ def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_hea
         # 3-8 val images (0.87 before its first conv stayed float and its ranges were averaged; docs/performance.md)
         assert report["mean_roi_target_iou"] >= 0.93, format_table(report)
     stems = _convs_reading_the_image(model)
-    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    assert len(stems) == 1 and stems[0].input[1] not in dequantized  # YOLOX's stem conv stays float in both scopes
+    assert len(stems) == 1 and stems[0].input[1] not in dequantized_weights  # YOLOX's stem conv stays float in both scopes
 
 
 def test_int8_needs_calibration_images_and_excludes_fp16(stand_in_full, stand_in_checkpoint, calibration, tmp_path, capsys):

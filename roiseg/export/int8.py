@@ -15,7 +15,8 @@ too: int8 on one-channel filters cost YOLOX-nano's ``all`` model 0.09 per-ROI ta
 float model (0.85 -> 0.94 without them; docs/performance.md). The detector's **first convolution** stays
 float too (:data:`FLOAT_FIRST_CONVS`): it reads the image (3-12 input channels, little compute) and is the
 most sensitive layer — with it and the averaged ranges YOLOX-nano's ``all`` model went from 0.866 to 0.955
-per-ROI target IoU against float, YOLO11n's from 0.964 to 0.974 (docs/performance.md). ``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
+per-ROI target IoU against float, YOLO11n's from 0.964 to 0.974 (docs/performance.md).
+``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
 ``all``: the detector's too, unless the detector is already quantized (``ConvInteger``,
 ``DynamicQuantizeLinear``, ``QuantizeLinear``...): that is said, and only the head is quantized.
 """
@@ -78,8 +79,8 @@ def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
             detector_convs += 1
             if detector_convs <= FLOAT_FIRST_CONVS:
                 continue
-        group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
-        if node.op_type in QUANTIZED_OPS and group == 1 and any(i in weights for i in node.input):
+        if (node.op_type in QUANTIZED_OPS and gt.node_attributes(node).get("group", 1) == 1
+                and any(i in weights for i in node.input)):
             names.append(node.name)
     return names
 
@@ -128,9 +129,8 @@ def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, 
         gt.save_model(model, src)
         quantize_static(str(src), str(dst), CalibrationReader(feeds), nodes_to_quantize=names, **quantize_options())
         quantized = gt.load_model(dst)
-    for key in ("metadata_props",):
-        del quantized.metadata_props[:]
-        quantized.metadata_props.extend(getattr(model, key))
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(model.metadata_props)
     note = (f"int8 ({scope}): {len(names)} nodes quantized (QDQ, per-channel, symmetric), ranges averaged over "
             f"{len(feeds)} calibration feeds")
     if done:
