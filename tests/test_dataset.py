@@ -28,14 +28,21 @@ def data(tmp_path_factory):
             "images": root / "images" / "train2017"}
 
 
-def independent_item(ann_path, images_dir, index, input_hw):
-    """Image tensor, ROIs and targets built directly from pycocotools + explicit pixel centres."""
+def independent_masks(ann_path, index, input_hw):
+    """(COCO, image record, annotations, their masks at ``input_hw`` by nearest neighbour) from pycocotools."""
     coco = COCO(str(ann_path))
     info = coco.dataset["images"][index]
-    h0, w0 = info["height"], info["width"]
     anns = coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
     h, w = input_hw
-    masks = [cv2.resize(coco.annToMask(a), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool) for a in anns]
+    return coco, info, anns, [cv2.resize(coco.annToMask(a), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+                              for a in anns]
+
+
+def independent_item(ann_path, images_dir, index, input_hw):
+    """Image tensor, ROIs and targets built directly from pycocotools + explicit pixel centres."""
+    coco, info, anns, masks = independent_masks(ann_path, index, input_hw)
+    h0, w0 = info["height"], info["width"]
+    h, w = input_hw
     rois = np.array([[a["bbox"][0] / w0, a["bbox"][1] / h0, (a["bbox"][0] + a["bbox"][2]) / w0,
                       (a["bbox"][1] + a["bbox"][3]) / h0] for a in anns])
     cy, cx = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
@@ -94,6 +101,32 @@ def test_jitter_is_deterministic_per_epoch(data):
     for roi, t in zip(b.rois.numpy(), b.targets.numpy()):
         inside = (cx >= roi[0]) & (cx < roi[2]) & (cy >= roi[1]) & (cy < roi[3])
         assert inside.any() and not t[~inside].any()
+
+
+def test_roi_copies_give_each_person_several_jittered_rois_with_its_own_target(data):
+    one = CocoPersonImages(data["ann"], data["images"], INPUT_HW, jitter=0.2, seed=7)
+    three = CocoPersonImages(data["ann"], data["images"], INPUT_HW, jitter=0.2, seed=7, roi_copies=3)
+    for i in range(len(one)):
+        a, b = one[i], three[i]
+        k = len(a.rois)
+        assert b.rois.shape == (3 * k, 4) and b.targets.shape == (3 * k, *INPUT_HW)
+        assert b.ann_ids.tolist() == a.ann_ids.tolist() * 3
+        copies = b.rois.reshape(3, k, 4)
+        assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+        # every copy's target: the same person's pixels (1) and the others' (2) inside that copy's box
+        *_, masks = independent_masks(data["ann"], i, INPUT_HW)
+        if b.flipped:
+            masks = [m[:, ::-1] for m in masks]
+        h, w = INPUT_HW
+        cy, cx = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
+        for m, (roi, t) in enumerate(zip(b.rois.numpy(), b.targets.numpy())):
+            inside = (cx >= roi[0]) & (cx < roi[2]) & (cy >= roi[1]) & (cy < roi[3])
+            own = masks[m % k]
+            others = np.any([x for j, x in enumerate(masks) if j != m % k], axis=0) if k > 1 else np.zeros_like(own)
+            want = np.where(own, 1, np.where(others, 2, 0)) * inside
+            np.testing.assert_array_equal(t, want)
+    with pytest.raises(ValueError, match="roi_copies"):
+        CocoPersonImages(data["ann"], data["images"], INPUT_HW, roi_copies=0)
 
 
 def test_collate_and_batch_to(data):

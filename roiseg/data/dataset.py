@@ -151,7 +151,9 @@ class CocoPersonImages(Dataset):
     ``self.skipped``). ``images_dir``: folder of the image files. ``input_hw``: model input
     ``(H, W)``. ``jitter``: ROI jitter amplitude (0 = off, for validation). ``hflip``: probability
     that an item is mirrored horizontally (image, instance masks and ROIs together, so the targets
-    are built on the mirrored data; 0 = off). ``max_images``: keep the first N images of the file.
+    are built on the mirrored data; 0 = off). ``roi_copies``: ROIs per person in an item, each with its
+    own jitter draw (Mask R-CNN trains its mask head on several proposals per person; 1 = one ROI per
+    person). ``max_images``: keep the first N images of the file.
 
     Every kept image must exist on disk: the constructor raises :class:`InputError` naming the
     file and the image id otherwise (run ``prepare-coco --images-dir`` to drop absent images).
@@ -171,6 +173,7 @@ class CocoPersonImages(Dataset):
         seed: int = 0,
         max_images: int | None = None,
         hflip: float = 0.0,
+        roi_copies: int = 1,
     ) -> None:
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
@@ -184,6 +187,9 @@ class CocoPersonImages(Dataset):
         self.epoch = 0
         if self.jitter < 0:
             raise ValueError(f"jitter must be >= 0, got {jitter}")
+        if roi_copies < 1:
+            raise ValueError(f"roi_copies must be >= 1, got {roi_copies}")
+        self.roi_copies = int(roi_copies)
         if not self.images_dir.is_dir():
             raise InputError(f"images folder not found: {self.images_dir}")
         data = load_coco_json(self.annotations)
@@ -285,11 +291,13 @@ class CocoPersonImages(Dataset):
         if flipped:
             bgr, masks, rois = np.ascontiguousarray(bgr[:, ::-1]), np.ascontiguousarray(masks[:, :, ::-1]), hflip_rois(rois)
         image = preprocess(bgr, self.input_hw, self.preprocessing)[0]
+        owners = np.tile(np.arange(len(rois)), self.roi_copies)
+        rois = rois[owners]
         if self.jitter > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i))
             rois = jitter_rois(rois, self.jitter, rng, self.input_hw)
-        targets = roi_targets(masks, rois)
-        anns = self._anns[i]
+        targets = roi_targets(masks, rois, owners)
+        anns = [self._anns[i][k] for k in owners]
         return ImageItem(
             index=i,
             image_id=rec["id"],

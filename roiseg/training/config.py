@@ -86,6 +86,8 @@ class DataConfig:
     hflip: float = 0.5
     """Probability that a train image is mirrored horizontally (image, masks and ROIs; its features
     are computed on the mirrored image and cached as a second entry), re-drawn each epoch."""
+    roi_copies: int = 1
+    """ROIs per person in a train item, each with its own jitter draw (1 = one per person)."""
     batch_size: int = _opt(4, "--batch-size", "images per step")
     """Images per step (all their ROIs go into the step, up to ``max_rois_per_step``)."""
     max_rois_per_step: int = _opt(32, "--max-rois-per-step", "cap on ROIs per step")
@@ -282,6 +284,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.max_val_images", cfg.data.max_val_images >= 0, ">= 0"),
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
         ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
+        ("data.roi_copies", cfg.data.roi_copies >= 1, ">= 1"),
         ("features.color", cfg.features.color in ("rgb", "bgr"), "'rgb' or 'bgr'"),
         ("features.scale", cfg.features.scale > 0, "> 0"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),

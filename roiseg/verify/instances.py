@@ -42,6 +42,7 @@ from roiseg.errors import InputError, translate_graph_errors
 from roiseg.export.fuse import finish_fused
 from roiseg.export.head_source import load_head_source
 from roiseg.export.instances import DET_PREPROCESSED_RAW
+from roiseg.export.options import FuseOptions
 from roiseg.export.probes import probe_image_paths
 from roiseg.export.raw_input import convert_preprocessed
 from roiseg.runtime.engines import engine_session
@@ -203,7 +204,8 @@ def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Pat
                         images: str | Path | None = None, max_images: int | None = None,
                         atol: float | None = None, engine: str = "onnxruntime") -> dict[str, Any]:
     """``parity-check`` on an instance model: the ROI model rebuilt from ``detector`` and ``head`` as
-    ``roiseg fuse`` built the file (:func:`~roiseg.verify.rebuild.rebuild_reference`) and finished, then
+    ``roiseg fuse`` built the file (:func:`~roiseg.verify.rebuild.rebuild_reference`), unsimplified (the
+    reference the ROI stages of parity use too; fuse verified its simplification when it wrote), then
     :func:`instance_parity` on the real images (``annotations`` + ``images``, or every image of the
     ``images`` folder). ``atol``: the mask tolerance (default ``PARITY_ATOL``; float16: none); ``engine``
     runs the instance model."""
@@ -211,7 +213,7 @@ def run_instance_parity(detector: str | Path, head: str | Path, fused: str | Pat
         raise InputError("an instance model is checked on real images (give --images, with or without --annotations)")
     paths = probe_image_paths(annotations, images, max_images)
     build, meta = rebuild_reference(detector, load_head_source(head), fused)
-    roi_model, _ = finish_fused(build)
+    roi_model, _ = finish_fused(build, FuseOptions(simplify=False))
     default = FP16_PARITY_ATOL if meta.fp16 else PARITY_ATOL
     report = instance_parity(fused, detector, roi_model, paths, mask_atol=default if atol is None else atol,
                              engine=engine)
