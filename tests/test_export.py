@@ -92,3 +92,26 @@ def test_export_other_opsets_and_refuses_below_16(tmp_path):
         out = ort_session(path).run(None, {"features": np.ones((1, C, 8, 12), np.float32), "rois": boxes(3),
                                            "images": np.ones((1, 3, H, W), np.float32)})[0]
         assert out.shape == (3, 3, H, W)
+
+
+def test_a_checkpoint_is_exported_once_per_process_and_a_rewritten_file_again(tmp_path, stand_in_featext):
+    """HeadSource keeps each export by the file's sha256: the second call returns an equal, separate copy; a new
+    checkpoint written to the same path (other weights) is exported anew."""
+    from helpers_graph import make_checkpoint
+
+    from roiseg.export.head_source import load_head_source
+
+    path = make_checkpoint(tmp_path / "head.pth", stand_in_featext, seed=0)
+    first = load_head_source(path).to_onnx(17)
+    again = load_head_source(path).to_onnx(17)
+    assert again.SerializeToString() == first.SerializeToString()
+    again.graph.ClearField("node")  # a caller's edit does not reach the next copy
+    assert load_head_source(path).to_onnx(17).SerializeToString() == first.SerializeToString()
+    make_checkpoint(path, stand_in_featext, seed=1)
+    other = load_head_source(path).to_onnx(17)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in first.graph.initializer}
+    changed = [i.name for i in other.graph.initializer
+               if i.name in weights and not np.array_equal(onnx.numpy_helper.to_array(i), weights[i.name])]
+    assert changed, "the rewritten checkpoint's weights are exported"
+    at16 = load_head_source(path).to_onnx(16)  # another setting, another export
+    assert [o.version for o in at16.opset_import if o.domain in ("", "ai.onnx")] == [16]

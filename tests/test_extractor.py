@@ -235,3 +235,19 @@ def test_session_device_follows_providers_really_loaded(fake_cuda):
 
     assert prov.session_device(_Session([prov.CPU_EP]), choice) == torch.device("cpu")
     assert prov.session_device(_Session([prov.CUDA_EP, prov.CPU_EP]), choice) == torch.device("cuda", 0)
+
+
+def test_describe_reads_a_rewritten_detector_again(tmp_path):
+    """describe_extractor is kept per process for a file as it is on disk: the same file gives the same info,
+    another detector written to the same path (other channels) gives its own."""
+    from roiseg.synthetic.detector import build_stand_in_detector
+
+    path = tmp_path / "detector.onnx"
+    build_stand_in_detector(path, channels=16, input_hw=(64, 64))
+    first = describe_extractor(path)
+    assert describe_extractor(path) == first and first.channels == 16
+    build_stand_in_detector(path, channels=24, input_hw=(96, 96))
+    second = describe_extractor(path)
+    assert (second.channels, second.input_hw) == (24, (96, 96)) and second.sha256 != first.sha256
+    with pytest.raises(InputError, match="missing.onnx"):
+        describe_extractor(tmp_path / "missing.onnx")

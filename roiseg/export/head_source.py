@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
 
 import onnx
 
@@ -16,6 +16,13 @@ from roiseg.export.wrapper import export_head
 from roiseg.modeling import HeadConfig, MaskHead
 from roiseg.runtime.metadata import KEY_EXTRACTOR, KEY_HEAD_CONFIG, outputs_of
 from roiseg.training.checkpoint import load_head
+
+
+EXPORT_CACHE_SIZE = 8
+"""Exported heads one process keeps (serialized), keyed by the checkpoint file's sha256 and the export
+settings: ``parity-check`` rebuilds the head that ``fuse`` exported, and a process that fuses and then
+checks (the library, the benches, the tests) traces each head once."""
+_EXPORTS: OrderedDict[tuple, bytes] = OrderedDict()
 
 
 def head_config_of(model: onnx.ModelProto, source: str | Path = "head ONNX") -> HeadConfig:
@@ -41,7 +48,9 @@ def head_extractor_of(model: onnx.ModelProto) -> dict | None:
 class HeadSource:
     """A head from a checkpoint (``head`` set) or an exported head ONNX (``onnx`` set).
 
-    ``extractor`` is the extractor info recorded with it (``ExtractorInfo.to_dict()``), if any.
+    ``extractor`` is the extractor info recorded with it (``ExtractorInfo.to_dict()``), if any. ``head``
+    holds the file's weights as loaded: its export is kept per process under the file's ``sha256``
+    (:data:`EXPORT_CACHE_SIZE`), so the weights are not to be changed in place.
     """
 
     path: Path
@@ -81,8 +90,7 @@ class HeadSource:
         the head ONNX converted: it must have been exported with those modes; no raw image input)."""
         modes = output_modes(outputs)
         if self.head is not None:
-            return export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes,
-                               raw_image=raw_image)
+            return self._exported(opset, modes, raw_image)
         assert self.onnx is not None
         if raw_image:
             raise InputError(f"head {self.path}: a raw image input needs the checkpoint (the head ONNX pastes at "
@@ -95,6 +103,20 @@ class HeadSource:
             raise InputError(f"head {self.path} was exported with the outputs {', '.join(present)}, not "
                              f"{', '.join(modes)}; pass the checkpoint to fuse other outputs")
         return convert_opset(self.onnx, opset, f"head {self.path}")
+
+
+    def _exported(self, opset: int, modes: tuple[str, ...], raw_image: bool) -> onnx.ModelProto:
+        """The checkpoint's head exported (:func:`export_head`), once per process for the same file and
+        settings (:data:`EXPORT_CACHE_SIZE`); each call returns its own copy."""
+        key = (self.sha256, opset, modes, raw_image)
+        blob = _EXPORTS.pop(key, None)
+        if blob is None:
+            blob = export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes,
+                               raw_image=raw_image).SerializeToString()
+        _EXPORTS[key] = blob
+        while len(_EXPORTS) > EXPORT_CACHE_SIZE:
+            _EXPORTS.popitem(last=False)
+        return onnx.load_from_string(blob)
 
 
 @translate_graph_errors

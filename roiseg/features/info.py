@@ -8,6 +8,8 @@ graph, never assumed.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -176,9 +178,23 @@ def describe_extractor(
     is missing or unreadable, or a tensor is not in the graph.
     """
     path = Path(path)
+    extras = extra_tensors if isinstance(extra_tensors, str) else tuple(extra_tensors)
+    try:
+        st = path.stat()
+    except OSError:
+        return _describe(str(path), None, feature_tensor, preprocessing, extras)  # load_model names the problem
+    return _describe(str(path), (st.st_mtime_ns, st.st_size, st.st_ino), feature_tensor, preprocessing, extras)
+
+
+@functools.lru_cache(maxsize=16)
+def _describe(path: str, stamp: tuple[int, int, int] | None, feature_tensor: str, preprocessing: Preprocessing,
+              extra_tensors: str | tuple[str, ...]) -> ExtractorInfo:
+    """:func:`describe_extractor`, once per process for a file as it is on disk (``stamp``: its modification
+    time, size and inode; a rewritten file is read again): fuse, parity and training each describe the
+    detector, and reading a large one (trim, shape inference, sha256) takes seconds."""
     model = load_model(path)
-    graph, extras = cut_at_taps(model, path, feature_tensor, extra_tensors)
-    return describe_graph(path, model, graph, feature_tensor, preprocessing, extras)
+    graph, extras = cut_at_taps(model, Path(path), feature_tensor, extra_tensors)
+    return describe_graph(Path(path), model, graph, feature_tensor, preprocessing, extras)
 
 
 def cut_at_taps(model: onnx.ModelProto, path: Path, feature_tensor: str,
