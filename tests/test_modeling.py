@@ -58,6 +58,19 @@ def test_class_softmax_is_torch_softmax_even_for_extreme_logits():
     torch.testing.assert_close(got, F.softmax(logits, dim=1), atol=1e-6, rtol=0)
 
 
+def test_class_ids_are_torch_argmax_with_the_first_class_on_ties():
+    from roiseg.modeling.paste import class_ids
+
+    torch.manual_seed(4)
+    scores = torch.randint(0, 3, (3, 3, 6, 5)).float()  # many ties among three levels
+    scores[0, :, 0, 0] = torch.tensor([1.0, 1.0, 1.0])
+    scores[1, :, 0, 0] = torch.tensor([0.0, 2.0, 2.0])
+    ids = class_ids(scores)
+    assert ids.shape == (3, 6, 5) and ids.dtype == torch.int64
+    assert torch.equal(ids, torch.argmax(scores, dim=1))
+    assert ids[0, 0, 0] == 0 and ids[1, 0, 0] == 1
+
+
 @pytest.mark.parametrize("variant", ["baseline", "detail"])
 def test_head_shapes_and_size_at_reference_channels(variant):
     cfg = HeadConfig(in_channels=1024, stride=8, input_hw=(640, 640), variant=variant)

@@ -93,6 +93,16 @@ def class_softmax(logits: torch.Tensor) -> torch.Tensor:
     return exp / exp.sum(dim=1, keepdim=True)
 
 
+def class_ids(scores: torch.Tensor) -> torch.Tensor:
+    """[N, K, H, W] scores (logits or probabilities) -> [N, H, W] int64 class ids: the first class on ties,
+    as ``torch.argmax(dim=1)`` and ONNX ``ArgMax``.
+
+    ``torch.max(dim=1).indices`` computes the same ids; ``torch.argmax`` over a non-last dim on CPU is
+    ~40x slower (0.38 s per validation batch of 4 ROIs at 416x416, most of a short run's validation).
+    """
+    return torch.max(scores, dim=1).indices
+
+
 def masks_from_logits(pasted_logits: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """[N, K, H, W] pasted logits + [N, 1, H, W] inside mask -> [N, K, H, W] class probabilities.
 

@@ -28,7 +28,7 @@ from roiseg.data.dataset import CocoPersonImages, ImageBatch, SkipCounter
 from roiseg.features.cache import FeatureCache
 from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor
 from roiseg.modeling import MaskHead, build_head, count_parameters
-from roiseg.modeling.paste import masks_from_logits, roi_inside_masks
+from roiseg.modeling.paste import class_ids, masks_from_logits, roi_inside_masks
 from roiseg.training.build import build_datasets, build_extractor, build_loaders, build_loss, build_step_setup
 from roiseg.training.checkpoint import load_checkpoint, prune_checkpoints, record_best, save_checkpoint
 from roiseg.training.config import TrainConfig
@@ -229,7 +229,7 @@ class Trainer:
                 with self.autocast():
                     logits = head.full_logits(feats, rois, batch.batch_idx[sl], batch.images)
                     loss, _ = self.step.loss_fn(logits, targets, inside)
-                pred = masks_from_logits(logits.float(), inside).argmax(dim=1)
+                pred = class_ids(masks_from_logits(logits.float(), inside))
                 metrics.update(pred, targets, batch.areas[sl], inside)
                 loss_sum += torch.tensor([float(loss) * len(rois), len(rois), 0.0], dtype=torch.float64)
         metrics.load_state(all_reduce_sum(metrics.state(), self.ctx))

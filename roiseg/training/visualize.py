@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from roiseg.conventions import TARGET, normalised_rois_to_pixels, read_image
 from roiseg.errors import InputError
+from roiseg.modeling.paste import class_ids
 from roiseg.training.metrics_log import read_metrics
 from roiseg.utils.atomic import atomic_path
 from roiseg.utils.progress import get_logger
@@ -110,7 +111,7 @@ def predictions_to_original(probs: torch.Tensor, orig_hw: tuple[int, int]) -> np
     if probs.shape[0] == 0:
         return np.zeros((0, h0, w0), dtype=bool)
     up = F.interpolate(probs.float(), size=(h0, w0), mode="bilinear", align_corners=False)
-    return (up.argmax(dim=1) == TARGET).cpu().numpy()
+    return (class_ids(up) == TARGET).cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
