@@ -12,6 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROISEG_SHARED", REPO.parent / "shared"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject's addopts run the suite in 2 processes (pytest-xdist)
+    # the workers share the cores: torch/OpenMP threads split between them (read when torch is imported, later)
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 MODEL_EXPORT = os.environ.get("ROISEG_MODEL_EXPORT")
 """CI: where the session's ROI and instance model are copied (``.ci/light_install.sh`` runs them without torch)."""
 
@@ -146,7 +151,9 @@ def instance_model(model_dir, yolox_nano, yolox_checkpoint) -> Path:
 
 def _exported(model: Path, name: str) -> Path:
     """``model``, also copied to ``$ROISEG_MODEL_EXPORT/name`` when that is set."""
-    if MODEL_EXPORT:
+    if MODEL_EXPORT:  # both test processes may export it: copied under a name of its own, then renamed
         Path(MODEL_EXPORT).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model, Path(MODEL_EXPORT) / name)
+        part = Path(MODEL_EXPORT) / f".{name}.{os.getpid()}"
+        shutil.copyfile(model, part)
+        os.replace(part, Path(MODEL_EXPORT) / name)
     return model

@@ -3,6 +3,7 @@ git-ignored folders, progress lines without a terminal, and the README/graph.md 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import subprocess
@@ -87,13 +88,14 @@ def test_predict_default_overlay_goes_to_models(fused, coco_tiny, tmp_path, monk
 # --------------------------------------------------------------------------------------------
 # Progress without a terminal
 # --------------------------------------------------------------------------------------------
-def test_log_progress_writes_periodic_lines(monkeypatch):
+def test_log_progress_writes_periodic_lines(monkeypatch, request):
     lines: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: lines.append(record.getMessage())
     logger = logging.getLogger("roiseg.progress")
     monkeypatch.setattr(logger, "handlers", [handler])
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    request.addfinalizer(functools.partial(logger.setLevel, logger.level))
+    logger.setLevel(logging.INFO)  # setLevel (before and after): it clears the loggers' isEnabledFor caches
     now = [0.0]
     bar = LogProgress(range(10), desc="epoch 1/3", unit="step", interval=10.0, clock=lambda: now[0])
     for _ in bar:
