@@ -104,7 +104,6 @@ class HeadSource:
                              f"{', '.join(modes)}; pass the checkpoint to fuse other outputs")
         return convert_opset(self.onnx, opset, f"head {self.path}")
 
-
     def _exported(self, opset: int, modes: tuple[str, ...], raw_image: bool) -> onnx.ModelProto:
         """The checkpoint's head exported (:func:`export_head`), once per process for the same file and
         settings (:data:`EXPORT_CACHE_SIZE`); each call returns its own copy."""

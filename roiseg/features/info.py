@@ -9,7 +9,6 @@ graph, never assumed.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
