@@ -7,6 +7,7 @@ temporary folder with external data first; the folder lives as long as the sessi
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,21 @@ ProviderSpec = Union[str, tuple[str, dict]]
 Feeds = Mapping[str, np.ndarray]
 DEFAULT_LOG_SEVERITY: int = 3
 """onnxruntime log level of sessions: 3 = errors only (its warnings about unused initializers are noise)."""
+THREADS_ENV: str = "GRAPH_TOOLS_ORT_THREADS"
+"""Environment variable: intra-op threads of every session :func:`create_session` makes (unset or 0:
+onnxruntime's default, one per core). Set it where several processes share the cores (test workers,
+parallel jobs): each default pool spins on every core, and the processes then slow each other down."""
+
+
+def intra_op_threads() -> int:
+    """The intra-op thread count :data:`THREADS_ENV` asks for (0: onnxruntime's default); GraphError when it
+    is not a non-negative integer."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise GraphError(f"{THREADS_ENV}={value!r}: expected a non-negative integer (threads per session)")
+    return int(value)
 
 
 def create_session(
@@ -39,12 +55,14 @@ def create_session(
     ``providers`` default to CPU only. ``what`` names the model in the :class:`GraphError` raised
     when onnxruntime cannot load it (default: the path, or "model"). ``arena=False`` turns off the
     CPU memory arena, so a run's buffers are freed after it (lower peak when runs of very different
-    sizes alternate, e.g. checks; a little slower).
+    sizes alternate, e.g. checks; a little slower). Default ``options`` take their intra-op thread
+    count from :data:`THREADS_ENV`.
     """
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = DEFAULT_LOG_SEVERITY
         options.enable_cpu_mem_arena = arena
+        options.intra_op_num_threads = intra_op_threads()
     tmp = None
     in_memory = not isinstance(model, (str, Path))
     if in_memory:  # a ModelProto (a file path needs no onnx here: running a model does not import it)

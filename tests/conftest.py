@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -14,8 +15,11 @@ SHARED = Path(os.environ.get("ROISEG_SHARED", REPO.parent / "shared"))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject's addopts run the suite in 2 processes (pytest-xdist)
     # the workers share the cores: torch/OpenMP threads split between them (read when torch is imported, later)
+    # and so do onnxruntime's: two workers with a thread per core each, spinning, cost ~25 % more CPU time
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+    _threads = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("GRAPH_TOOLS_ORT_THREADS", _threads)
 
 MODEL_EXPORT = os.environ.get("ROISEG_MODEL_EXPORT")
 """CI: where the session's ROI and instance model are copied (``.ci/light_install.sh`` runs them without torch)."""
@@ -54,31 +58,56 @@ def yolox_nano(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def stand_in_full(tmp_path_factory) -> Path:
     """Full stand-in detector: feature tensor internal, output ``output0``."""
-    from roiseg.synthetic.detector import build_stand_in_detector
-
-    out = tmp_path_factory.mktemp("detector") / "stand_in_full.onnx"
-    return build_stand_in_detector(out, channels=SMALL_CHANNELS, input_hw=SMALL_INPUT_HW, mode="full")
+    return built_once(tmp_path_factory, "stand_in_full", lambda d: _stand_in(d / "stand_in_full.onnx", "full"))
 
 
 @pytest.fixture(scope="session")
 def stand_in_featext(tmp_path_factory) -> Path:
     """Featext-style stand-in: outputs ``output0`` and ``/model.34/Concat_output_0``."""
+    return built_once(tmp_path_factory, "stand_in_featext", lambda d: _stand_in(d / "stand_in_featext.onnx", "featext"))
+
+
+def _stand_in(out: Path, mode: str) -> Path:
     from roiseg.synthetic.detector import build_stand_in_detector
 
-    out = tmp_path_factory.mktemp("detector") / "stand_in_featext.onnx"
-    return build_stand_in_detector(out, channels=SMALL_CHANNELS, input_hw=SMALL_INPUT_HW, mode="featext")
+    return build_stand_in_detector(out, channels=SMALL_CHANNELS, input_hw=SMALL_INPUT_HW, mode=mode)
+
+
+def run_root(tmp_path_factory) -> Path:
+    """The run's temporary folder, shared by its test processes (pytest-N, above the workers' popen-gwK)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(folder)`` once per test run, whichever test process asks first (helpers_graph.built_once)."""
+    import helpers_graph
+
+    return helpers_graph.built_once(run_root(tmp_path_factory), name, build)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_fuses(tmp_path_factory):
+    """helpers_graph.fused_once shares its models between the test processes of this run."""
+    import helpers_graph
+
+    helpers_graph.RUN_ROOT = run_root(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def yolox_trained_head(tmp_path_factory, coco_tiny, yolox_nano) -> Path:
     """``best.pth`` of the default head trained with the defaults for 2 epochs on coco-tiny train
     (37 images) with YOLOX-nano features and its own preprocessing (a trained head, not random
-    weights), validated on coco-tiny val each epoch (``metrics.jsonl`` beside it); shared by every module."""
+    weights), validated on coco-tiny val each epoch (``metrics.jsonl`` beside it); trained once per
+    run and shared by every module and test process (:func:`built_once`)."""
+    return built_once(tmp_path_factory, "yolox_trained", lambda root: _train_yolox_head(root, coco_tiny, yolox_nano))
+
+
+def _train_yolox_head(root: Path, coco_tiny: Path, yolox_nano: Path) -> Path:
     from roiseg.data.prepare import prepare_coco
     from roiseg.training.config import load_config
     from roiseg.training.engine import train
 
-    root = tmp_path_factory.mktemp("yolox_trained")
     for split in ("train2017", "val2017"):
         prepare_coco(coco_tiny / f"annotations/instances_{split}.json", root / "annotations")
     over = {"data.train_ann": str(root / "annotations/instances_train2017_person_only_no_crowd.json"),
@@ -101,52 +130,56 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stand_in_checkpoint(model_dir, stand_in_full) -> Path:
+def stand_in_checkpoint(tmp_path_factory, stand_in_full) -> Path:
     """Random ``detail`` head (seed 0) for the full stand-in detector."""
     from helpers_graph import make_checkpoint
 
-    return make_checkpoint(model_dir / "stand_in.pth", stand_in_full)
+    return built_once(tmp_path_factory, "stand_in_ckpt", lambda d: make_checkpoint(d / "stand_in.pth", stand_in_full))
 
 
 @pytest.fixture(scope="session")
-def featext_checkpoint(model_dir, stand_in_featext) -> Path:
+def featext_checkpoint(tmp_path_factory, stand_in_featext) -> Path:
     """Random ``detail`` head (seed 0) for the featext stand-in detector."""
     from helpers_graph import make_checkpoint
 
-    return make_checkpoint(model_dir / "featext.pth", stand_in_featext)
+    return built_once(tmp_path_factory, "featext_ckpt", lambda d: make_checkpoint(d / "featext.pth", stand_in_featext))
 
 
 @pytest.fixture(scope="session")
-def yolox_checkpoint(model_dir, yolox_nano) -> Path:
+def yolox_checkpoint(tmp_path_factory, yolox_nano) -> Path:
     """Random ``detail`` head on YOLOX-nano's ``input.663``, recorded with YOLOX's own preprocessing (BGR 0..255)."""
     from helpers_graph import YOLOX_PRE, YOLOX_TENSOR, make_checkpoint
 
-    return make_checkpoint(model_dir / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="detail", preprocessing=YOLOX_PRE)
+    return built_once(tmp_path_factory, "yolox_ckpt", lambda d: make_checkpoint(
+        d / "yolox.pth", yolox_nano, YOLOX_TENSOR, variant="detail", preprocessing=YOLOX_PRE))
 
 
 @pytest.fixture(scope="session")
-def yolox_baseline_checkpoint(model_dir, yolox_nano) -> Path:
+def yolox_baseline_checkpoint(tmp_path_factory, yolox_nano) -> Path:
     """Random ``baseline`` head on YOLOX-nano's ``input.663`` (default preprocessing)."""
     from helpers_graph import YOLOX_TENSOR, make_checkpoint
 
-    return make_checkpoint(model_dir / "yolox_baseline.pth", yolox_nano, YOLOX_TENSOR, variant="baseline")
+    return built_once(tmp_path_factory, "yolox_baseline_ckpt", lambda d: make_checkpoint(
+        d / "yolox_baseline.pth", yolox_nano, YOLOX_TENSOR, variant="baseline"))
 
 
 @pytest.fixture(scope="session")
-def roi_model(model_dir, stand_in_featext, featext_checkpoint) -> Path:
-    """Unsimplified ROI model: featext stand-in + :func:`featext_checkpoint`."""
+def roi_model(tmp_path_factory, stand_in_featext, featext_checkpoint) -> Path:
+    """Unsimplified ROI model: featext stand-in + :func:`featext_checkpoint` (fused once per run: fused_once)."""
     from helpers_graph import fused_once
 
-    return _exported(fused_once(model_dir, stand_in_featext, featext_checkpoint, simplify=False), "roi_model.onnx")
+    return _exported(fused_once(tmp_path_factory.mktemp("roi_model"), stand_in_featext, featext_checkpoint,
+                                simplify=False), "roi_model.onnx")
 
 
 @pytest.fixture(scope="session")
-def instance_model(model_dir, yolox_nano, yolox_checkpoint) -> Path:
+def instance_model(tmp_path_factory, yolox_nano, yolox_checkpoint) -> Path:
     """Unsimplified YOLOX-nano instance model (tensor input) with :func:`yolox_checkpoint`."""
     from roiseg.export.instances import fuse_instances
 
-    out = fuse_instances(yolox_nano, yolox_checkpoint, model_dir / "yolox_instances.onnx", simplify=False).out
-    return _exported(out, "instance_model.onnx")
+    model = built_once(tmp_path_factory, "instance_model", lambda d: fuse_instances(
+        yolox_nano, yolox_checkpoint, d / "yolox_instances.onnx", simplify=False).out)
+    return _exported(model, "instance_model.onnx")
 
 
 def _exported(model: Path, name: str) -> Path:
@@ -157,3 +190,4 @@ def _exported(model: Path, name: str) -> Path:
         shutil.copyfile(model, part)
         os.replace(part, Path(MODEL_EXPORT) / name)
     return model
+

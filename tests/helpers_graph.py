@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -53,18 +57,46 @@ def make_checkpoint(
     return save_checkpoint(path, state)
 
 
+RUN_ROOT: Path | None = None
+"""The test run's temporary folder, shared by its processes (pytest-xdist workers); set by conftest.py."""
+
+
+def built_once(root: Path, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(folder)`` once per test run, in whichever test process asks first (``root``: the run's
+    folder); the other processes wait for it and get the same file."""
+    folder = root / f"built-{name}"
+    done = folder / ".built"
+    with open(root / f"built-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                done.write_text(str(build(folder).relative_to(folder)))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder / done.read_text()
+
+
 _FUSED: dict[tuple, Path] = {}
 
 
 def fused_once(root: Path, detector: Path, checkpoint: Path, simplify: bool = True, **kwargs) -> Path:
     """``roiseg.export.fuse.fuse`` (into ``root`` the first time), memoised per detector, checkpoint and
-    options for the whole test session: modules that share a checkpoint fixture share the model."""
+    options for the whole test run: modules, and test processes, that share a checkpoint share the model
+    (:func:`built_once` under :data:`RUN_ROOT`; a per-test checkpoint path is a key of its own)."""
     from roiseg.export.fuse import fuse
 
     key = (str(detector), str(checkpoint), simplify, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
-    if key not in _FUSED or not _FUSED[key].is_file():
-        out = Path(root) / f"fused_{len(_FUSED)}.onnx"
-        _FUSED[key] = fuse(detector, checkpoint, out=out, simplify=simplify, **kwargs).out
+    if key in _FUSED and _FUSED[key].is_file():
+        return _FUSED[key]
+    if RUN_ROOT is None:
+        _FUSED[key] = fuse(detector, checkpoint, out=Path(root) / f"fused_{len(_FUSED)}.onnx", simplify=simplify,
+                           **kwargs).out
+    else:
+        name = "fused-" + hashlib.sha1(repr(key).encode()).hexdigest()[:16]
+        _FUSED[key] = built_once(RUN_ROOT, name, lambda folder: fuse(detector, checkpoint, out=folder / "fused.onnx",
+                                                                     simplify=simplify, **kwargs).out)
     return _FUSED[key]
 
 

@@ -169,7 +169,7 @@ def test_predict_and_evaluate_take_every_output_mode(mode, work, stand_in_full, 
 
 @pytest.mark.slow
 def test_a_compact_raw_float16_instance_model_runs_through_every_command(yolox_nano, yolox_checkpoint, coco_tiny,
-                                                                           tmp_path):
+                                                                           instance_model, tmp_path):
     """The hardest cell of the matrix: YOLOX-nano instance model, labels + target outputs only, raw-image
     input, float16: predict, evaluate and parity-check take it, and agree with the probs model."""
     from roiseg.evaluation.instances import evaluate_instances
@@ -178,10 +178,9 @@ def test_a_compact_raw_float16_instance_model_runs_through_every_command(yolox_n
     from roiseg.runtime.session import FusedSession
 
     photo = coco_tiny / "images/val2017/000000184324.jpg"
-    common = {"simplify": False, "check_images": [photo]}
     compact = fuse_instances(yolox_nano, yolox_checkpoint, tmp_path / "compact.onnx", outputs=("labels", "target"),
-                             image_input="raw", fp16=True, **common).out
-    full = fuse_instances(yolox_nano, yolox_checkpoint, tmp_path / "full.onnx", **common).out
+                             image_input="raw", fp16=True, simplify=False, check_images=[photo]).out
+    full = instance_model  # the probs instance model of the same checkpoint, tensor input, float32
     got, written = predict_instances(compact, photo, out=tmp_path / "persons.png", device="cpu")
     want, _ = predict_instances(full, photo, device="cpu")
     assert written and len(got.scores) == len(want.scores) > 0
