@@ -27,8 +27,8 @@ Feeds = Mapping[str, np.ndarray]
 DEFAULT_LOG_SEVERITY: int = 3
 """onnxruntime log level of sessions: 3 = errors only (its warnings about unused initializers are noise)."""
 THREADS_ENV: str = "GRAPH_TOOLS_ORT_THREADS"
-"""Environment variable: intra-op threads of every session :func:`create_session` makes (unset or 0:
-onnxruntime's default, one per core). Set it where several processes share the cores (test workers,
+"""Environment variable: intra-op threads of every session :func:`create_session` makes, and of
+:func:`create_openvino_session`'s on the CPU (unset or 0: the engine's default, one per core). Set it where several processes share the cores (test workers,
 parallel jobs): each default pool spins on every core, and the processes then slow each other down."""
 
 
@@ -143,7 +143,8 @@ def create_openvino_session(model: onnx.ModelProto | str | Path, device: str = "
 
     ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT``: ``f32`` by default, because OpenVINO
     otherwise picks bf16 on CPUs with bf16 support (AMX, AVX512_BF16) and f16 on GPUs, which moves
-    results far more than float32 rounding; ``None`` leaves OpenVINO's choice.
+    results far more than float32 rounding; ``None`` leaves OpenVINO's choice. On the CPU its thread
+    count comes from :data:`THREADS_ENV` (``INFERENCE_NUM_THREADS``).
     """
     try:
         import openvino as ov
@@ -151,6 +152,8 @@ def create_openvino_session(model: onnx.ModelProto | str | Path, device: str = "
         raise GraphError("OpenVINO is not installed (it is an optional dependency: the 'openvino' "
                          "dependency group)") from exc
     config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    if intra_op_threads() and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = str(intra_op_threads())
     import onnx
 
     from graph_tools.io import needs_external_data, save_model

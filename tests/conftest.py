@@ -15,7 +15,8 @@ SHARED = Path(os.environ.get("ROISEG_SHARED", REPO.parent / "shared"))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject's addopts run the suite in 2 processes (pytest-xdist)
     # the workers share the cores: torch/OpenMP threads split between them (read when torch is imported, later)
-    # and so do onnxruntime's: two workers with a thread per core each, spinning, cost ~25 % more CPU time
+    # and so do onnxruntime's and OpenVINO's (graph_tools.session.THREADS_ENV): two workers with a spinning
+    # thread per core each cost ~25 % more CPU time
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     _threads = str(max(1, (os.cpu_count() or 1) // _workers))
     os.environ.setdefault("OMP_NUM_THREADS", _threads)

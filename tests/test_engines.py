@@ -68,7 +68,7 @@ def test_openvino_session_forces_f32():
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
     sess = gt.create_openvino_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    assert sess.config == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert sess.config["INFERENCE_PRECISION_HINT"] == "f32"
     assert sess.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
     assert sess.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
 

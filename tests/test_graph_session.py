@@ -1,4 +1,4 @@
-"""graph_tools.create_session: the intra-op thread count from GRAPH_TOOLS_ORT_THREADS (processes sharing cores)."""
+"""graph_tools sessions (onnxruntime, OpenVINO): the thread count from GRAPH_TOOLS_ORT_THREADS (processes sharing cores)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def test_sessions_take_their_thread_count_from_the_environment(monkeypatch):
     monkeypatch.setenv(THREADS_ENV, "two")
     with pytest.raises(GraphError, match=f"{THREADS_ENV}='two'"):
         gt.create_session(model)
+
+
+def test_openvino_sessions_take_their_thread_count_from_the_environment(monkeypatch):
+    import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
+
+    model = _model()
+    monkeypatch.setenv(THREADS_ENV, "1")
+    session = gt.create_openvino_session(model)
+    assert int(session.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    np.testing.assert_array_equal(session.run(None, {"x": np.float32([1, 2])})[0], [2.0, 6.0])
+    monkeypatch.delenv(THREADS_ENV)
+    assert "INFERENCE_NUM_THREADS" not in gt.create_openvino_session(model).config
