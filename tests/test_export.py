@@ -115,3 +115,29 @@ def test_a_checkpoint_is_exported_once_per_process_and_a_rewritten_file_again(tm
     assert changed, "the rewritten checkpoint's weights are exported"
     at16 = load_head_source(path).to_onnx(16)  # another setting, another export
     assert [o.version for o in at16.opset_import if o.domain in ("", "ai.onnx")] == [16]
+
+
+def test_a_detector_is_trimmed_once_per_process_and_a_rewritten_file_again(tmp_path, caplog):
+    """build_fused keeps the trimmed detector by file, tensors and opset: the second build of the same
+    detector file does not trim it again and gets its own copy; the file rewritten (other channels) is trimmed anew."""
+    import logging
+
+    from helpers_graph import make_checkpoint
+
+    from graph_tools import tensor_shapes
+    from roiseg.export.fuse import build_fused
+    from roiseg.synthetic.detector import build_stand_in_detector
+
+    tensor = "/model.34/Concat_output_0"
+    detector = build_stand_in_detector(tmp_path / "detector.onnx", channels=16, input_hw=(64, 64))
+    head = make_checkpoint(tmp_path / "head.pth", detector)
+    caplog.set_level(logging.INFO, logger="roiseg.export.fuse")
+    first, again = build_fused(detector, head), build_fused(detector, head)
+    assert sum("trimming detector.onnx" in r.getMessage() for r in caplog.records) == 1
+    assert again.detector.SerializeToString() == first.detector.SerializeToString()
+    again.detector.graph.ClearField("node")  # a caller's edit does not reach the next copy
+    assert build_fused(detector, head).detector.SerializeToString() == first.detector.SerializeToString()
+    build_stand_in_detector(detector, channels=32, input_hw=(64, 64))
+    rewritten = build_fused(detector, make_checkpoint(tmp_path / "head32.pth", detector))
+    assert sum("trimming detector.onnx" in r.getMessage() for r in caplog.records) == 2
+    assert tensor_shapes(rewritten.detector)[tensor][1] == 32 and tensor_shapes(first.detector)[tensor][1] == 16

@@ -13,6 +13,7 @@ The one build pipeline; ``parity-check`` checks the very model these steps produ
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +40,7 @@ from roiseg.features.compat import check_head_features
 from roiseg.features.extractor import ExtractorInfo, describe_extractor
 from roiseg.runtime.metadata import FusedMetadata, detector_props, write_metadata
 from roiseg.utils.atomic import ensure_writable_dir
+from roiseg.utils.files import file_stamp
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -120,15 +122,33 @@ def _described(path: Path, source: HeadSource, options: FuseOptions) -> tuple[st
     return tensor, info, warnings
 
 
+TRIM_CACHE_SIZE: int = 4
+"""Trimmed detectors kept per process (serialized), by file, tensors and opset: ``fuse`` and the
+``parity-check`` that rebuilds its reference, or several fuses of one detector, trim it once."""
+_TRIMS: OrderedDict[tuple, tuple[bytes, int]] = OrderedDict()
+
+
 def _trimmed(original: onnx.ModelProto, path: Path, tensors: Sequence[str], source: HeadSource,
              opset: int | None) -> tuple[onnx.ModelProto, int]:
     """The detector cut at ``tensors`` and its opset brought to ``opset`` (default: the higher of the
-    detector's and the head's, at least ``MIN_HEAD_OPSET``)."""
+    detector's and the head's, at least ``MIN_HEAD_OPSET``); the caller's own copy of a cached result
+    when ``path`` is unchanged on disk since (:data:`TRIM_CACHE_SIZE`)."""
+    head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
+    stamp = file_stamp(path)
+    key = (str(path.resolve()), stamp, tuple(tensors), opset, head_opset)
+    if stamp is not None and key in _TRIMS:
+        _TRIMS.move_to_end(key)
+        data, target = _TRIMS[key]
+        return onnx.load_from_string(data), target
     LOG.info("trimming %s at %s", path.name, ", ".join(tensors))
     trimmed = gt.trim_at_tensor(original, list(tensors))
-    head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
-    return gt.convert_opset(trimmed, target, f"detector {path}"), target
+    converted = gt.convert_opset(trimmed, target, f"detector {path}")
+    if stamp is not None and not gt.needs_external_data(converted):  # over 2 GB: not serializable in memory
+        _TRIMS[key] = (converted.SerializeToString(), target)
+        while len(_TRIMS) > TRIM_CACHE_SIZE:
+            _TRIMS.popitem(last=False)
+    return converted, target
 
 
 @translate_graph_errors

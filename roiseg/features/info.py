@@ -23,6 +23,7 @@ from graph_tools import (
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR, DEFAULT_PREPROCESSING, Preprocessing
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.features.taps import resolve_extra_tensors
+from roiseg.utils.files import Stamp, file_stamp
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -178,15 +179,12 @@ def describe_extractor(
     """
     path = Path(path)
     extras = extra_tensors if isinstance(extra_tensors, str) else tuple(extra_tensors)
-    try:
-        st = path.stat()
-    except OSError:
-        return _describe(str(path), None, feature_tensor, preprocessing, extras)  # load_model names the problem
-    return _describe(str(path), (st.st_mtime_ns, st.st_size, st.st_ino), feature_tensor, preprocessing, extras)
+    # no stamp (unreadable): load_model names the problem
+    return _describe(str(path), file_stamp(path), feature_tensor, preprocessing, extras)
 
 
 @functools.lru_cache(maxsize=16)
-def _describe(path: str, stamp: tuple[int, int, int] | None, feature_tensor: str, preprocessing: Preprocessing,
+def _describe(path: str, stamp: Stamp | None, feature_tensor: str, preprocessing: Preprocessing,
               extra_tensors: str | tuple[str, ...]) -> ExtractorInfo:
     """:func:`describe_extractor`, once per process for a file as it is on disk (``stamp``: its modification
     time, size and inode; a rewritten file is read again): fuse, parity and training each describe the
