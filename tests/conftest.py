@@ -30,6 +30,22 @@ SMALL_CHANNELS = 32
 SMALL_INPUT_HW = (128, 128)
 
 
+LONGEST_FIRST: tuple[str, ...] = (
+    "test_model_matrix.py", "test_instances.py", "test_head_v3.py", "test_fuse_cli.py", "test_query_head.py",
+    "test_output_modes.py", "test_parity.py", "test_ddp.py", "test_int8.py", "test_resume.py", "test_raw_input.py",
+    "test_demo.py", "test_export.py", "test_engines.py", "test_splice.py", "test_predict.py",
+)
+"""The longest modules, longest first (their summed durations, docs/performance.md "Test suite"): with
+``--dist loadfile`` a free worker takes the next module, so the long ones start first and the short ones
+fill the end (longest-processing-time-first). test_int8 comes after test_head_v3, whose trained head it
+would otherwise wait for."""
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _keep_the_default_malloc_policy(monkeypatch):
     """``parity-check`` fixes glibc's mmap threshold for its whole process (roiseg.utils.memory), for

@@ -145,3 +145,13 @@ def test_no_file_over_400_lines_and_no_function_over_60(limit_lines, limit_funct
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit_function
     ]
     assert long_files == [] and long_funcs == []
+
+
+def test_the_longest_first_order_names_test_modules_that_exist():
+    """conftest.LONGEST_FIRST orders the modules for the two test processes; a renamed module would drop out of it
+    silently and run at its alphabetical place (the suite's wall time, docs/performance.md)."""
+    from conftest import LONGEST_FIRST
+
+    tests = Path(__file__).resolve().parent
+    missing = [name for name in LONGEST_FIRST if not (tests / name).is_file()]
+    assert not missing and len(set(LONGEST_FIRST)) == len(LONGEST_FIRST), missing
