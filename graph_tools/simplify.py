@@ -11,8 +11,10 @@ unsimplified model is kept and a warning says why.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -116,6 +118,23 @@ def _try_simplifier(name: str, run, model: onnx.ModelProto, feeds: Sequence[Feed
     return SimplifyResult(simplified, True, before, after, err, note, name)
 
 
+SIMPLIFY_CACHE_SIZE: int = 4
+"""Results kept per process (the model serialized), by the model's and the feeds' bytes, ``atol`` and the
+simplifier functions: exporting one model several ways in one process (float32, float16, int8)
+simplifies and verifies it once."""
+_RESULTS: OrderedDict[tuple, tuple[bytes, SimplifyResult]] = OrderedDict()
+
+
+def _cache_key(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: float, simplifiers: Sequence[str]) -> tuple:
+    digest = hashlib.sha256(model.SerializeToString())
+    for feed in feeds:
+        for name in sorted(feed):
+            value = np.ascontiguousarray(feed[name])
+            digest.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest(), float(atol), tuple((name, SIMPLIFIERS[name]) for name in simplifiers)
+
+
 def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: float = SIMPLIFY_ATOL,
                       simplifiers: Sequence[str] = tuple(SIMPLIFIERS)) -> SimplifyResult:
     """Simplify ``model`` and verify it on ``feeds`` (each a ``{input name: array}`` dict).
@@ -123,9 +142,9 @@ def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: floa
     Each of ``simplifiers`` (names of :data:`SIMPLIFIERS`, in order) is tried until one's result
     passes ``onnx.checker`` and matches the unsimplified model within ``atol`` on every output of
     every feed; that result is returned. When none does, the unsimplified model, with a warning
-    logged and every reason in :attr:`SimplifyResult.note`.
+    logged and every reason in :attr:`SimplifyResult.note`. The same model, feeds and simplifiers
+    again in this process: the earlier result, as the caller's own copy (:data:`SIMPLIFY_CACHE_SIZE`).
     """
-    before = len(model.graph.node)
     if not feeds:
         raise ValueError("simplify_verified needs at least one feed to verify the result on")
     unknown = [s for s in simplifiers if s not in SIMPLIFIERS]
@@ -134,7 +153,27 @@ def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: floa
     if needs_external_data(model):
         note = "the model is over 2 GB; the simplifiers work on in-memory protobufs only"
         LOG.warning("keeping the unsimplified model: %s", note)
-        return SimplifyResult(model, False, before, None, None, note)
+        return SimplifyResult(model, False, len(model.graph.node), None, None, note)
+    key = _cache_key(model, feeds, atol, simplifiers)
+    if key in _RESULTS:
+        _RESULTS.move_to_end(key)
+        data, result = _RESULTS[key]
+        if result.simplified:
+            LOG.info("%s (the same model simplified and verified earlier in this process)", result.note)
+        else:
+            LOG.warning("keeping the unsimplified model: %s (found earlier in this process)", result.note)
+        return replace(result, model=onnx.load_from_string(data))
+    result = _simplify_and_verify(model, feeds, atol, simplifiers)
+    _RESULTS[key] = (result.model.SerializeToString(), replace(result, model=onnx.ModelProto()))
+    while len(_RESULTS) > SIMPLIFY_CACHE_SIZE:
+        _RESULTS.popitem(last=False)
+    return result
+
+
+def _simplify_and_verify(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: float,
+                         simplifiers: Sequence[str]) -> SimplifyResult:
+    """:func:`simplify_verified` without the cache."""
+    before = len(model.graph.node)
     reference = run_feeds(create_session(model), feeds)
     failed: list[SimplifyResult] = []
     for name in simplifiers:

@@ -58,3 +58,26 @@ def test_onnxsim_is_the_fallback_when_onnxslim_fails_or_differs(unsimplified, fe
 def test_unknown_simplifier_is_a_programming_error(unsimplified, feeds):
     with pytest.raises(ValueError, match="unknown simplifier 'slim'"):
         simplify_verified(unsimplified, feeds, simplifiers=("slim",))
+
+
+def test_the_same_model_and_feeds_are_simplified_once_per_process(unsimplified, feeds, monkeypatch):
+    """Exporting one model several ways (float32, float16, int8) simplifies it once: the earlier result, as the
+    caller's own copy; other feeds, or another simplifier function under the same name, run again."""
+    calls = []
+
+    def counted(model):
+        calls.append(1)
+        return simplify.run_onnxslim(model)
+
+    monkeypatch.setitem(simplify.SIMPLIFIERS, "onnxslim", counted)
+    first = simplify_verified(unsimplified, feeds)
+    again = simplify_verified(unsimplified, feeds)
+    assert len(calls) == 1 and again.note == first.note and again.tool == "onnxslim"
+    assert again.model.SerializeToString() == first.model.SerializeToString()
+    again.model.graph.ClearField("node")  # a caller's edit does not reach the next copy
+    assert simplify_verified(unsimplified, feeds).model.SerializeToString() == first.model.SerializeToString()
+    other = [dict(feeds[0], images=feeds[0]["images"] * 0.5), *feeds[1:]]
+    assert simplify_verified(unsimplified, other).simplified and len(calls) == 2
+    monkeypatch.setitem(simplify.SIMPLIFIERS, "onnxslim", lambda model: (_ for _ in ()).throw(RuntimeError("broken")))
+    fallback = simplify_verified(unsimplified, feeds)
+    assert fallback.tool == "onnxsim" and "onnxslim failed: RuntimeError: broken" in fallback.note
