@@ -67,7 +67,8 @@ def test_fused_query_head_runs_any_roi_count_and_passes_parity(which, stand_in_f
 
     detector, tensor = (stand_in_full, "/model.34/Concat_output_0") if which == "stand_in" else (yolox_nano, YOLOX_TENSOR)
     ckpt = _query_checkpoint(tmp_path / "query.pth", detector, tensor)
-    fused = fuse(detector, ckpt, out=tmp_path / "fused.onnx").out
+    # YOLOX-nano's simplified query-head fuse is test_head_v3's (a trained head); here the graph as exported
+    fused = fuse(detector, ckpt, out=tmp_path / "fused.onnx", simplify=which == "stand_in").out
     model = load_model(fused)
     assert [vi.name for vi in model.graph.input] == ["images", "rois"] and len(nodes_of_type(model, "RoiAlign")) >= 2
     assert not [n for n in model.graph.node if n.domain not in ("", "ai.onnx")]  # standard ops only
