@@ -4,7 +4,8 @@ Load and save (atomic, external data past 2 GB), inspect (shapes, nearest tensor
 trim a model at tensors, make a batch dimension dynamic, convert opsets and reconcile IR versions,
 float16 compute with a block list,
 splice two models (and feed an input from inside the model: ``loop_back``), hand-written graphs
-(``GraphBuilder``), common subexpression elimination (``merge_duplicate_nodes``), simplify with verification, one onnxruntime session factory, and streaming
+(``GraphBuilder``), common subexpression elimination (``merge_duplicate_nodes``), simplify with verification, a per-process model cache
+(``ModelCache``), one onnxruntime session factory, and streaming
 error statistics for parity checks. It knows nothing of the application that uses it: tensor
 names are parameters, errors are :class:`GraphError`, logs go to the ``graph_tools`` logger.
 
@@ -20,6 +21,7 @@ from typing import Any
 _WHERE: dict[str, str] = {
     **dict.fromkeys(('batch_consistent', 'make_batch_dynamic'), "batch"),
     **dict.fromkeys(('GraphBuilder', 'value_info'), "build"),
+    **dict.fromkeys(('ModelCache',), "cache"),
     **dict.fromkeys(('DedupeReport', 'merge_duplicate_nodes'), "dedupe"),
     **dict.fromkeys(('GraphError',), "errors"),
     **dict.fromkeys(('Float16Report', 'convert_float16'), "float16"),

@@ -29,7 +29,8 @@ DEFAULT_LOG_SEVERITY: int = 3
 THREADS_ENV: str = "GRAPH_TOOLS_ORT_THREADS"
 """Environment variable: intra-op threads of every session :func:`create_session` makes, and of
 :func:`create_openvino_session`'s on the CPU (unset or 0: the engine's default, one per core). Set it where several processes share the cores (test workers,
-parallel jobs): each default pool spins on every core, and the processes then slow each other down."""
+parallel jobs): each default pool spins on every core, and the processes then slow each other down. Not
+applied to ``options`` a caller passes, nor to OpenVINO devices other than ``"CPU"``."""
 
 
 def intra_op_threads() -> int:
@@ -38,7 +39,7 @@ def intra_op_threads() -> int:
     value = os.environ.get(THREADS_ENV, "").strip()
     if not value:
         return 0
-    if not value.isdigit():
+    if not value.isdecimal() or not value.isascii():
         raise GraphError(f"{THREADS_ENV}={value!r}: expected a non-negative integer (threads per session)")
     return int(value)
 
@@ -152,8 +153,9 @@ def create_openvino_session(model: onnx.ModelProto | str | Path, device: str = "
         raise GraphError("OpenVINO is not installed (it is an optional dependency: the 'openvino' "
                          "dependency group)") from exc
     config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-    if intra_op_threads() and device == "CPU":
-        config["INFERENCE_NUM_THREADS"] = str(intra_op_threads())
+    threads = intra_op_threads()
+    if threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = str(threads)
     import onnx
 
     from graph_tools.io import needs_external_data, save_model

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import onnx
 
+from graph_tools.cache import ModelCache
 from graph_tools.io import needs_external_data
 from graph_tools.log import get_logger
 from graph_tools.session import Feeds, create_session, run_feeds
@@ -122,7 +122,7 @@ SIMPLIFY_CACHE_SIZE: int = 4
 """Results kept per process (the model serialized), by the model's and the feeds' bytes, ``atol`` and the
 simplifier functions: exporting one model several ways in one process (float32, float16, int8)
 simplifies and verifies it once."""
-_RESULTS: OrderedDict[tuple, tuple[bytes, SimplifyResult]] = OrderedDict()
+_RESULTS = ModelCache(SIMPLIFY_CACHE_SIZE)
 
 
 def _cache_key(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: float, simplifiers: Sequence[str]) -> tuple:
@@ -155,18 +155,16 @@ def simplify_verified(model: onnx.ModelProto, feeds: Sequence[Feeds], atol: floa
         LOG.warning("keeping the unsimplified model: %s", note)
         return SimplifyResult(model, False, len(model.graph.node), None, None, note)
     key = _cache_key(model, feeds, atol, simplifiers)
-    if key in _RESULTS:
-        _RESULTS.move_to_end(key)
-        data, result = _RESULTS[key]
+    kept = _RESULTS.get(key)
+    if kept is not None:
+        copy, result = kept
         if result.simplified:
             LOG.info("%s (the same model simplified and verified earlier in this process)", result.note)
         else:
             LOG.warning("keeping the unsimplified model: %s (found earlier in this process)", result.note)
-        return replace(result, model=onnx.load_from_string(data))
+        return replace(result, model=copy)
     result = _simplify_and_verify(model, feeds, atol, simplifiers)
-    _RESULTS[key] = (result.model.SerializeToString(), replace(result, model=onnx.ModelProto()))
-    while len(_RESULTS) > SIMPLIFY_CACHE_SIZE:
-        _RESULTS.popitem(last=False)
+    _RESULTS.put(key, result.model, replace(result, model=onnx.ModelProto()))
     return result
 
 

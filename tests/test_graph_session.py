@@ -26,9 +26,10 @@ def test_sessions_take_their_thread_count_from_the_environment(monkeypatch):
     np.testing.assert_array_equal(session.run(None, {"x": np.float32([1, 2])})[0], [2.0, 6.0])
     monkeypatch.delenv(THREADS_ENV)
     assert gt.create_session(model).get_session_options().intra_op_num_threads == 0  # onnxruntime's default
-    monkeypatch.setenv(THREADS_ENV, "two")
-    with pytest.raises(GraphError, match=f"{THREADS_ENV}='two'"):
-        gt.create_session(model)
+    for bad in ("two", "\u00b2", "-1"):  # "²" passes str.isdigit() but not int()
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(GraphError, match=THREADS_ENV):
+            gt.create_session(model)
 
 
 def test_openvino_sessions_take_their_thread_count_from_the_environment(monkeypatch):

@@ -13,7 +13,6 @@ The one build pipeline; ``parity-check`` checks the very model these steps produ
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -123,31 +122,29 @@ def _described(path: Path, source: HeadSource, options: FuseOptions) -> tuple[st
 
 
 TRIM_CACHE_SIZE: int = 4
-"""Trimmed detectors kept per process (serialized), by file, tensors and opset: ``fuse`` and the
-``parity-check`` that rebuilds its reference, or several fuses of one detector, trim it once."""
-_TRIMS: OrderedDict[tuple, tuple[bytes, int]] = OrderedDict()
+"""Trimmed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp (mtime,
+size, inode: a file rewritten in place within one mtime tick at the same size, or only its external data
+rewritten, is not seen), tensors and opset: ``fuse`` and the ``parity-check`` that rebuilds its reference, or
+several fuses of one detector, trim it once."""
+_TRIMS = gt.ModelCache(TRIM_CACHE_SIZE)
 
 
-def _trimmed(original: onnx.ModelProto, path: Path, tensors: Sequence[str], source: HeadSource,
+def _trimmed(original: onnx.ModelProto, path: Path, stamp: tuple | None, tensors: Sequence[str], source: HeadSource,
              opset: int | None) -> tuple[onnx.ModelProto, int]:
     """The detector cut at ``tensors`` and its opset brought to ``opset`` (default: the higher of the
     detector's and the head's, at least ``MIN_HEAD_OPSET``); the caller's own copy of a cached result
-    when ``path`` is unchanged on disk since (:data:`TRIM_CACHE_SIZE`)."""
+    when ``path`` had the same ``stamp`` (taken before ``original`` was read) then (:data:`TRIM_CACHE_SIZE`)."""
     head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
-    stamp = file_stamp(path)
     key = (str(path.resolve()), stamp, tuple(tensors), opset, head_opset)
-    if stamp is not None and key in _TRIMS:
-        _TRIMS.move_to_end(key)
-        data, target = _TRIMS[key]
-        return onnx.load_from_string(data), target
+    kept = _TRIMS.get(key) if stamp is not None else None
+    if kept is not None:
+        return kept
     LOG.info("trimming %s at %s", path.name, ", ".join(tensors))
     trimmed = gt.trim_at_tensor(original, list(tensors))
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
     converted = gt.convert_opset(trimmed, target, f"detector {path}")
-    if stamp is not None and not gt.needs_external_data(converted):  # over 2 GB: not serializable in memory
-        _TRIMS[key] = (converted.SerializeToString(), target)
-        while len(_TRIMS) > TRIM_CACHE_SIZE:
-            _TRIMS.popitem(last=False)
+    if stamp is not None:
+        _TRIMS.put(key, converted, target)
     return converted, target
 
 
@@ -173,9 +170,10 @@ def build_fused(detector: str | Path, head: str | Path | HeadSource, options: Fu
     path = Path(detector)
     tensor, info, warnings = _described(path, source, options)
     extras = source.extra_tensors
+    stamp = file_stamp(path)  # before reading: a file replaced meanwhile is not cached under its new stamp
     original = gt.load_model(path)
     keep = [t for t in keep_tensors if t not in (tensor, *extras)]
-    trimmed, target = _trimmed(original, path, [tensor, *extras, *keep], source, options.opset)
+    trimmed, target = _trimmed(original, path, stamp, [tensor, *extras, *keep], source, options.opset)
     LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
     head_onnx = source.to_onnx(target, modes, raw)
     first = trimmed

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from graph_tools import convert_opset, file_sha256, load_model, read_props
+from graph_tools import ModelCache, convert_opset, file_sha256, load_model, read_props
 from roiseg.conventions import DEFAULT_OUTPUTS, DEFAULT_PREPROCESSING, HEAD_ONNX_SUFFIX, Preprocessing, output_modes
 from roiseg.errors import InputError, translate_graph_errors
 from roiseg.export.wrapper import export_head
@@ -22,7 +21,7 @@ EXPORT_CACHE_SIZE = 8
 """Exported heads one process keeps (serialized), keyed by the checkpoint file's sha256 and the export
 settings: ``parity-check`` rebuilds the head that ``fuse`` exported, and a process that fuses and then
 checks (the library, the benches, the tests) traces each head once."""
-_EXPORTS: OrderedDict[tuple, bytes] = OrderedDict()
+_EXPORTS = ModelCache(EXPORT_CACHE_SIZE)
 
 
 def head_config_of(model: onnx.ModelProto, source: str | Path = "head ONNX") -> HeadConfig:
@@ -108,14 +107,13 @@ class HeadSource:
         """The checkpoint's head exported (:func:`export_head`), once per process for the same file and
         settings (:data:`EXPORT_CACHE_SIZE`); each call returns its own copy."""
         key = (self.sha256, opset, modes, raw_image)
-        blob = _EXPORTS.pop(key, None)
-        if blob is None:
-            blob = export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes,
-                               raw_image=raw_image).SerializeToString()
-        _EXPORTS[key] = blob
-        while len(_EXPORTS) > EXPORT_CACHE_SIZE:
-            _EXPORTS.popitem(last=False)
-        return onnx.load_from_string(blob)
+        kept = _EXPORTS.get(key)
+        if kept is not None:
+            return kept[0]
+        exported = export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes,
+                               raw_image=raw_image)
+        _EXPORTS.put(key, exported)
+        return exported
 
 
 @translate_graph_errors
