@@ -129,23 +129,28 @@ several fuses of one detector, trim it once."""
 _TRIMS = gt.ModelCache(TRIM_CACHE_SIZE)
 
 
-def _trimmed(original: onnx.ModelProto, path: Path, stamp: tuple | None, tensors: Sequence[str], source: HeadSource,
-             opset: int | None) -> tuple[onnx.ModelProto, int]:
-    """The detector cut at ``tensors`` and its opset brought to ``opset`` (default: the higher of the
-    detector's and the head's, at least ``MIN_HEAD_OPSET``); the caller's own copy of a cached result
-    when ``path`` had the same ``stamp`` (taken before ``original`` was read) then (:data:`TRIM_CACHE_SIZE`)."""
+def _trimmed(path: Path, stamp: tuple | None, tensors: Sequence[str], source: HeadSource,
+             opset: int | None) -> tuple[onnx.ModelProto, int, dict[str, str]]:
+    """The detector at ``path`` cut at ``tensors``, its opset brought to ``opset`` (default: the higher of the
+    detector's and the head's, at least ``MIN_HEAD_OPSET``), and its own metadata (:func:`detector_props`).
+    When ``path`` had the same ``stamp`` (taken before it is read) then: the caller's own copy of the cached
+    result, and the detector is not read again (:data:`TRIM_CACHE_SIZE`)."""
     head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
     key = (str(path.resolve()), stamp, tuple(tensors), opset, head_opset)
     kept = _TRIMS.get(key) if stamp is not None else None
     if kept is not None:
-        return kept
+        model, (target, props) = kept
+        return model, target, dict(props)
+    original = gt.load_model(path)
+    props = detector_props(original)
     LOG.info("trimming %s at %s", path.name, ", ".join(tensors))
     trimmed = gt.trim_at_tensor(original, list(tensors))
+    del original
     target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
     converted = gt.convert_opset(trimmed, target, f"detector {path}")
     if stamp is not None:
-        _TRIMS.put(key, converted, target)
-    return converted, target
+        _TRIMS.put(key, converted, (target, dict(props)))
+    return converted, target, props
 
 
 @translate_graph_errors
@@ -171,9 +176,8 @@ def build_fused(detector: str | Path, head: str | Path | HeadSource, options: Fu
     tensor, info, warnings = _described(path, source, options)
     extras = source.extra_tensors
     stamp = file_stamp(path)  # before reading: a file replaced meanwhile is not cached under its new stamp
-    original = gt.load_model(path)
     keep = [t for t in keep_tensors if t not in (tensor, *extras)]
-    trimmed, target = _trimmed(original, path, stamp, [tensor, *extras, *keep], source, options.opset)
+    trimmed, target, props = _trimmed(path, stamp, [tensor, *extras, *keep], source, options.opset)
     LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
     head_onnx = source.to_onnx(target, modes, raw)
     first = trimmed
@@ -184,7 +188,7 @@ def build_fused(detector: str | Path, head: str | Path | HeadSource, options: Fu
     meta = FusedMetadata(
         extractor_file=path.name, extractor_sha256=info.sha256, feature_tensor=tensor, extra_tensors=tuple(extras),
         input_hw=info.input_hw, stride=info.stride, preprocessing=source.preprocessing,
-        head_config=source.cfg.to_dict(), head_sha256=source.sha256, extra=detector_props(original), outputs=modes,
+        head_config=source.cfg.to_dict(), head_sha256=source.sha256, extra=props, outputs=modes,
         image_input=image_input,
     )
     write_metadata(fused, meta)
