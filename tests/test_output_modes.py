@@ -193,3 +193,21 @@ def test_a_compact_raw_float16_instance_model_runs_through_every_command(yolox_n
     assert abs(reports[0]["mask_ap"]["AP"] - reports[1]["mask_ap"]["AP"]) < 0.05
     parity = run_parity(yolox_nano, yolox_checkpoint, fused=compact, annotations=ann, images=images, max_images=2)
     assert parity["passed"], format_table(parity)
+
+
+def test_roi_logits_are_pasted_in_numpy_as_the_graph_pastes_them():
+    """runtime.masks.paste_probabilities (numpy, each box's own pixels only) against the head's torch paste
+    (every pixel, then the inside mask) on boxes inside, across the border, outside, thinner than a pixel."""
+    from roiseg.runtime.masks import paste_probabilities
+
+    hw = (75, 96)
+    rois = np.array([[0.1, 0.2, 0.6, 0.9], [-0.3, 0.5, 0.4, 1.4], [1.1, 0.1, 1.3, 0.5], [0.5, 0.5, 0.503, 0.9],
+                     [0.0, 0.0, 1.0, 1.0], [0.2, 0.3, 0.2, 0.3]], np.float32)
+    logits = np.random.default_rng(3).normal(0, 3, (len(rois), 3, 14, 14)).astype(np.float32)
+    t_rois = torch.from_numpy(rois)
+    want = masks_from_logits(paste_roi_logits(torch.from_numpy(logits), t_rois, hw), roi_inside_masks(t_rois, hw))
+    got = paste_probabilities(logits, rois, hw)
+    assert got.shape == (len(rois), 3, *hw) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    assert (got[2, 0] == 1).all() and (got[5, 0] == 1).all()  # no pixel centre inside: background everywhere
+    assert (got[0, 0] < 1).any() and (got[4, 0] < 1).all()

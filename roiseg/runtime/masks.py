@@ -54,22 +54,41 @@ def _interp(lo: np.ndarray, hi: np.ndarray, size: int, grid: int) -> np.ndarray:
     return np.maximum(1.0 - np.abs(src[:, :, None] - np.arange(grid, dtype=np.float32)), 0.0)
 
 
+def _inside(lo: np.ndarray, hi: np.ndarray, size: int) -> np.ndarray:
+    """[N, size] bool: pixel centres of one axis inside each half-open ROI edge pair ``[lo, hi)`` (pixels)."""
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    return (centres[None] >= lo[:, None]) & (centres[None] < hi[:, None])
+
+
+def _span(inside: np.ndarray) -> slice:
+    """[size] bool, one run of True (a box's pixels along an axis) -> the slice of that run (empty when none)."""
+    idx = np.flatnonzero(inside)
+    return slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
+
+
 def paste_probabilities(roi_logits: np.ndarray, rois: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """[N, 3, M, M] ROI-grid logits + [N, 4] normalised x1y1x2y2 -> [N, 3, H, W] class probabilities (module docstring)."""
+    """[N, 3, M, M] ROI-grid logits + [N, 4] normalised x1y1x2y2 -> [N, 3, H, W] class probabilities (module docstring).
+
+    The grid is resampled and softmaxed only over each box's own pixels (outside it the probabilities are the
+    background one-hot anyway), so the cost per ROI follows the box's area, not the image's.
+    """
     h, w = hw
     px = np.asarray(rois, np.float32) * np.array([w, h, w, h], np.float32)
     m_h, m_w = roi_logits.shape[-2:]
     wy, wx = _interp(px[:, 1], px[:, 3], h, m_h), _interp(px[:, 0], px[:, 2], w, m_w)
-    logits = np.matmul(np.matmul(wy[:, None], roi_logits.astype(np.float32)), wx.transpose(0, 2, 1)[:, None])
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
-    cy, cx = np.arange(h, dtype=np.float32) + 0.5, np.arange(w, dtype=np.float32) + 0.5
-    inside_y = (cy[None] >= px[:, 1:2]) & (cy[None] < px[:, 3:4])
-    inside_x = (cx[None] >= px[:, 0:1]) & (cx[None] < px[:, 2:3])
-    inside = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
-    background = (np.arange(NUM_CLASSES) == BACKGROUND).astype(np.float32).reshape(1, -1, 1, 1)
-    return np.where(inside, probs, background).astype(np.float32)
+    in_y, in_x = _inside(px[:, 1], px[:, 3], h), _inside(px[:, 0], px[:, 2], w)
+    out = np.zeros((len(px), NUM_CLASSES, h, w), np.float32)
+    out[:, BACKGROUND] = 1.0
+    for n in range(len(px)):
+        rows, cols = _span(in_y[n]), _span(in_x[n])
+        if rows.stop == rows.start or cols.stop == cols.start:
+            continue
+        logits = np.matmul(np.matmul(wy[n, rows], roi_logits[n].astype(np.float32)), wx[n, cols].T)  # [3, h', w']
+        logits -= logits.max(axis=0, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=0, keepdims=True)
+        out[n, :, rows, cols] = probs
+    return out
 
 
 def probabilities_from(outputs: Mapping[str, np.ndarray], source: str, hw: tuple[int, int]) -> np.ndarray:
