@@ -69,6 +69,15 @@ def matrix_dir(tmp_path_factory) -> Path:
 
 
 @functools.cache
+def session_of(model: Path):
+    """One onnxruntime session per model file, shared by the cell's ``predict`` and ``evaluate`` (each command
+    opening its own file is covered by test_predict, test_evaluate_cli and test_output_modes)."""
+    from roiseg.runtime.session import FusedSession
+
+    return FusedSession(model, "cpu")
+
+
+@functools.cache
 def predicted_labels(model: Path, photo: Path, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
     """``predict`` (library call behind the command) -> (class maps at the original size, instance boxes);
     once per model (the reference models serve many cells), the overlay beside the model."""
@@ -77,10 +86,10 @@ def predicted_labels(model: Path, photo: Path, kind: str) -> tuple[np.ndarray, n
 
     overlay = model.with_name(f"{model.stem}_overlay.png")
     if kind == "instance":
-        pred, written = predict_instances(model, photo, out=overlay, device="cpu")
+        pred, written = predict_instances(session_of(model), photo, out=overlay, device="cpu")
         assert written and written[0].is_file()
         return pred.labels, pred.rois_px
-    pred, written = predict_image(model, photo, ROIS_PX, out=overlay, device="cpu")
+    pred, written = predict_image(session_of(model), photo, ROIS_PX, out=overlay, device="cpu")
     assert written and written[0].is_file()
     return pred.labels, None
 
@@ -90,16 +99,13 @@ def evaluated(model: Path, kind: str, coco_tiny: Path) -> dict:
     """``evaluate`` (library call behind the command) on the first coco-tiny val images: the report
     (once per model)."""
     from roiseg.evaluation.instances import evaluate_instances
-    from roiseg.evaluation.models import load_mask_model
     from roiseg.evaluation.roi import evaluate
-    from roiseg.runtime.session import FusedSession
 
     ann, images = coco_tiny / "annotations/instances_val2017.json", coco_tiny / "images/val2017"
     if kind == "instance":
-        return evaluate_instances(FusedSession(model, "cpu"), ann, images, max_images=EVAL_IMAGES, workers=0,
+        return evaluate_instances(session_of(model), ann, images, max_images=EVAL_IMAGES, workers=0,
                                   show_progress=False)
-    return evaluate(load_mask_model(model, device="cpu"), ann, images, max_images=EVAL_IMAGES, workers=0,
-                    show_progress=False).report
+    return evaluate(session_of(model), ann, images, max_images=EVAL_IMAGES, workers=0, show_progress=False).report
 
 
 def check_cell(cell, matrix_dir, yolox_nano, yolox_checkpoint, coco_tiny) -> None:

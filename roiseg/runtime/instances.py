@@ -55,10 +55,11 @@ class InstancePredictor:
         return InstancePrediction(found.boxes, found.scores, found.classes, probs, labels)
 
 
-def predict_instances(model: str | Path, image: str | Path, out: str | Path | None = None,
+def predict_instances(model: str | Path | FusedSession, image: str | Path, out: str | Path | None = None,
                       masks_dir: str | Path | None = None, device: str = "auto") -> tuple[InstancePrediction, list[Path]]:
     """Library function behind ``roiseg predict`` on an instance model: the prediction and the files
-    written (the overlay: every person's box, mask and ``#i score``; per person ``<stem>_person<i>_*.png``)."""
+    written (the overlay: every person's box, mask and ``#i score``; per person ``<stem>_person<i>_*.png``).
+    ``model``: an instance model's file, or its open :class:`FusedSession` (reused as it is)."""
     check_outputs(out, masks_dir, Path(image).stem, 0)
     bgr = read_user_image(image)
     pred = InstancePredictor(model, device).predict(bgr)

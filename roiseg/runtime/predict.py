@@ -99,7 +99,7 @@ class RoiPredictor:
 
 
 def predict_image(
-    model: str | Path,
+    model: str | Path | FusedSession,
     image: str | Path,
     rois_px: Sequence[Sequence[float]],
     out: str | Path | None = None,
@@ -111,6 +111,7 @@ def predict_image(
     """Library function behind ``roiseg predict``: returns the prediction and the files written.
 
     ``rois_px``: pixel boxes of the image, or normalised ``[0, 1]`` boxes when ``normalized``.
+    ``model``: a fused ROI model's file, or its open :class:`FusedSession` (reused as it is).
     Every output path is checked before the image or the model is read.
     """
     check_outputs(out, masks_dir, Path(image).stem, len(rois_px))
