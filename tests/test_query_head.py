@@ -117,33 +117,6 @@ def test_the_local_branch_starts_at_zero_then_exports_and_passes_parity(stand_in
     assert report["passed"] and report["stages"]["fused"]["max_abs"] <= 1e-4
 
 
-def test_the_local_branch_reads_past_the_box_and_upsamples_with_learned_convs(tmp_path, stand_in_full, coco_tiny):
-    """local_context widens the branch's RoIAlign by whole cells (its central cells are the box's own grid,
-    which the queries read), local_upsample = deconv replaces the resize; both export and pass parity."""
-    from torchvision.ops import roi_align
-
-    from roiseg.export.fuse import fuse
-    from roiseg.modeling.layers import roi_boxes
-
-    fields = {"in_channels": 32, "stride": 8, "input_hw": (96, 96), "roi_size": 6, "mask_size": 24, "groups": 8}
-    head = build_head(HeadConfig(**fields, local_context=1.5, local_upsample="deconv")).eval()
-    assert head.local.pad == 2 and sum(isinstance(m, torch.nn.ConvTranspose2d) for m in head.local.upsample) == 2
-    feats, rois = torch.randn(1, 32, 12, 12), torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.6, 0.0, 1.0, 0.3]])
-    boxes = roi_boxes(rois, torch.zeros(2, dtype=torch.int64), (96, 96))
-    pooled = head.primary_rois(feats, boxes)
-    own = roi_align(feats, boxes, (6, 6), spatial_scale=1 / 8, sampling_ratio=2, aligned=True)
-    assert pooled.shape[-1] == 10 and torch.allclose(head._box_cells(pooled), own, atol=1e-5)
-    with pytest.raises(ValueError, match="local_upsample"):
-        HeadConfig(**{**fields, "mask_size": 20}, local_upsample="deconv").validate()
-
-    ckpt = _query_checkpoint(tmp_path / "ctx.pth", stand_in_full, "/model.34/Concat_output_0", local_channels=16,
-                             roi_size=6, local_context=1.5, local_upsample="deconv")
-    fused = fuse(stand_in_full, ckpt, out=tmp_path / "fused.onnx").out
-    report = run_parity(stand_in_full, ckpt, fused=fused, annotations=coco_tiny / "annotations/instances_val2017.json",
-                        images=coco_tiny / "images/val2017", max_images=1, large_set=0)
-    assert report["passed"] and report["stages"]["fused"]["max_abs"] <= 1e-4
-
-
 def test_query_head_trains_with_point_loss_and_no_full_resolution_tensor(tmp_path, stand_in_full, monkeypatch):
     import roiseg.training.step as step
 

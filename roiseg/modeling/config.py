@@ -9,14 +9,6 @@ from typing import ClassVar, Literal
 Variant = Literal["baseline", "detail", "query"]
 VARIANTS: tuple[str, ...] = ("baseline", "detail", "query")
 ATTENTION_MASKS: tuple[str, ...] = ("soft", "hard")
-LOCAL_UPSAMPLES: tuple[str, ...] = ("bilinear", "deconv")
-
-
-def context_pad(roi_size: int, context: float) -> int:
-    """Cells added on each side of a ``roi_size`` grid to widen it by about ``context`` (>= 1): the widened
-    box is the box scaled by ``(roi_size + 2 * pad) / roi_size`` about its centre, so its central
-    ``roi_size`` cells sample exactly where the box's own grid does."""
-    return int(round(roi_size * (context - 1.0) / 2.0))
 
 
 def auto_embed_dim(in_channels: int) -> int:
@@ -71,13 +63,6 @@ class HeadConfig:
     """``query``: channels of the per-ROI local branch (RoIAlign of the primary tap at ``roi_size``,
     a 1x1 reduce and three 3x3 convs, upsampled to the ROI grid and added to the ROI's tokens
     through a 1x1 projection that starts at zero; 0 = off)."""
-    local_upsample: str = "bilinear"
-    """``query``: how the local branch goes from ``roi_size`` to the ROI grid: ``"bilinear"`` (a resize) or
-    ``"deconv"`` (Mask R-CNN's learned 2x transposed convs + GroupNorm + ReLU, one per doubling)."""
-    local_context: float = 1.0
-    """``query``: the local branch reads the primary tap over the box widened by about this factor (the
-    grid grows by whole cells on each side, :func:`context_pad`) and keeps the box's central cells, so
-    its convolutions see past the box's edge; 1 = the box only."""
     centred_logits: bool = True
     """``query``: the class logits read the ROI's tokens minus their mean over the ROI's cells, so the
     dot products shape the mask inside the ROI and only the per-class bias sets its level (the box
@@ -89,8 +74,7 @@ class HeadConfig:
     initialisation depends on it. 0 = the plain (random) initialisation."""
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
-                                           "centred_logits": False, "local_channels": 0,
-                                           "local_upsample": "bilinear", "local_context": 1.0}
+                                           "centred_logits": False, "local_channels": 0}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property
@@ -135,18 +119,7 @@ class HeadConfig:
                 raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
             if self.local_channels < 0:
                 raise ValueError(f"local_channels must be >= 0, got {self.local_channels}")
-            if self.local_upsample not in LOCAL_UPSAMPLES:
-                raise ValueError(f"local_upsample must be one of {', '.join(LOCAL_UPSAMPLES)}, got {self.local_upsample!r}")
-            if not 1.0 <= self.local_context <= 3.0:
-                raise ValueError(f"local_context must be in [1, 3], got {self.local_context}")
-            if self.local_upsample == "deconv" and not _power_of_two(self.mask_size / self.roi_size):
-                raise ValueError(f"local_upsample 'deconv' needs mask_size ({self.mask_size}) = roi_size "
-                                 f"({self.roi_size}) times a power of 2")
             return
-        if not _power_of_two(self.mask_size / self.roi_size):
+        ups = self.mask_size / self.roi_size
+        if ups < 1 or 2 ** round(math.log2(ups)) != ups:
             raise ValueError(f"mask_size ({self.mask_size}) must be roi_size ({self.roi_size}) times a power of 2")
-
-
-def _power_of_two(ratio: float) -> bool:
-    """Whether ``ratio`` is 1, 2, 4, ..."""
-    return ratio >= 1 and 2 ** round(math.log2(ratio)) == ratio

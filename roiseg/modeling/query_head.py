@@ -40,7 +40,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from roiseg.conventions import NUM_CLASSES
-from roiseg.modeling.config import HeadConfig, context_pad
+from roiseg.modeling.config import HeadConfig
 from roiseg.modeling.layers import (MaskHeadOutputs, box_prior_logits, conv_gn_relu, gn, roi_boxes,
                                    roi_coordinate_channels)
 
@@ -124,13 +124,6 @@ class DecoderLayer(nn.Module):
         return self.norms[2](x + self.mlp(x))
 
 
-def widen_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
-    """[N, 5] ``(batch_index, x1, y1, x2, y2)`` in pixels -> the same boxes scaled by ``factor`` about their centres."""
-    centre = (boxes[:, 1:3] + boxes[:, 3:5]) * 0.5
-    half = (boxes[:, 3:5] - boxes[:, 1:3]) * (0.5 * factor)
-    return torch.cat([boxes[:, 0:1], centre - half, centre + half], dim=1)
-
-
 def soft_attention_bias(logits: torch.Tensor) -> torch.Tensor:
     """[N, 3, T] class logits -> [N, 3, T] bias ``log p_c`` per cell (a continuous mask, <= 0)."""
     return torch.log_softmax(logits, dim=1)
@@ -170,38 +163,28 @@ class RgbRefine(nn.Module):
 class RoiLocal(nn.Module):
     """Per-ROI local features from the primary tap, added to the ROI's grid embedding (``local_channels``).
 
-    The primary tap RoI-aligned at ``roi_size + 2 * pad`` over the box widened by ``local_context``
-    ([N, C, R', R'], :meth:`QueryMaskHead.primary_rois`, whose central cells the queries read) -> 1x1
-    reduce to L -> three 3x3 conv + GroupNorm + ReLU -> the central R x R cells -> to the G x G ROI grid
-    (bilinear resize, or ``local_upsample = "deconv"``: 2x transposed convs) -> 1x1 to D, which starts
-    at zero (the head starts as without the branch). What ``detail``'s per-ROI conv stack gives
-    (reasoning about the ROI's own person on the detector's features), at ~L * (C + 27 L) parameters.
+    The primary tap RoI-aligned at ``roi_size`` ([N, C, R, R], :meth:`QueryMaskHead.primary_rois`, shared with
+    the queries) -> 1x1 reduce to L -> three 3x3 conv
+    + GroupNorm + ReLU -> bilinear resize to the G x G ROI grid -> 1x1 to D, which starts at zero
+    (the head starts as without the branch). What ``detail``'s per-ROI conv stack gives (reasoning
+    about the ROI's own person on the detector's features), at ~L * (C + 27 L) parameters.
     """
 
     def __init__(self, cfg: HeadConfig, dim: int) -> None:
         super().__init__()
         self.cfg = cfg
         ch = cfg.local_channels
-        self.pad = context_pad(cfg.roi_size, cfg.local_context)
         self.body = nn.Sequential(conv_gn_relu(cfg.in_channels, ch, 1, cfg.groups),
                                   *[conv_gn_relu(ch, ch, 3, cfg.groups) for _ in range(3)])
-        steps = int(round(math.log2(cfg.mask_size / cfg.roi_size))) if cfg.local_upsample == "deconv" else 0
-        self.upsample = nn.Sequential(*[m for _ in range(steps) for m in (
-            nn.ConvTranspose2d(ch, ch, 2, stride=2, bias=False), gn(ch, cfg.groups), nn.ReLU(inplace=True))])
         self.out = nn.Conv2d(ch, dim, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """pooled [N, C, R', R']: the primary tap RoI-aligned over the widened box
-        (:meth:`QueryMaskHead.primary_rois`) -> [N, D, G, G]."""
-        cfg, p = self.cfg, self.pad
-        x = self.body(pooled)
-        if p:
-            x = x[:, :, p:-p, p:-p]
-        x = self.upsample(x)
-        if int(x.shape[-1]) != cfg.mask_size:
-            x = F.interpolate(x, size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
+        """pooled [N, C, R, R]: the primary tap RoI-aligned at ``roi_size`` (:meth:`QueryMaskHead.primary_rois`)
+        -> [N, D, G, G]."""
+        cfg = self.cfg
+        x = F.interpolate(self.body(pooled), size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
         return self.out(x)
 
 
@@ -235,21 +218,11 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         return self.pixel_decoder(taps, images)
 
     def primary_rois(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, C, R', R']: one RoIAlign of
-        the primary tap over the box widened by the local branch's context (``R' = roi_size + 2 * pad``; the
-        central ``roi_size`` cells are the box's own grid), read by the queries and the local branch."""
+        """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, C, R, R] (``R = roi_size``):
+        one RoIAlign of the primary tap, read by the queries and the local branch."""
         cfg = self.cfg
-        pad = self.local.pad if self.local is not None else 0
-        size = cfg.roi_size + 2 * pad
-        if pad:
-            boxes = widen_boxes(boxes, size / cfg.roi_size)
-        return roi_align(primary, boxes, (size, size), spatial_scale=1.0 / cfg.stride,
+        return roi_align(primary, boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / cfg.stride,
                          sampling_ratio=cfg.sampling_ratio, aligned=True)
-
-    def _box_cells(self, pooled: torch.Tensor) -> torch.Tensor:
-        """[N, C, R', R'] (:meth:`primary_rois`) -> [N, C, R, R]: the box's own cells."""
-        pad = self.local.pad if self.local is not None else 0
-        return pooled[:, :, pad:-pad, pad:-pad] if pad else pooled
 
     def _queries(self, pooled: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """pooled [N, C, R, R] (:meth:`primary_rois`), rois [N, 4] normalised -> [N, 3, D] class queries."""
@@ -295,7 +268,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
-        queries = self._queries(self._box_cells(pooled), rois)
+        queries = self._queries(pooled, rois)
         logits = self._logits(queries, tokens)
         for layer in self.layers:
             queries = layer(queries, tokens, tokens, self._bias(logits))
