@@ -141,3 +141,26 @@ def test_a_detector_is_trimmed_once_per_process_and_a_rewritten_file_again(tmp_p
     rewritten = build_fused(detector, make_checkpoint(tmp_path / "head32.pth", detector))
     assert sum("trimming detector.onnx" in r.getMessage() for r in caplog.records) == 2
     assert tensor_shapes(rewritten.detector)[tensor][1] == 32 and tensor_shapes(first.detector)[tensor][1] == 16
+
+
+def test_parity_exposes_a_detector_once_per_process_and_a_rewritten_file_again(tmp_path, monkeypatch):
+    """verify.rebuild.exposed_detector keeps the detector with its taps exposed by file stamp and tensors: read
+    once, the caller's own copy each time, every original output kept; a rewritten file is read anew."""
+    import graph_tools as gt
+    from roiseg.synthetic.detector import build_stand_in_detector
+    from roiseg.verify import rebuild
+
+    reads, load = [], gt.load_model
+    monkeypatch.setattr(rebuild.gt, "load_model", lambda path: reads.append(path) or load(path))
+    tensor = "/model.34/Concat_output_0"
+    detector = build_stand_in_detector(tmp_path / "detector.onnx", channels=16, input_hw=(64, 64))
+    original_outputs = [o.name for o in load(detector).graph.output]
+    first = rebuild.exposed_detector(detector, [tensor])
+    assert sorted(o.name for o in first.graph.output) == sorted([*original_outputs, tensor])
+    again = rebuild.exposed_detector(detector, [tensor])
+    assert len(reads) == 1 and again.SerializeToString() == first.SerializeToString()
+    again.graph.ClearField("node")  # a caller's edit does not reach the next copy
+    assert rebuild.exposed_detector(detector, [tensor]).SerializeToString() == first.SerializeToString()
+    build_stand_in_detector(detector, channels=32, input_hw=(64, 64))
+    rewritten = rebuild.exposed_detector(detector, [tensor])
+    assert len(reads) == 2 and gt.tensor_shapes(rewritten)[tensor][1] == 32

@@ -48,7 +48,7 @@ from roiseg.export.raw_input import convert_preprocessed
 from roiseg.runtime.engines import engine_session
 from roiseg.runtime.metadata import KEY_INSTANCES, FusedMetadata, read_metadata
 from roiseg.verify.fp16 import Fp16Instances
-from roiseg.verify.rebuild import rebuild_reference
+from roiseg.verify.rebuild import exposed_detector, rebuild_reference
 from roiseg.verify.table import Column, format_rows, verdict
 from roiseg.verify.tolerances import BOX_ATOL, FP16_PARITY_ATOL, PARITY_ATOL
 
@@ -149,12 +149,11 @@ class _Run:
     """The three sessions of an instance parity run: the detector with its detection tensor exposed, the
     instance model (on ``engine``; a raw-image one also exposes its internal normalised ``rois``), the ROI model."""
 
-    def __init__(self, model: onnx.ModelProto, meta: FusedMetadata, detector: onnx.ModelProto,
+    def __init__(self, model: onnx.ModelProto, meta: FusedMetadata, detector: onnx.ModelProto | str | Path,
                  roi_model: onnx.ModelProto, engine: str) -> None:
         self.spec, self.params = meta.instances.spec, meta.instances.params
         self.inputs = _Inputs(model, meta, meta.instances.det_preprocessing)
-        exposed = detector if self.spec.tensor in {o.name for o in detector.graph.output} else \
-            gt.trim_at_tensor(detector, [self.spec.tensor], keep_original_outputs=True)
+        exposed = exposed_detector(detector, [self.spec.tensor])
         self.internal = self.inputs.raw and FUSED_ROIS_INPUT in {o for n in model.graph.node for o in n.output}
         run_model = gt.trim_at_tensor(model, [FUSED_ROIS_INPUT], keep_original_outputs=True) if self.internal else model
         self.det, self.inst, self.roi = gt.create_session(exposed), engine_session(engine, run_model), gt.create_session(roi_model)
@@ -192,7 +191,7 @@ def instance_parity(
     if KEY_INSTANCES not in gt.read_props(model):
         raise InputError(f"not an instance model (no {KEY_INSTANCES} metadata)")
     meta = read_metadata(model)
-    run = _Run(model, meta, _load(detector), _load(roi_model), engine)
+    run = _Run(model, meta, detector, _load(roi_model), engine)
     check = Fp16Instances(run.mask_names, mask_atol) if meta.fp16 else ExactInstances(box_atol, mask_atol)
     for path in images:
         check.add(Path(path).name, *run.image(path))

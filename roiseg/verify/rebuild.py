@@ -4,6 +4,9 @@ pipeline (:mod:`roiseg.export.fuse`), so a new fuse step is always under parity.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
+
+import onnx
 
 import graph_tools as gt
 from roiseg.export.fuse import FusedBuild, build_fused
@@ -11,6 +14,7 @@ from roiseg.export.head_source import HeadSource
 from roiseg.export.options import FuseOptions
 from roiseg.errors import InputError
 from roiseg.runtime.metadata import FusedMetadata, read_metadata
+from roiseg.utils.files import file_stamp
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -33,3 +37,38 @@ def rebuild_reference(detector: str | Path, head: HeadSource, fused: str | Path)
     if meta.extractor_sha256 != build.meta.extractor_sha256:
         LOG.warning("%s was built from another detector file than %s (sha256 differs)", fused, detector)
     return build, meta
+
+
+EXPOSED_CACHE_SIZE: int = 4
+"""Exposed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp and tensors:
+parity-checks of several models of one detector in one process (or on two engines) trim it once."""
+_EXPOSED = gt.ModelCache(EXPOSED_CACHE_SIZE)
+
+
+def exposed_feature_model(detector: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """The original detector, unchanged, with ``tensors`` listed as extra outputs.
+
+    Every original output is kept (``trim_at_tensor(keep_original_outputs=True)``), so no node is
+    removed: the tensors are computed by the original graph.
+    """
+    if set(tensors) <= {o.name for o in detector.graph.output}:
+        return detector
+    return gt.trim_at_tensor(detector, list(tensors), keep_original_outputs=True)
+
+
+def exposed_detector(detector: str | Path | onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """:func:`exposed_feature_model` of the detector file (or model) ``detector``; for a file, the caller's own
+    copy of the result kept under its stamp (taken before it is read) and ``tensors``: not read again while
+    unchanged (:data:`EXPOSED_CACHE_SIZE`)."""
+    if isinstance(detector, onnx.ModelProto):
+        return exposed_feature_model(detector, tensors)
+    path = Path(detector)
+    stamp = file_stamp(path)
+    key = (str(path.resolve()), stamp, tuple(tensors))
+    kept = _EXPOSED.get(key) if stamp is not None else None
+    if kept is not None:
+        return kept[0]
+    model = exposed_feature_model(gt.load_model(path), tensors)
+    if stamp is not None:
+        _EXPOSED.put(key, model)
+    return model

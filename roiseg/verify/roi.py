@@ -56,7 +56,7 @@ from roiseg.runtime.engines import engine_session
 from roiseg.runtime.metadata import FusedMetadata, read_metadata
 from roiseg.utils.progress import get_logger, progress
 from roiseg.verify.int8 import int8_parity
-from roiseg.verify.rebuild import rebuild_reference
+from roiseg.verify.rebuild import exposed_detector, rebuild_reference
 from roiseg.verify.stats import output_stats, stage_result, value_stats
 from roiseg.verify.table import Column, format_rows, verdict
 from roiseg.verify.tolerances import PARITY_ATOL, Tolerances
@@ -74,23 +74,12 @@ def stage_name(output: str) -> str:
     return "fused" if output == FUSED_MASKS_OUTPUT else output
 
 
-def exposed_feature_model(detector: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """The original detector, unchanged, with ``tensors`` listed as extra outputs.
-
-    Every original output is kept (``trim_at_tensor(keep_original_outputs=True)``), so no node is
-    removed: the features are computed by the original graph.
-    """
-    if set(tensors) <= {o.name for o in detector.graph.output}:
-        return detector
-    return gt.trim_at_tensor(detector, list(tensors), keep_original_outputs=True)
-
-
 class TorchPath:
     """Reference path: detector ONNX (onnxruntime) taps -> head in torch -> [N, 3, H, W] probabilities."""
 
-    def __init__(self, detector: onnx.ModelProto, tensors: Sequence[str], head: torch.nn.Module) -> None:
+    def __init__(self, detector: str | Path | onnx.ModelProto, tensors: Sequence[str], head: torch.nn.Module) -> None:
         self.tensors = list(tensors)
-        self.session = gt.create_session(exposed_feature_model(detector, self.tensors), arena=False)
+        self.session = gt.create_session(exposed_detector(detector, self.tensors), arena=False)
         self.input_name = self.session.get_inputs()[0].name
         self.head = head.eval()
 
@@ -295,7 +284,7 @@ def run_roi_parity(detector: str | Path, source: HeadSource, fused: str | Path |
             probes, n_probes = probe_images(meta, **probes_from)
             return {**int8_parity(fused_model, build.model, meta, probes, n_probes), "fused": label,
                     "metadata": meta.summary()}
-        reference = TorchPath(gt.load_model(detector), [meta.feature_tensor, *meta.extra_tensors], source.head)
+        reference = TorchPath(detector, [meta.feature_tensor, *meta.extra_tensors], source.head)
         probes, n_probes = probe_images(meta, **probes_from)
         tol = Tolerances.for_model(meta.fp16, **tolerances)
         unsimplified = build.model if meta.simplified and not meta.fp16 else None
