@@ -68,10 +68,11 @@ def matrix_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("matrix")
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4)
 def session_of(model: Path):
     """One onnxruntime session per model file, shared by the cell's ``predict`` and ``evaluate`` (each command
-    opening its own file is covered by test_predict, test_evaluate_cli and test_output_modes)."""
+    opening its own file is covered by test_predict, test_evaluate_cli and test_output_modes); the last few
+    only (a cell's model, its reference and the tensor-input reference), so 32 sessions do not stay resident."""
     from roiseg.runtime.session import FusedSession
 
     return FusedSession(model, "cpu")

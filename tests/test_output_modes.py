@@ -201,13 +201,16 @@ def test_roi_logits_are_pasted_in_numpy_as_the_graph_pastes_them():
     from roiseg.runtime.masks import paste_probabilities
 
     hw = (75, 96)
-    rois = np.array([[0.1, 0.2, 0.6, 0.9], [-0.3, 0.5, 0.4, 1.4], [1.1, 0.1, 1.3, 0.5], [0.5, 0.5, 0.503, 0.9],
-                     [0.0, 0.0, 1.0, 1.0], [0.2, 0.3, 0.2, 0.3]], np.float32)
+    rois = np.array([[0.1, 0.2, 0.6, 0.9], [-0.3, 0.5, 0.4, 1.4], [1.1, 0.1, 1.3, 0.5], [0.505, 0.5, 0.508, 0.9],
+                     [0.0, 0.0, 1.0, 1.0], [0.2, 0.3, 0.2, 0.3], [0.5, 0.5, 0.503, 0.9]], np.float32)
     logits = np.random.default_rng(3).normal(0, 3, (len(rois), 3, 14, 14)).astype(np.float32)
     t_rois = torch.from_numpy(rois)
     want = masks_from_logits(paste_roi_logits(torch.from_numpy(logits), t_rois, hw), roi_inside_masks(t_rois, hw))
     got = paste_probabilities(logits, rois, hw)
     assert got.shape == (len(rois), 3, *hw) and got.dtype == np.float32
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
-    assert (got[2, 0] == 1).all() and (got[5, 0] == 1).all()  # no pixel centre inside: background everywhere
-    assert (got[0, 0] < 1).any() and (got[4, 0] < 1).all()
+    for n in (2, 5, 6):  # outside the image, zero-size, thinner than a pixel between two centres: background only
+        assert (got[n, 0] == 1).all()
+    assert (got[0, 0] < 1).any() and (got[4, 0] < 1).all() and (got[3, 0] < 1).sum() == 0.4 * hw[0]  # one column
+    empty = paste_probabilities(np.zeros((0, 3, 14, 14), np.float32), np.zeros((0, 4), np.float32), hw)
+    assert empty.shape == (0, 3, *hw) and empty.dtype == np.float32

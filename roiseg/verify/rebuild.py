@@ -40,8 +40,10 @@ def rebuild_reference(detector: str | Path, head: HeadSource, fused: str | Path)
 
 
 EXPOSED_CACHE_SIZE: int = 4
-"""Exposed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp and tensors:
-parity-checks of several models of one detector in one process (or on two engines) trim it once."""
+"""Exposed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp (mtime, size,
+inode: a file rewritten in place within one mtime tick at the same size, or only its external data rewritten,
+is not seen) and tensors: parity-checks of several models of one detector in one process (or on two engines)
+trim it once."""
 _EXPOSED = gt.ModelCache(EXPOSED_CACHE_SIZE)
 
 
