@@ -69,7 +69,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local-m112": _query(16, 64, 32, "head.mask_size=112"),
     "hybrid-local-r32": _query(32, 64),
     "hybrid-local-s28": _query(16, 64, 32, "head.roi_size=28"),
-    "hybrid-local-aux": _query(16, 64, 32, "loss.aux_weight=1.0"),
     "hybrid-d64": _query(16, 0, 64),
     "hybrid-d128": _query(16, 0, 128),
     "hybrid-auto": _query(16, 0, 0),

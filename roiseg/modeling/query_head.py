@@ -243,18 +243,15 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         rois: torch.Tensor,
         batch_idx: torch.Tensor,
         images: torch.Tensor | None = None,
-        aux: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> torch.Tensor:
         """
         Args:
             features: [B, C, h, w] primary tap at ``cfg.stride``, or [primary, *extra taps].
             rois: [N, 4] normalised ``x1, y1, x2, y2``; batch_idx: [N] int64.
             images: [B, 3, H, W] preprocessed input images (required).
-            aux: also return the intermediate predictions (training's deep supervision, ``loss.aux_weight``).
 
         Returns:
-            [N, 3, G, G] logits over the ROI, ``G = cfg.mask_size``; with ``aux``, also the list of the
-            ``query_layers`` intermediate predictions [N, 3, G, G] that masked each layer's attention.
+            [N, 3, G, G] logits over the ROI, ``G = cfg.mask_size``.
         """
         if images is None:
             raise ValueError("the 'query' head variant needs the input images")
@@ -273,13 +270,11 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
         queries = self._queries(pooled, rois)
         logits = self._logits(queries, tokens)
-        inter = []
         for layer in self.layers:
-            inter.append(logits)
             queries = layer(queries, tokens, tokens, self._bias(logits))
             logits = self._logits(queries, tokens)
         logits = logits.reshape(-1, NUM_CLASSES, g, g)
         if self.refine is not None:
             image = roi_align(images, boxes, (g, g), spatial_scale=1.0, sampling_ratio=cfg.sampling_ratio, aligned=True)
             logits = logits + self.refine(image, logits, grid)
-        return (logits, [x.reshape(-1, NUM_CLASSES, g, g) for x in inter]) if aux else logits
+        return logits

@@ -74,9 +74,7 @@ def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: MaskHead, loss_fn
     return StepSetup(model=wrap_model(head, ctx), loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                      scaler=build_scaler(device, o), input_hw=head.cfg.input_hw, grad_clip=o.grad_clip,
                      max_rois=cfg.data.max_rois_per_step, points=cfg.loss.points, oversample=cfg.loss.oversample,
-                     importance=cfg.loss.importance,
-                     aux_weight=cfg.loss.aux_weight if head.cfg.variant == "query" else 0.0,
-                     device_type=device.type, amp=amp_enabled(device, o),
+                     importance=cfg.loss.importance, device_type=device.type, amp=amp_enabled(device, o),
                      amp_dtype=amp_dtype(o))
 
 

@@ -71,9 +71,6 @@ class LossConfig:
     """Point loss: uniform candidates drawn per point kept."""
     importance: float = 0.75
     """Point loss: fraction of the points taken where the head is least certain (the rest uniform)."""
-    aux_weight: float = 0.0
-    """``query`` head: weight of the same loss on each decoder layer's intermediate prediction (the ones that
-    mask the next layer's attention; Mask2Former's deep supervision), at the same points; 0 = off."""
 
     def validate(self) -> None:
         if self.points < 0 or self.oversample < 1 or not 0 <= self.importance <= 1:
@@ -84,8 +81,6 @@ class LossConfig:
         bad = [c for c in self.dice_classes if not 0 <= int(c) < NUM_CLASSES]
         if bad:
             raise ValueError(f"dice_classes {tuple(self.dice_classes)}: ids must be in 0..{NUM_CLASSES - 1}")
-        if self.aux_weight < 0:
-            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         w = self.class_weights

@@ -89,13 +89,6 @@ def point_batch(
     Returns (logits [N, 3, P, 1] with gradient, targets [N, P, 1] int64, valid [N, 1, P, 1] float).
     """
     points = sample_points(roi_logits, num_points, oversample, importance, generator)
-    return point_batch_at(roi_logits, points, rois, targets, input_hw)
-
-
-def point_batch_at(roi_logits: Tensor, points: Tensor, rois: Tensor, targets: Tensor,
-                   input_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`point_batch` at given ``points`` [N, P, 2] ROI coordinates (another prediction of the same ROIs
-    read where the first was sampled)."""
     rows, cols, inside = point_pixels(points, rois, input_hw)
     logits = point_sample(roi_logits, points)  # [N, 3, P]
     tgt = point_targets(targets, rows, cols)

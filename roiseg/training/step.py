@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from roiseg.modeling.paste import paste_roi_logits, roi_inside_masks
-from roiseg.training.points import point_batch_at, sample_points
+from roiseg.training.points import point_batch
 
 
 def step_seed(*parts: int) -> int:
@@ -52,8 +52,6 @@ class StepSetup:
     """Point-sampled loss: K points per ROI (0 = loss on all pixels at full resolution)."""
     oversample: float = 3.0
     importance: float = 0.75
-    aux_weight: float = 0.0
-    """Weight of the loss on the head's intermediate predictions (``query`` head; 0 = off)."""
     device_type: str = "cpu"
     amp: bool = False
     amp_dtype: torch.dtype = torch.float16
@@ -83,7 +81,15 @@ def train_step(
         pick = pick.to(rois.device)
         rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
     with setup.autocast():
-        loss, parts = _loss(setup, feats, images, rois, batch_idx, targets, seed)
+        roi_logits = setup.model(feats, rois, batch_idx, images)
+        if setup.points > 0:  # K points per ROI; no [N, 3, H, W] tensor in the step
+            gen = torch.Generator().manual_seed(seed)
+            logits, tgt, valid = point_batch(roi_logits, rois, targets, setup.input_hw, setup.points,
+                                             setup.oversample, setup.importance, gen)
+            loss, parts = setup.loss_fn(logits, tgt, valid)
+        else:
+            logits = paste_roi_logits(roi_logits, rois, setup.input_hw)
+            loss, parts = setup.loss_fn(logits, targets, roi_inside_masks(rois, setup.input_hw))
     setup.optimizer.zero_grad(set_to_none=True)
     setup.scaler.scale(loss).backward()
     if setup.grad_clip > 0:
@@ -94,28 +100,6 @@ def train_step(
     if setup.scheduler is not None:
         setup.scheduler.step()
     return parts, len(rois)
-
-
-def _loss(setup: StepSetup, feats, images: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor,
-          targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """The step's loss (and its parts) on the final prediction, plus ``aux_weight`` times the loss of each
-    intermediate one, on the same points (drawn where the final prediction is least certain)."""
-    if setup.aux_weight > 0:
-        roi_logits, aux = setup.model(feats, rois, batch_idx, images, aux=True)
-    else:
-        roi_logits, aux = setup.model(feats, rois, batch_idx, images), []
-    if setup.points > 0:  # K points per ROI; no [N, 3, H, W] tensor in the step
-        points = sample_points(roi_logits, setup.points, setup.oversample, setup.importance,
-                               torch.Generator().manual_seed(seed))
-        loss, parts = setup.loss_fn(*point_batch_at(roi_logits, points, rois, targets, setup.input_hw))
-        for extra in aux:
-            loss = loss + setup.aux_weight * setup.loss_fn(*point_batch_at(extra, points, rois, targets, setup.input_hw))[0]
-        return loss, parts
-    inside = roi_inside_masks(rois, setup.input_hw)
-    loss, parts = setup.loss_fn(paste_roi_logits(roi_logits, rois, setup.input_hw), targets, inside)
-    for extra in aux:
-        loss = loss + setup.aux_weight * setup.loss_fn(paste_roi_logits(extra, rois, setup.input_hw), targets, inside)[0]
-    return loss, parts
 
 
 __all__ = ["StepSetup", "sample_rois", "step_seed", "train_step"]
