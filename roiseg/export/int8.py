@@ -127,7 +127,11 @@ def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, 
     with tempfile.TemporaryDirectory(prefix="roiseg_int8_") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         gt.save_model(model, src)
-        quantize_static(str(src), str(dst), CalibrationReader(feeds), nodes_to_quantize=names, **quantize_options())
+        # calibrate only the op types quantized (default: every QDQ-able op's tensors, ~2.3k on YOLOX-nano):
+        # the same model, byte for byte, in 60 % of the time and with fewer ranges held (docs/performance.md, int8)
+        ops = sorted({n.op_type for n in model.graph.node if n.name in set(names)})
+        quantize_static(str(src), str(dst), CalibrationReader(feeds), nodes_to_quantize=names, op_types_to_quantize=ops,
+                        **quantize_options())
         quantized = gt.load_model(dst)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)
