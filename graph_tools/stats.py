@@ -88,14 +88,19 @@ class ErrorStats:
             self._update_maps(np.asarray(ref), np.asarray(got))
             return
         ref = np.asarray(ref, dtype=np.float32)
-        diff = np.abs(np.asarray(got, dtype=np.float32) - ref)
-        diff[~np.isfinite(diff)] = np.inf
+        diff = np.subtract(np.asarray(got, dtype=np.float32), ref)
+        np.abs(diff, out=diff)
+        top = float(diff.max(initial=0.0))
+        if not math.isfinite(top):  # NaN or inf somewhere: every non-finite error counts as inf
+            diff[~np.isfinite(diff)] = np.inf
+            top = math.inf
         self.count += diff.size
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.max_abs = max(self.max_abs, top)
         self.sum_abs += float(diff.sum(dtype=np.float64))
         mag = np.abs(ref)
-        self.max_rel = max(self.max_rel, float((diff / np.maximum(mag, REL_FLOOR)).max(initial=0.0)))
         self.max_ref = max(self.max_ref, float(mag.max(initial=0.0)))
+        np.maximum(mag, REL_FLOOR, out=mag)
+        self.max_rel = max(self.max_rel, float(np.divide(diff, mag, out=mag).max(initial=0.0)))
         self.hist += _histogram(diff)
         if self.probabilities:
             self._update_classes(ref, np.asarray(got, dtype=np.float32))

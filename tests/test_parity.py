@@ -62,6 +62,20 @@ def test_feature_stage_tolerance_scales_with_magnitude():
     assert "argmax_agreement" not in res
 
 
+def test_a_non_finite_output_is_an_infinite_error_and_fails():
+    ref = np.full((1, 3, 4, 4), 1 / 3, np.float32)
+    for bad in (np.nan, np.inf):
+        got = ref.copy()
+        got[0, 1, 2, 3] = bad
+        stats = StageStats("fused", "test")
+        stats.update(ref, got)
+        res = stats.result(atol=1e-4, min_argmax=0.5)
+        assert res["max_abs"] == np.inf and res["mean_abs"] == np.inf and res["passed"] is False
+    clean = StageStats("fused", "test")
+    clean.update(ref, ref)
+    assert clean.result(atol=1e-4, min_argmax=0.5)["max_abs"] == 0.0
+
+
 def test_probe_rois_cover_the_edge_cases():
     hw = (416, 320)
     cases = edge_case_rois(hw)
