@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import onnx
 
@@ -57,6 +57,19 @@ class ModelCache:
                 _, (dropped, _) = self._entries.popitem(last=False)
                 self._bytes -= len(dropped)
         return True
+
+    def get_or_build(self, key: Hashable | None,
+                     build: Callable[[], tuple[onnx.ModelProto, Any]]) -> tuple[onnx.ModelProto, Any]:
+        """The caller's own copy of what is kept under ``key``, else ``build()``'s ``(model, value)``, kept
+        under ``key`` (returned as built: the cache holds its own serialized copy). ``key`` ``None``: build,
+        keep nothing."""
+        kept = self.get(key) if key is not None else None
+        if kept is not None:
+            return kept
+        model, value = build()
+        if key is not None:
+            self.put(key, model, value)
+        return model, value
 
     def clear(self) -> None:
         with self._lock:

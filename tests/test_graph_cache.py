@@ -58,3 +58,19 @@ def test_a_key_put_again_replaces_its_entry_and_counts_its_bytes_once():
     assert not ModelCache(0).put("a", _model(4))
     with pytest.raises(ValueError):
         ModelCache(-1)
+
+
+def test_get_or_build_builds_once_per_key_and_never_without_one():
+    cache, built = ModelCache(4), []
+
+    def build():
+        built.append(1)
+        return _model(4), "note"
+
+    first, value = cache.get_or_build("a", build)
+    again, value_again = cache.get_or_build("a", build)
+    assert len(built) == 1 and value == value_again == "note" and again is not first
+    assert again.SerializeToString() == first.SerializeToString()
+    cache.get_or_build(None, build)
+    cache.get_or_build(None, build)
+    assert len(built) == 3 and len(cache) == 1  # no key (e.g. an unreadable file's stamp): built, not kept

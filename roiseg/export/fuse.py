@@ -39,7 +39,7 @@ from roiseg.features.compat import check_head_features
 from roiseg.features.extractor import ExtractorInfo, describe_extractor
 from roiseg.runtime.metadata import FusedMetadata, detector_props, write_metadata
 from roiseg.utils.atomic import ensure_writable_dir
-from roiseg.utils.files import file_stamp
+from roiseg.utils.files import stamped_key
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -122,35 +122,32 @@ def _described(path: Path, source: HeadSource, options: FuseOptions) -> tuple[st
 
 
 TRIM_CACHE_SIZE: int = 4
-"""Trimmed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp (mtime,
-size, inode: a file rewritten in place within one mtime tick at the same size, or only its external data
-rewritten, is not seen), tensors and opset: ``fuse`` and the ``parity-check`` that rebuilds its reference, or
+"""Trimmed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp
+(:func:`roiseg.utils.files.stamped_key`), tensors and opset: ``fuse`` and the ``parity-check`` that rebuilds its reference, or
 several fuses of one detector, trim it once."""
 _TRIMS = gt.ModelCache(TRIM_CACHE_SIZE)
 
 
-def _trimmed(path: Path, stamp: tuple | None, tensors: Sequence[str], source: HeadSource,
+def _trimmed(path: Path, tensors: Sequence[str], source: HeadSource,
              opset: int | None) -> tuple[onnx.ModelProto, int, dict[str, str]]:
     """The detector at ``path`` cut at ``tensors``, its opset brought to ``opset`` (default: the higher of the
     detector's and the head's, at least ``MIN_HEAD_OPSET``), and its own metadata (:func:`detector_props`).
-    When ``path`` had the same ``stamp`` (taken before it is read) then: the caller's own copy of the cached
-    result, and the detector is not read again (:data:`TRIM_CACHE_SIZE`)."""
+    When ``path`` is unchanged since (:func:`stamped_key`): the caller's own copy of the cached result, and the
+    detector is not read again (:data:`TRIM_CACHE_SIZE`)."""
     head_opset = gt.default_opset(source.onnx) if source.onnx is not None else DEFAULT_HEAD_OPSET
-    key = (str(path.resolve()), stamp, tuple(tensors), opset, head_opset)
-    kept = _TRIMS.get(key) if stamp is not None else None
-    if kept is not None:
-        model, (target, props) = kept
-        return model, target, dict(props)
-    original = gt.load_model(path)
-    props = detector_props(original)
-    LOG.info("trimming %s at %s", path.name, ", ".join(tensors))
-    trimmed = gt.trim_at_tensor(original, list(tensors))
-    del original
-    target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
-    converted = gt.convert_opset(trimmed, target, f"detector {path}")
-    if stamp is not None:
-        _TRIMS.put(key, converted, (target, dict(props)))
-    return converted, target, props
+
+    def build() -> tuple[onnx.ModelProto, tuple[int, dict[str, str]]]:
+        original = gt.load_model(path)
+        props = detector_props(original)
+        LOG.info("trimming %s at %s", path.name, ", ".join(tensors))
+        trimmed = gt.trim_at_tensor(original, list(tensors))
+        del original
+        target = opset if opset is not None else max(gt.default_opset(trimmed), head_opset, MIN_HEAD_OPSET)
+        return gt.convert_opset(trimmed, target, f"detector {path}"), (target, props)
+
+    key = stamped_key(path, tuple(tensors), opset, head_opset)
+    model, (target, props) = _TRIMS.get_or_build(key, build)
+    return model, target, dict(props)
 
 
 @translate_graph_errors
@@ -175,9 +172,8 @@ def build_fused(detector: str | Path, head: str | Path | HeadSource, options: Fu
     path = Path(detector)
     tensor, info, warnings = _described(path, source, options)
     extras = source.extra_tensors
-    stamp = file_stamp(path)  # before reading: a file replaced meanwhile is not cached under its new stamp
     keep = [t for t in keep_tensors if t not in (tensor, *extras)]
-    trimmed, target, props = _trimmed(path, stamp, [tensor, *extras, *keep], source, options.opset)
+    trimmed, target, props = _trimmed(path, [tensor, *extras, *keep], source, options.opset)
     LOG.info("exporting the head (%s variant) at opset %d", source.cfg.variant, target)
     head_onnx = source.to_onnx(target, modes, raw)
     first = trimmed

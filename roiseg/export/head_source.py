@@ -107,13 +107,8 @@ class HeadSource:
         """The checkpoint's head exported (:func:`export_head`), once per process for the same file and
         settings (:data:`EXPORT_CACHE_SIZE`); each call returns its own copy."""
         key = (self.sha256, opset, modes, raw_image)
-        kept = _EXPORTS.get(key)
-        if kept is not None:
-            return kept[0]
-        exported = export_head(self.head, None, opset=opset, extractor=self.extractor, outputs=modes,
-                               raw_image=raw_image)
-        _EXPORTS.put(key, exported)
-        return exported
+        return _EXPORTS.get_or_build(key, lambda: (export_head(self.head, None, opset=opset, extractor=self.extractor,
+                                                              outputs=modes, raw_image=raw_image), None))[0]
 
 
 @translate_graph_errors

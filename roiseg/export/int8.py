@@ -129,7 +129,8 @@ def quantize_int8(model: onnx.ModelProto, scope: str, feeds: Sequence[dict[str, 
         gt.save_model(model, src)
         # calibrate only the op types quantized (default: every QDQ-able op's tensors, ~2.3k on YOLOX-nano):
         # the same model, byte for byte, in 60 % of the time and with fewer ranges held (docs/performance.md, int8)
-        ops = sorted({n.op_type for n in model.graph.node if n.name in set(names)})
+        chosen = set(names)
+        ops = sorted({n.op_type for n in model.graph.node if n.name in chosen})
         quantize_static(str(src), str(dst), CalibrationReader(feeds), nodes_to_quantize=names, op_types_to_quantize=ops,
                         **quantize_options())
         quantized = gt.load_model(dst)

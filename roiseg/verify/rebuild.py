@@ -14,7 +14,7 @@ from roiseg.export.head_source import HeadSource
 from roiseg.export.options import FuseOptions
 from roiseg.errors import InputError
 from roiseg.runtime.metadata import FusedMetadata, read_metadata
-from roiseg.utils.files import file_stamp
+from roiseg.utils.files import stamped_key
 from roiseg.utils.progress import get_logger
 
 LOG = get_logger(__name__)
@@ -40,9 +40,8 @@ def rebuild_reference(detector: str | Path, head: HeadSource, fused: str | Path)
 
 
 EXPOSED_CACHE_SIZE: int = 4
-"""Exposed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp (mtime, size,
-inode: a file rewritten in place within one mtime tick at the same size, or only its external data rewritten,
-is not seen) and tensors: parity-checks of several models of one detector in one process (or on two engines)
+"""Exposed detectors kept per process (serialized, :class:`graph_tools.ModelCache`), by file stamp
+(:func:`roiseg.utils.files.stamped_key`) and tensors: parity-checks of several models of one detector in one process (or on two engines)
 trim it once."""
 _EXPOSED = gt.ModelCache(EXPOSED_CACHE_SIZE)
 
@@ -59,18 +58,12 @@ def exposed_feature_model(detector: onnx.ModelProto, tensors: Sequence[str]) -> 
 
 
 def exposed_detector(detector: str | Path | onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """:func:`exposed_feature_model` of the detector file (or model) ``detector``; for a file, the caller's own
-    copy of the result kept under its stamp (taken before it is read) and ``tensors``: not read again while
-    unchanged (:data:`EXPOSED_CACHE_SIZE`)."""
+    """:func:`exposed_feature_model` of the detector file (or model) ``detector``; for a file unchanged since
+    (:func:`stamped_key`), the caller's own copy of the result kept under ``tensors`` (:data:`EXPOSED_CACHE_SIZE`)."""
     if isinstance(detector, onnx.ModelProto):
         return exposed_feature_model(detector, tensors)
-    path = Path(detector)
-    stamp = file_stamp(path)
-    key = (str(path.resolve()), stamp, tuple(tensors))
-    kept = _EXPOSED.get(key) if stamp is not None else None
-    if kept is not None:
-        return kept[0]
-    model = exposed_feature_model(gt.load_model(path), tensors)
-    if stamp is not None:
-        _EXPOSED.put(key, model)
-    return model
+
+    def build() -> tuple[onnx.ModelProto, None]:
+        return exposed_feature_model(gt.load_model(detector), tensors), None
+
+    return _EXPOSED.get_or_build(stamped_key(detector, tuple(tensors)), build)[0]
