@@ -121,7 +121,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rois", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--reps", type=int, default=7)
@@ -134,23 +134,16 @@ def main() -> None:
                     help="measure these output modes (bytes, peak memory, time) instead of the timing comparison")
     ap.add_argument("--variant", default="detail", help="head variant for --outputs (default detail)")
     ap.add_argument("--_measure", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    if args._measure is not None:
-        print(json.dumps(measure_child(args._measure[0], int(args._measure[1]), args.reps)))
-        return
-    hw = (args.size, args.size)
-    if args.outputs:
-        results = bench_outputs(args, hw)
-        if args.json is not None:
-            args.json.write_text(json.dumps({"outputs": results, "channels": args.channels, "input_hw": list(hw),
-                                             "variant": args.variant, "reps": args.reps}, indent=2))
-        return
+
+def time_configurations(args: argparse.Namespace, hw: tuple[int, int]) -> tuple[dict[str, list[float]], list[str]]:
+    """Round-robin times (seconds) of the detector, the fused model and the two-session pipeline per ROI count,
+    and the providers used."""
     providers = choose_providers(args.device).providers
     with tempfile.TemporaryDirectory(prefix="roiseg_bench_fused_") as tmp:
         paths = build_models(Path(tmp), args.channels, hw)
         sessions = {k: ort.InferenceSession(str(paths[k]), providers=providers) for k in ("fused", "trimmed", "head")}
-        used = sessions["fused"].get_providers()
         image = smooth_image(hw, seed=0)
         rois = {n: probe_rois(plausible_rois(min(n, 3)), hw, n)[:n] for n in args.rois}
 
@@ -175,7 +168,11 @@ def main() -> None:
         for _ in range(args.reps):
             for name, fn in configs.items():
                 times[name].append(timed(fn))
+        return times, sessions["fused"].get_providers()
 
+
+def report_times(args: argparse.Namespace, hw: tuple[int, int], times: dict[str, list[float]], used: list[str]) -> None:
+    """Print the medians and the ratios measured in this run (and write them as JSON with ``--json``)."""
     med = {k: statistics.median(v) for k, v in times.items()}
     lo, hi = min(args.rois), max(args.rois)
     det = med["detector"]
@@ -194,6 +191,22 @@ def main() -> None:
     if args.json is not None:
         args.json.write_text(json.dumps({"providers": used, "median_s": med, "times_s": times, "ratios": ratios,
                                          "reps": args.reps, "channels": args.channels, "input_hw": list(hw)}, indent=2))
+
+
+def main() -> None:
+    args = parse_args()
+    if args._measure is not None:
+        print(json.dumps(measure_child(args._measure[0], int(args._measure[1]), args.reps)))
+        return
+    hw = (args.size, args.size)
+    if args.outputs:
+        results = bench_outputs(args, hw)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"outputs": results, "channels": args.channels, "input_hw": list(hw),
+                                             "variant": args.variant, "reps": args.reps}, indent=2))
+        return
+    times, used = time_configurations(args, hw)
+    report_times(args, hw, times, used)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Builds the stand-in detector at the reference shapes (1024 channels, 640x640, the five reference
 taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps, without and with the per-ROI
-RGB refinement: ``query``, ``hybrid``; ``hybrid-local``, the default, adds the per-ROI local branch), a head with default
+RGB refinement: ``query``, ``hybrid``; ``hybrid-local-person``, the default, adds the per-ROI local branch and the
+training-only person map), a head with default
 sizes and random weights, fuses them (``roiseg fuse``) and times in one process, round-robin:
 
 * ``detector``: the trimmed detector alone (image -> the taps the head reads);
@@ -11,7 +12,7 @@ sizes and random weights, fuses them (``roiseg fuse``) and times in one process,
 Ratios: fused(1) / detector and the per-extra-ROI cost (fused(N) - fused(1)) / (N - 1) / detector.
 Then one training step per variant on random features of the right shapes (``--train-rois`` ROIs,
 ``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss,
-the query heads with the point loss (K points per ROI); training ROIs/s and the ratio default / detail.
+the query heads with the point loss (K points per ROI) and, where the head has one, the person map's loss; training ROIs/s and the ratio default / detail.
 
     uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32] [--json out.json]
 """
@@ -45,7 +46,7 @@ from timing import round_robin  # noqa: E402
 MEASURED = ("detail", "query", "hybrid", ch.DEFAULT_VARIANT)
 VARIANTS = {v: ch.head_overrides(v) for v in MEASURED}
 """Head config overrides per measured variant, as ``compare_heads.py`` defines them (``hybrid``: the query
-head with the per-ROI RGB refinement; the default adds the per-ROI local branch)."""
+head with the per-ROI RGB refinement; the default adds the per-ROI local branch and the training-only person map)."""
 POINTS = {v: 0 if v == "detail" else LossConfig().points for v in MEASURED}
 DEFAULT = ch.DEFAULT_VARIANT
 
@@ -97,13 +98,15 @@ def train_rois_per_s(cfg: HeadConfig, points: int, rois_per_step: int, steps: in
     rois = torch.from_numpy(plausible_rois(rois_per_step, seed=1))
     batch_idx = torch.arange(rois_per_step) % 2
     targets = torch.randint(0, 3, (rois_per_step, h, w), dtype=torch.uint8)
-    setup = StepSetup(model=head, loss_fn=SegLoss(LossConfig()), optimizer=torch.optim.AdamW(head.parameters()),
+    person = torch.randint(0, 2, (2, 2, h, w), dtype=torch.uint8)  # the person maps' targets, as roiseg train feeds them
+    loss = LossConfig()
+    setup = StepSetup(model=head, loss_fn=SegLoss(loss), optimizer=torch.optim.AdamW(head.parameters()),
                       scheduler=None, scaler=torch.amp.GradScaler("cuda", enabled=False), input_hw=(h, w),
-                      grad_clip=1.0, points=points)
-    train_step(setup, feats, images, rois, batch_idx, targets)  # warm-up
+                      grad_clip=1.0, points=points, person_weight=loss.person_weight if cfg.has_person_map else 0.0)
+    train_step(setup, feats, images, rois, batch_idx, targets, person=person)  # warm-up
     t0 = time.perf_counter()
     for s in range(steps):
-        train_step(setup, feats, images, rois, batch_idx, targets, seed=s)
+        train_step(setup, feats, images, rois, batch_idx, targets, seed=s, person=person)
     return rois_per_step * steps / (time.perf_counter() - t0)
 
 

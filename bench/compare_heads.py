@@ -12,7 +12,7 @@ Runs that finished (their evaluation report exists) are reused, so the command r
 runs two trainings at a time with one torch thread each (the machine has two cores).
 
     uv run python bench/compare_heads.py --detectors yolox_nano,yolo11n --seeds 0,1 \\
-        --variants hybrid-local,hybrid,query,detail --work /tmp/heads --markdown /tmp/heads/table.md
+        --variants hybrid-local-person,hybrid-local,hybrid,query,detail --work /tmp/heads --markdown /tmp/heads/table.md
 
 The data is ``../shared/coco-persons`` (``--data``), prepared with ``prepare-coco`` and ``analyze``
 into ``WORK/data`` on first use.
@@ -51,11 +51,11 @@ DETECTORS: dict[str, Detector] = {
 }
 
 
-def _query(refine: int, local: int, embed: int = 32, *extra: str) -> tuple[str, ...]:
+def _query(refine: int, local: int, embed: int = 32, *extra: str, person: bool = False) -> tuple[str, ...]:
     """``--set`` overrides of a ``query`` head with these widths (every width named, so a later change of
     the defaults does not change what a measured variant is)."""
     return ("head.variant=query", f"head.refine_channels={refine}", f"head.embed_dim={embed}",
-            f"head.local_channels={local}", *extra)
+            f"head.local_channels={local}", f"head.person_aux={str(person).lower()}", *extra)
 
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -69,12 +69,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local-m112": _query(16, 64, 32, "head.mask_size=112"),
     "hybrid-local-r32": _query(32, 64),
     "hybrid-local-s28": _query(16, 64, 32, "head.roi_size=28"),
+    "hybrid-local-person": _query(16, 64, person=True),
+    "hybrid-local-edges": _query(16, 64, 32, "head.edge_aux=true", person=True),
     "hybrid-d64": _query(16, 0, 64),
     "hybrid-d128": _query(16, 0, 128),
     "hybrid-auto": _query(16, 0, 0),
 }
 """Each variant as ``--set`` overrides of the defaults (``default``: none)."""
-DEFAULT_VARIANT = "hybrid-local"
+DEFAULT_VARIANT = "hybrid-local-person"
 """The measured variant that ``configs/default.toml`` ships (docs/heads.md)."""
 
 
@@ -163,7 +165,7 @@ def train_rate(run: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default="yolox_nano,yolo11n")
-    ap.add_argument("--variants", default="hybrid-local,hybrid,query,detail")
+    ap.add_argument("--variants", default="hybrid-local-person,hybrid-local,hybrid,query,detail")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--data", type=Path, default=SHARED / "coco-persons")
     ap.add_argument("--work", type=Path, default=Path("/tmp/roiseg_compare_heads"))

@@ -113,3 +113,19 @@ def test_sigkill_mid_run_then_resume(data, stand_in_full, tmp_path):
 
 def _toml(v) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else repr(v)
+
+
+def test_a_checkpoint_made_before_a_head_field_resumes_as_it_was_built(data, stand_in_full, tmp_path):
+    # a query head trained before the person map existed: its stored configs lack the key
+    out = tmp_path / "run"
+    over = tiny_overrides(data, stand_in_full, out, head__variant="query", head__person_aux=False, train__epochs=1,
+                          train__picture=False)
+    train(load_config(None, over))
+    path = find_latest(out)
+    state = torch.load(path, weights_only=False)
+    del state["config"]["head"]["person_aux"], state["head_config"]["person_aux"]
+    torch.save(state, path)
+    cfg, resumed_from = resolve_run_config(None, {"train.epochs": 2}, resume=str(out))
+    assert cfg.head.person_aux is False  # the value the head was built with, not today's default
+    assert [r["epoch"] for r in train(cfg, resumed_from)["history"]] == [2]
+    assert not any(k.startswith("person.") for k in load_checkpoint(find_latest(out))["model"])

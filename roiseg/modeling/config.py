@@ -68,19 +68,33 @@ class HeadConfig:
     dot products shape the mask inside the ROI and only the per-class bias sets its level (the box
     prior): a short training run cannot shift a whole ROI away from the box before it has learned
     where the person is. ``False`` only for checkpoints made before roiseg 0.2."""
+    person_aux: bool = True
+    """``query``: a training-only 1x1 conv on the per-image embedding predicts, at stride 4, the share of
+    each cell covered by any person (YOLACT's semantic loss; weight ``loss.person_weight``): every pixel of
+    the image supervises the shared embedding, not only those inside the ROIs. Not exported; ignored by the
+    other variants."""
+    edge_aux: bool = False
+    """``query`` with ``person_aux``: the person map gets a second channel, the persons' contours (each
+    instance's 2-pixel inner edge, :func:`roiseg.data.targets.person_maps`), with the same loss."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
     initialisation depends on it. 0 = the plain (random) initialisation."""
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
-                                           "centred_logits": False, "local_channels": 0}
+                                           "centred_logits": False, "local_channels": 0, "person_aux": False,
+                                           "edge_aux": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property
     def embed_width(self) -> int:
         """``embed_dim``, or the detector-scaled width when it is 0."""
         return self.embed_dim or auto_embed_dim(self.in_channels)
+
+    @property
+    def has_person_map(self) -> bool:
+        """The head carries the training-only person map (``person_aux`` on a ``query`` head)."""
+        return self.variant == "query" and self.person_aux
 
     @property
     def num_extra_taps(self) -> int:

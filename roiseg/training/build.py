@@ -74,7 +74,9 @@ def build_step_setup(cfg: TrainConfig, ctx: DistContext, head: MaskHead, loss_fn
     return StepSetup(model=wrap_model(head, ctx), loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                      scaler=build_scaler(device, o), input_hw=head.cfg.input_hw, grad_clip=o.grad_clip,
                      max_rois=cfg.data.max_rois_per_step, points=cfg.loss.points, oversample=cfg.loss.oversample,
-                     importance=cfg.loss.importance, device_type=device.type, amp=amp_enabled(device, o),
+                     importance=cfg.loss.importance,
+                     person_weight=cfg.loss.person_weight if head.cfg.has_person_map else 0.0,
+                     device_type=device.type, amp=amp_enabled(device, o),
                      amp_dtype=amp_dtype(o))
 
 

@@ -68,6 +68,7 @@ class EpochStats:
     loss: float = 0.0
     ce: float = 0.0
     dice: float = 0.0
+    person: float = 0.0  # the person-map loss (0 without one)
     rois: int = 0
     steps: int = 0
     skipped: int = 0  # unreadable images left out of the epoch's batches
@@ -76,11 +77,13 @@ class EpochStats:
         self.loss += parts["total"] * n
         self.ce += parts["ce"] * n
         self.dice += parts["dice"] * n
+        self.person += parts.get("person", 0.0) * n
         self.rois += n
         self.steps += 1
 
     def tensor(self) -> torch.Tensor:
-        return torch.tensor([self.loss, self.ce, self.dice, self.rois, self.steps, self.skipped], dtype=torch.float64)
+        return torch.tensor([self.loss, self.ce, self.dice, self.rois, self.steps, self.skipped, self.person],
+                            dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +195,8 @@ class Trainer:
         for i, batch in enumerate(skips(bar)):
             batch = batch.to(self.device)
             parts, n = train_step(self.step, features(batch), batch.images, batch.rois, batch.batch_idx,
-                                  batch.targets, seed=step_seed(self.cfg.train.seed, epoch, i, self.ctx.rank))
+                                  batch.targets, seed=step_seed(self.cfg.train.seed, epoch, i, self.ctx.rank),
+                                  person=batch.person)
             stats.add(parts, n)
             if self.ctx.is_main:
                 bar.set_postfix(loss=f"{stats.loss / stats.rois:.4f}",
@@ -205,6 +209,7 @@ class Trainer:
         totals = all_reduce_sum(stats.tensor(), self.ctx).tolist()
         rois = max(totals[3], 1.0)
         return {"train_loss": totals[0] / rois, "train_ce": totals[1] / rois, "train_dice": totals[2] / rois,
+                "train_person": totals[6] / rois,
                 "train_rois": int(totals[3]), "train_steps": int(stats.steps), "rois_per_s": totals[3] / max(elapsed, 1e-9),
                 "train_time_s": elapsed, "lr": float(self.step.scheduler.get_last_lr()[0]),
                 "skipped_images": int(totals[5])}

@@ -21,6 +21,10 @@ the inside pixels of all ROIs in the batch)
 CE is a pixel mean (large ROIs weigh more, as in the dataset-accumulated mIoU); Dice is a ROI mean
 (small ROIs weigh as much as large ones).
 
+A ``query`` head built with ``person_aux`` adds, in the training step, ``person_weight`` times
+:func:`person_map_loss`: the binary cross-entropy of its per-image person map against the share of
+each stride-4 cell that any person covers (every pixel of the image, not only those inside the ROIs).
+
 Class weights are uniform by default (``loss.class_weights = [1, 1, 1]``); with ``[]`` they come from
 ``data_analyze.json`` (``class_weights``) when present, else they are computed from the training
 targets with the same formula (:func:`compute_class_weights`).
@@ -71,6 +75,8 @@ class LossConfig:
     """Point loss: uniform candidates drawn per point kept."""
     importance: float = 0.75
     """Point loss: fraction of the points taken where the head is least certain (the rest uniform)."""
+    person_weight: float = 1.0
+    """Weight of the person-map loss (:func:`person_map_loss`) of a head built with ``head.person_aux``."""
 
     def validate(self) -> None:
         if self.points < 0 or self.oversample < 1 or not 0 <= self.importance <= 1:
@@ -81,6 +87,8 @@ class LossConfig:
         bad = [c for c in self.dice_classes if not 0 <= int(c) < NUM_CLASSES]
         if bad:
             raise ValueError(f"dice_classes {tuple(self.dice_classes)}: ids must be in 0..{NUM_CLASSES - 1}")
+        if self.person_weight < 0:
+            raise ValueError(f"person_weight must be >= 0, got {self.person_weight}")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         w = self.class_weights
@@ -152,6 +160,21 @@ class SegLoss(nn.Module):
             denom = p.flatten(1).sum(1) + g.flatten(1).sum(1)
             terms.append(1.0 - (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH))  # [N]
         return torch.stack(terms, dim=1).mean()
+
+
+def person_map_loss(logits: Tensor, maps: Tensor) -> Tensor:
+    """Binary cross-entropy of the per-image person maps, every pixel of the image (YOLACT's semantic loss).
+
+    ``logits`` [B, C, h, w] at stride ``H / h``; ``maps`` [B, M, H, W] {0, 1} at the input resolution with
+    M >= C (:func:`roiseg.data.targets.person_maps`: any person, the contours), of which the first C are
+    averaged over each cell into the share of the cell they cover (the soft targets).
+    """
+    b, c, h, w = logits.shape
+    if maps.dim() != 4 or maps.shape[0] != b or maps.shape[1] < c or maps.shape[2] % h or maps.shape[3] % w:
+        raise ValueError(f"person maps must be [B, M, H, W] with B = {b}, M >= {c} and H, W multiples of {(h, w)}, "
+                         f"got {tuple(maps.shape)}")
+    share = F.adaptive_avg_pool2d(maps[:, :c].float(), (h, w))
+    return F.binary_cross_entropy_with_logits(logits.float(), share)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +261,7 @@ __all__ = [
     "LossConfig",
     "SegLoss",
     "compute_class_weights",
+    "person_map_loss",
     "resolve_class_weights",
     "target_pixel_counts",
 ]

@@ -125,7 +125,7 @@ def check_resumable(state: Mapping[str, Any], head_cfg: HeadConfig, info: Extrac
     """
     where = f"checkpoint {source}"
     check_head_features(_RecordedGeometry(state, where), state.get("extractor"), info, where, strict=True)
-    saved = {**_default_head_dict(), **(state.get("head_config") or {})}  # fields added since: their defaults
+    saved = {**_default_head_dict(), **HeadConfig.LEGACY, **(state.get("head_config") or {})}  # added since: as before
     diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in head_cfg.to_dict().items()
             if k not in GEOMETRY_KEYS and saved.get(k) != v]
     if diff:
@@ -151,6 +151,8 @@ def resolve_run_config(
     state = load_checkpoint(path)
     base = TrainConfig().to_dict() if not isinstance(state.get("config"), dict) else json.loads(json.dumps(state["config"]))
     base.setdefault("train", {}).update({"out": str(path.parent), "stop_after": 0})
+    for key, value in HeadConfig.LEGACY.items():  # a head field the checkpoint predates: how its head was built
+        base.setdefault("head", {}).setdefault(key, value)
     cfg = load_config(toml_path, overrides, base=base)
     return cfg, path
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from roiseg.modeling.paste import paste_roi_logits, roi_inside_masks
+from roiseg.training.loss import person_map_loss
 from roiseg.training.points import point_batch
 
 
@@ -52,6 +53,8 @@ class StepSetup:
     """Point-sampled loss: K points per ROI (0 = loss on all pixels at full resolution)."""
     oversample: float = 3.0
     importance: float = 0.75
+    person_weight: float = 0.0
+    """Weight of the person-map loss (0 = off; > 0 only for a head built with ``person_aux``)."""
     device_type: str = "cpu"
     amp: bool = False
     amp_dtype: torch.dtype = torch.float16
@@ -69,19 +72,26 @@ def train_step(
     batch_idx: torch.Tensor,
     targets: torch.Tensor,
     seed: int = 0,
+    person: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], int]:
-    """One optimisation step; returns the loss parts (``total``, ``ce``, ``dice``) and the ROIs trained on.
+    """One optimisation step; returns the loss parts (``total``, ``ce``, ``dice``[, ``person``]) and the ROIs trained on.
 
     ``feats`` [B, C, h, w], ``images`` [B, 3, H, W], ``rois`` [K, 4] normalised xyxy, ``batch_idx``
-    [K], ``targets`` [K, H, W], all on the training device; ``seed`` draws the ROI sample when
-    ``K > setup.max_rois`` and the points of a point-sampled loss. ``feats`` may be every tap (primary first).
+    [K], ``targets`` [K, H, W], ``person`` [B, 2, H, W] {0, 1} (any person, the contours:
+    :func:`roiseg.data.targets.person_maps`; used when ``setup.person_weight > 0``),
+    all on the training device; ``seed`` draws the ROI sample when ``K > setup.max_rois`` and the points of a
+    point-sampled loss. ``feats`` may be every tap (primary first).
     """
     pick = sample_rois(len(rois), setup.max_rois, seed) if setup.max_rois > 0 else None
     if pick is not None:
         pick = pick.to(rois.device)
         rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
+    with_person = setup.person_weight > 0 and person is not None
     with setup.autocast():
-        roi_logits = setup.model(feats, rois, batch_idx, images)
+        roi_logits = setup.model(feats, rois, batch_idx, images, with_person=True) if with_person \
+            else setup.model(feats, rois, batch_idx, images)
+        if with_person:
+            roi_logits, person_logits = roi_logits
         if setup.points > 0:  # K points per ROI; no [N, 3, H, W] tensor in the step
             gen = torch.Generator().manual_seed(seed)
             logits, tgt, valid = point_batch(roi_logits, rois, targets, setup.input_hw, setup.points,
@@ -90,6 +100,10 @@ def train_step(
         else:
             logits = paste_roi_logits(roi_logits, rois, setup.input_hw)
             loss, parts = setup.loss_fn(logits, targets, roi_inside_masks(rois, setup.input_hw))
+        if with_person:
+            aux = person_map_loss(person_logits, person)
+            loss = loss + setup.person_weight * aux
+            parts = {**parts, "person": float(aux.detach()), "total": float(loss.detach())}
     setup.optimizer.zero_grad(set_to_none=True)
     setup.scaler.scale(loss).backward()
     if setup.grad_clip > 0:
