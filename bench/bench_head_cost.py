@@ -98,7 +98,7 @@ def train_rois_per_s(cfg: HeadConfig, points: int, rois_per_step: int, steps: in
     rois = torch.from_numpy(plausible_rois(rois_per_step, seed=1))
     batch_idx = torch.arange(rois_per_step) % 2
     targets = torch.randint(0, 3, (rois_per_step, h, w), dtype=torch.uint8)
-    person = torch.randint(0, 2, (2, 2, h, w), dtype=torch.uint8)  # the person maps' targets, as roiseg train feeds them
+    person = torch.randint(0, 2, (2, h, w), dtype=torch.uint8)  # the person map's target, as roiseg train feeds it
     loss = LossConfig()
     setup = StepSetup(model=head, loss_fn=SegLoss(loss), optimizer=torch.optim.AdamW(head.parameters()),
                       scheduler=None, scaler=torch.amp.GradScaler("cuda", enabled=False), input_hw=(h, w),

@@ -70,7 +70,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local-r32": _query(32, 64),
     "hybrid-local-s28": _query(16, 64, 32, "head.roi_size=28"),
     "hybrid-local-person": _query(16, 64, person=True),
-    "hybrid-local-edges": _query(16, 64, 32, "head.edge_aux=true", person=True),
     "hybrid-d64": _query(16, 0, 64),
     "hybrid-d128": _query(16, 0, 128),
     "hybrid-auto": _query(16, 0, 0),

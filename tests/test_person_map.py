@@ -9,7 +9,6 @@ import torch
 from helpers_train import make_person_data, tiny_overrides
 
 from roiseg.data.dataset import CocoPersonImages, collate_images
-from roiseg.data.targets import person_maps
 from roiseg.errors import InputError
 from roiseg.modeling import HeadConfig, build_head
 from roiseg.training.config import load_config
@@ -19,38 +18,20 @@ from roiseg.training.step import StepSetup, train_step
 FIELDS = {"in_channels": 16, "stride": 8, "input_hw": (64, 64)}
 
 
-def test_the_person_loss_is_least_at_each_cells_share_of_its_maps():
-    maps = torch.zeros(1, 2, 8, 8, dtype=torch.uint8)
-    maps[0, 0, :4, :4] = 1  # map 0: cell (0, 0) full
-    maps[0, 0, 4:, :2] = 1  # cell (1, 0) half
-    maps[0, 1, 4, 4:] = 1  # map 1: a quarter of cell (1, 1)
-    share = torch.tensor([[[1.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [0.0, 0.25]]])
-    for c in (1, 2):  # a head with the person map only reads map 0; with edge_aux, both
-        best = torch.logit(share[:c].clamp(1e-4, 1 - 1e-4))[None].requires_grad_(True)
-        loss = person_map_loss(best, maps)
-        loss.backward()
-        assert best.grad.abs().max() < 1e-3  # the minimum of the BCE: logits = logit(share) per cell
-        for shift in (-0.5, 0.5):
-            assert person_map_loss(best.detach() + shift, maps) > loss + 1e-3
-    with pytest.raises(ValueError, match=r"person maps must be \[B, M, H, W\]"):
-        person_map_loss(best.detach(), torch.zeros(1, 2, 7, 8, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="M >= 2"):
-        person_map_loss(best.detach(), maps[:, :1])
-
-
-def test_person_maps_hold_the_union_and_each_instances_inner_edge():
-    masks = np.zeros((2, 20, 24), bool)
-    masks[0, 2:18, 2:12] = True
-    masks[1, 2:18, 12:22] = True  # touching instance 0 along x = 12
-    maps = person_maps(masks)
-    assert maps.dtype == np.uint8 and maps.shape == (2, 20, 24)
-    assert np.array_equal(maps[0], masks.any(0))
-    edge = maps[1].astype(bool)
-    assert not (edge & ~masks.any(0)).any()  # inside the persons only
-    assert edge[10, 10:14].all() and not edge[10, 8] and not edge[10, 15]  # the line between them, 2 px each side
-    assert edge[2, 5] and edge[3, 5] and not edge[4, 5]  # a 2-pixel band
-    masks[0, 0:18, 2:12] = True  # touching the image's top: no edge drawn along the frame
-    assert not person_maps(masks)[1][0, 5]
+def test_the_person_loss_is_least_at_each_cells_person_share():
+    person = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    person[0, :4, :4] = 1  # cell (0, 0) full
+    person[0, 4:, :2] = 1  # cell (1, 0) half
+    person[0, 4, 4:] = 1  # cell (1, 1) a quarter
+    share = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    best = torch.logit(share.clamp(1e-4, 1 - 1e-4))[None, None].requires_grad_(True)
+    loss = person_map_loss(best, person)
+    loss.backward()
+    assert best.grad.abs().max() < 1e-3  # the minimum of the BCE: logits = logit(share) per cell
+    for shift in (-0.5, 0.5):
+        assert person_map_loss(best.detach() + shift, person) > loss + 1e-3
+    with pytest.raises(ValueError, match=r"person must be \[B, H, W\]"):
+        person_map_loss(best.detach(), torch.zeros(1, 7, 8, dtype=torch.uint8))
 
 
 def test_items_carry_the_union_of_their_persons_mirrored_with_the_image(tmp_path):
@@ -61,11 +42,11 @@ def test_items_carry_the_union_of_their_persons_mirrored_with_the_image(tmp_path
     for i in range(len(plain)):
         item, flipped = plain[i], mirrored[i]
         masks, _ = plain.instance_masks(i, (64, 96))
-        assert torch.equal(item.person, torch.from_numpy(person_maps(masks)))
+        assert torch.equal(item.person, torch.from_numpy(masks.any(axis=0).astype(np.uint8)))
         assert torch.equal(flipped.person, item.person.flip(-1)) and flipped.flipped
-        assert bool((item.person[0].expand_as(item.targets)[item.targets > 0] == 1).all())  # targets are persons
+        assert bool((item.person[None].expand_as(item.targets)[item.targets > 0] == 1).all())  # targets are persons
     batch = collate_images([plain[0], plain[1]])
-    assert batch.person.shape == (2, 2, 64, 96) and batch.person.dtype == torch.uint8
+    assert batch.person.shape == (2, 64, 96) and batch.person.dtype == torch.uint8
 
 
 def _setup(head, weight: float) -> StepSetup:
@@ -79,9 +60,8 @@ def test_the_person_map_trains_the_embedding_only_when_weighted():
     feats, images = torch.randn(2, 16, 8, 8), torch.rand(2, 3, 64, 64)
     rois, idx = torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.3, 0.2, 0.9, 0.8]]), torch.tensor([0, 1])
     targets = torch.randint(0, 3, (2, 64, 64), dtype=torch.uint8)
-    person = torch.zeros(2, 2, 64, 64, dtype=torch.uint8)
-    person[:, 0, 8:40, 16:48] = 1
-    person[:, 1] = torch.from_numpy(person_maps(person[0, :1].numpy().astype(bool))[1])
+    person = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    person[:, 8:40, 16:48] = 1
     for weight in (0.0, 1.0):
         head = build_head(HeadConfig(**FIELDS)).train()
         assert head.person is not None
@@ -121,11 +101,3 @@ def test_a_zero_person_weight_with_the_map_on_is_a_config_error(tmp_path):
     over["head.person_aux"] = False
     assert load_config(None, over).loss.person_weight == 0.0
 
-
-def test_edge_aux_adds_the_contour_channel_to_the_map():
-    torch.manual_seed(0)
-    head = build_head(HeadConfig(**FIELDS, edge_aux=True)).eval()
-    args = (torch.randn(1, 16, 8, 8), torch.tensor([[0.1, 0.2, 0.7, 0.9]]), torch.tensor([0]), torch.rand(1, 3, 64, 64))
-    with torch.no_grad():
-        _, maps = head(*args, with_person=True)
-    assert maps.shape == (1, 2, 16, 16)

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from roiseg.conventions import DEFAULT_PREPROCESSING, Preprocessing, coco_bbox_to_roi, preprocess, read_image
 from roiseg.data.coco import decode_mask, load_coco_json
 from roiseg.data.prepare import select_persons
-from roiseg.data.targets import hflip_rois, jitter_rois, person_maps, roi_targets
+from roiseg.data.targets import hflip_rois, jitter_rois, roi_targets
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
 
@@ -51,7 +51,7 @@ class ImageItem:
     areas: torch.Tensor  # [K] float32 COCO annotation area (original pixels)
     ann_ids: torch.Tensor  # [K] int64
     flipped: bool = False  # the image (and its ROIs, targets) is horizontally mirrored
-    person: torch.Tensor | None = None  # [2, H, W] uint8: any person; the persons' contours (targets.person_maps)
+    person: torch.Tensor | None = None  # [H, W] uint8: 1 where any person of the image is (all its instances)
 
 
 @dataclass
@@ -82,7 +82,7 @@ class ImageBatch:
     flipped: list[bool] = field(default_factory=list)
     """Per image: horizontally mirrored (its features are another feature-cache entry)."""
     person: torch.Tensor | None = None
-    """[B, 2, H, W] uint8: where any person of the image is, and the persons' contours (:func:`person_maps`)."""
+    """[B, H, W] uint8: 1 where any person of the image is (the union of its instance masks)."""
 
     def _map(self, fn) -> "ImageBatch":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -313,5 +313,5 @@ class CocoPersonImages(Dataset):
             areas=torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32),
             ann_ids=torch.tensor([int(a["id"]) for a in anns], dtype=torch.int64),
             flipped=flipped,
-            person=torch.from_numpy(person_maps(masks)),
+            person=torch.from_numpy(masks.any(axis=0).astype(np.uint8)),
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from roiseg.conventions import BACKGROUND, NON_TARGET, TARGET, normalised_rois_to_pixels, roi_pixel_span
@@ -53,22 +52,6 @@ def roi_targets(masks: np.ndarray, rois: np.ndarray, owners: Sequence[int] | Non
         crop[others] = NON_TARGET
         crop[own] = TARGET
     return out
-
-
-CONTOUR_WIDTH: int = 2
-"""Width in pixels of each instance's contour band in :func:`person_maps` (inside the mask)."""
-
-
-def person_maps(masks: np.ndarray) -> np.ndarray:
-    """[K, H, W] bool instance masks -> [2, H, W] uint8 per-image maps: 0 the union of the persons,
-    1 their contours (each instance's mask minus its erosion by ``CONTOUR_WIDTH`` pixels, so the line
-    between two touching persons is drawn twice: once on each side)."""
-    union = masks.any(axis=0).astype(np.uint8)
-    contours = np.zeros_like(union)
-    kernel = np.ones((3, 3), np.uint8)
-    for mask in masks.astype(np.uint8):
-        contours |= mask & (1 - cv2.erode(mask, kernel, iterations=CONTOUR_WIDTH, borderValue=1))
-    return np.stack([union, contours])
 
 
 def hflip_rois(rois: np.ndarray) -> np.ndarray:

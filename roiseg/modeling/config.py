@@ -73,17 +73,13 @@ class HeadConfig:
     each cell covered by any person (YOLACT's semantic loss; weight ``loss.person_weight``): every pixel of
     the image supervises the shared embedding, not only those inside the ROIs. Not exported; ignored by the
     other variants."""
-    edge_aux: bool = False
-    """``query`` with ``person_aux``: the person map gets a second channel, the persons' contours (each
-    instance's 2-pixel inner edge, :func:`roiseg.data.targets.person_maps`), with the same loss."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
     initialisation depends on it. 0 = the plain (random) initialisation."""
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
-                                           "centred_logits": False, "local_channels": 0, "person_aux": False,
-                                           "edge_aux": False}
+                                           "centred_logits": False, "local_channels": 0, "person_aux": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property

@@ -210,8 +210,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
                 self.mask_embed[-1].bias.zero_()
         self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
-        maps = 1 + int(cfg.edge_aux)  # training only (HeadConfig.person_aux / edge_aux)
-        self.person = nn.Conv2d(dim, maps, 1) if cfg.has_person_map else None
+        self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
         self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
 
     def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -252,8 +251,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
             features: [B, C, h, w] primary tap at ``cfg.stride``, or [primary, *extra taps].
             rois: [N, 4] normalised ``x1, y1, x2, y2``; batch_idx: [N] int64.
             images: [B, 3, H, W] preprocessed input images (required).
-            with_person: also return the person-map logits [B, 1 (+1 with ``edge_aux``), H/4, W/4] (training,
-                ``cfg.person_aux``).
+            with_person: also return the person-map logits [B, 1, H/4, W/4] (training, ``cfg.person_aux``).
 
         Returns:
             [N, 3, G, G] logits over the ROI, ``G = cfg.mask_size`` (and the person map with ``with_person``).

@@ -162,18 +162,17 @@ class SegLoss(nn.Module):
         return torch.stack(terms, dim=1).mean()
 
 
-def person_map_loss(logits: Tensor, maps: Tensor) -> Tensor:
-    """Binary cross-entropy of the per-image person maps, every pixel of the image (YOLACT's semantic loss).
+def person_map_loss(logits: Tensor, person: Tensor) -> Tensor:
+    """Binary cross-entropy of the person map, every pixel of the image (YOLACT's semantic loss).
 
-    ``logits`` [B, C, h, w] at stride ``H / h``; ``maps`` [B, M, H, W] {0, 1} at the input resolution with
-    M >= C (:func:`roiseg.data.targets.person_maps`: any person, the contours), of which the first C are
-    averaged over each cell into the share of the cell they cover (the soft targets).
+    ``logits`` [B, 1, h, w] at stride ``H / h``; ``person`` [B, H, W] {0, 1} at the input resolution,
+    averaged over each cell into the share of the cell a person covers (the soft target).
     """
-    b, c, h, w = logits.shape
-    if maps.dim() != 4 or maps.shape[0] != b or maps.shape[1] < c or maps.shape[2] % h or maps.shape[3] % w:
-        raise ValueError(f"person maps must be [B, M, H, W] with B = {b}, M >= {c} and H, W multiples of {(h, w)}, "
-                         f"got {tuple(maps.shape)}")
-    share = F.adaptive_avg_pool2d(maps[:, :c].float(), (h, w))
+    b, _, h, w = logits.shape
+    if person.dim() != 3 or person.shape[0] != b or person.shape[1] % h or person.shape[2] % w:
+        raise ValueError(f"person must be [B, H, W] with B = {b} and H, W multiples of {(h, w)}, "
+                         f"got {tuple(person.shape)}")
+    share = F.adaptive_avg_pool2d(person[:, None].float(), (h, w))
     return F.binary_cross_entropy_with_logits(logits.float(), share)
 
 

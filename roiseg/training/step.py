@@ -77,8 +77,7 @@ def train_step(
     """One optimisation step; returns the loss parts (``total``, ``ce``, ``dice``[, ``person``]) and the ROIs trained on.
 
     ``feats`` [B, C, h, w], ``images`` [B, 3, H, W], ``rois`` [K, 4] normalised xyxy, ``batch_idx``
-    [K], ``targets`` [K, H, W], ``person`` [B, 2, H, W] {0, 1} (any person, the contours:
-    :func:`roiseg.data.targets.person_maps`; used when ``setup.person_weight > 0``),
+    [K], ``targets`` [K, H, W], ``person`` [B, H, W] {0, 1} (any person; used when ``setup.person_weight > 0``),
     all on the training device; ``seed`` draws the ROI sample when ``K > setup.max_rois`` and the points of a
     point-sampled loss. ``feats`` may be every tap (primary first).
     """
