@@ -2,8 +2,8 @@
 
 Builds the stand-in detector at the reference shapes (1024 channels, 640x640, the five reference
 taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps, without and with the per-ROI
-RGB refinement: ``query``, ``hybrid``; ``hybrid-local-person``, the default, adds the per-ROI local branch and the
-training-only person map), a head with default
+RGB refinement: ``query``, ``hybrid``; ``hybrid-local-person-nb``, the default, adds the per-ROI local branch, the
+neighbour map and the training-only person map), a head with default
 sizes and random weights, fuses them (``roiseg fuse``) and times in one process, round-robin:
 
 * ``detector``: the trimmed detector alone (image -> the taps the head reads);
@@ -46,7 +46,8 @@ from timing import round_robin  # noqa: E402
 MEASURED = ("detail", "query", "hybrid", ch.DEFAULT_VARIANT)
 VARIANTS = {v: ch.head_overrides(v) for v in MEASURED}
 """Head config overrides per measured variant, as ``compare_heads.py`` defines them (``hybrid``: the query
-head with the per-ROI RGB refinement; the default adds the per-ROI local branch and the training-only person map)."""
+head with the per-ROI RGB refinement; the default adds the per-ROI local branch, the neighbour map and the
+training-only person map)."""
 POINTS = {v: 0 if v == "detail" else LossConfig().points for v in MEASURED}
 DEFAULT = ch.DEFAULT_VARIANT
 

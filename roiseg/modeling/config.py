@@ -73,13 +73,18 @@ class HeadConfig:
     each cell covered by any person (YOLACT's semantic loss; weight ``loss.person_weight``): every pixel of
     the image supervises the shared embedding, not only those inside the ROIs. Not exported; ignored by the
     other variants."""
+    neighbour_map: bool = True
+    """``query``: each ROI's tokens also get, through a 1x1 projection that starts at zero, how much of the
+    *other* ROIs of the same image covers each of its cells (soft box edges: continuous in the boxes), so the
+    head knows where the other persons' boxes are; a ROI's mask then depends on the other ROIs given with it."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
     initialisation depends on it. 0 = the plain (random) initialisation."""
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
-                                           "centred_logits": False, "local_channels": 0, "person_aux": False}
+                                           "centred_logits": False, "local_channels": 0, "person_aux": False,
+                                           "neighbour_map": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property

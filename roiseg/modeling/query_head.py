@@ -48,6 +48,8 @@ EMBED_STRIDE: int = 4
 """Stride of the mask embedding in input pixels."""
 MASK_NEG: float = -1e4
 """Attention bias of a masked-out cell (added before the softmax)."""
+NEIGHBOUR_EDGE: float = 0.01
+"""Width of a box's soft edge in :func:`neighbour_map` (normalised image units: ~6 pixels at 640)."""
 
 
 class PixelDecoder(nn.Module):
@@ -73,6 +75,30 @@ class PixelDecoder(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             x = x + y
         return self.out(x)
+
+
+def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: float = NEIGHBOUR_EDGE) -> torch.Tensor:
+    """[N, 1, G, G] in [0, 1): how much the *other* ROIs of the same image cover each cell of each ROI's grid.
+
+    ``rois`` [N, 4] normalised x1, y1, x2, y2; ``batch_idx`` [N]. A box covers a point by a product of
+    sigmoids of its signed distance to the four edges (width ``edge``): continuous in the boxes. It is
+    separable (a y factor times an x factor), so the sum over the other boxes is one matmul per ROI,
+    [G, N] x [N, G]; then ``1 - exp(-sum)``. A box narrower or lower than ``edge`` counts in proportion
+    (an empty box — a sanitised non-finite one — not at all).
+    """
+    t = (torch.arange(g, dtype=rois.dtype, device=rois.device) + 0.5) / g  # [G] cell centres, ROI units
+    idx = torch.arange(rois.shape[0], device=rois.device)
+    others = ((batch_idx[:, None] == batch_idx[None, :]) & (idx[:, None] != idx[None, :])).to(rois.dtype)  # [N, N]
+    size = ((rois[:, 2:4] - rois[:, 0:2]) / edge).clamp(0.0, 1.0)  # [N, 2]
+    others = others * (size[:, 0] * size[:, 1])[None, :]
+
+    def cover(axis: int) -> torch.Tensor:  # [N, G, N]: cell k of ROI i inside box j along ``axis``
+        lo, hi = rois[:, axis], rois[:, axis + 2]
+        c = (lo[:, None] + t[None] * (hi - lo)[:, None])[:, :, None]  # [N, G, 1] normalised image units
+        return torch.sigmoid((c - lo[None, None]) / edge) * torch.sigmoid((hi[None, None] - c) / edge)
+
+    total = torch.matmul(cover(1) * others[:, None, :], cover(0).transpose(1, 2))  # [N, G (y), G (x)]
+    return (1.0 - torch.exp(-total))[:, None]
 
 
 def conv_gn_relu_strided(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -211,6 +237,10 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
+        self.neighbours = nn.Conv2d(1, dim, 1) if cfg.neighbour_map else None
+        if self.neighbours is not None:  # starts as without it
+            nn.init.zeros_(self.neighbours.weight)
+            nn.init.zeros_(self.neighbours.bias)
         self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
 
     def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -268,6 +298,8 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         pooled = self.primary_rois(taps[0], boxes)
         if self.local is not None:
             grid = grid + self.local(pooled)
+        if self.neighbours is not None:
+            grid = grid + self.neighbours(neighbour_map(rois, batch_idx, g))
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person

@@ -28,7 +28,7 @@ from roiseg.data.dataset import CocoPersonImages, ImageBatch, SkipCounter
 from roiseg.features.cache import FeatureCache
 from roiseg.features.extractor import ExtractorInfo, OnnxFeatureExtractor
 from roiseg.modeling import MaskHead, build_head, count_parameters
-from roiseg.modeling.paste import class_ids, masks_from_logits, roi_inside_masks
+from roiseg.modeling.paste import class_ids, masks_from_logits, paste_roi_logits, roi_inside_masks
 from roiseg.training.build import build_datasets, build_extractor, build_loaders, build_loss, build_step_setup
 from roiseg.training.checkpoint import load_checkpoint, prune_checkpoints, record_best, save_checkpoint
 from roiseg.training.config import TrainConfig
@@ -227,12 +227,14 @@ class Trainer:
                                     disable=not self.ctx.is_main)):
             batch = batch.to(self.device)
             feats = self.features(batch)
-            for lo in range(0, len(batch.rois), cap):
+            with self.autocast():  # every ROI of the batch at once (a ROI may read the others: neighbour_map) ...
+                grid_logits = head(feats, batch.rois, batch.batch_idx, batch.images)
+            for lo in range(0, len(batch.rois), cap):  # ... pasted to [cap, 3, H, W] at a time
                 sl = slice(lo, lo + cap)
                 rois, targets = batch.rois[sl], batch.targets[sl]
                 inside = roi_inside_masks(rois, self.input_hw)
                 with self.autocast():
-                    logits = head.full_logits(feats, rois, batch.batch_idx[sl], batch.images)
+                    logits = paste_roi_logits(grid_logits[sl], rois, self.input_hw)
                     loss, _ = self.step.loss_fn(logits, targets, inside)
                 pred = class_ids(masks_from_logits(logits.float(), inside))
                 metrics.update(pred, targets, batch.areas[sl], inside)

@@ -1,0 +1,63 @@
+"""The neighbour map (``head.neighbour_map``): where the other ROIs of the image lie, on each ROI's grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from helpers_graph import ort_session
+
+from roiseg.export.wrapper import export_head
+from roiseg.modeling import HeadConfig, build_head
+from roiseg.modeling.query_head import neighbour_map
+
+FIELDS = {"in_channels": 16, "stride": 8, "input_hw": (64, 64)}
+
+
+def test_the_map_shows_the_other_boxes_of_the_same_image_only():
+    rois = torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    m = neighbour_map(rois, torch.tensor([0, 0, 1]), 8)[:, 0]  # [3, 8, 8]
+    assert m.shape == (3, 8, 8) and float(m[2].max()) < 1e-6  # alone in its image
+    inside = 1 - np.exp(-1)  # one other box over the cell
+    assert 0.01 < float(m[0, :, -1].min()) and float(m[0].max()) < 0.1  # ROI 1 starts past ROI 0's last cell centre
+    assert float(m[0, :, :-2].max()) < 1e-6  # and is nowhere near its other cells
+    wide = neighbour_map(torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.25, 0.25, 0.75, 0.75]]), torch.tensor([0, 0]), 8)[0, 0]
+    assert abs(float(wide[4, 4]) - inside) < 1e-3 and float(wide[0, 0]) < 1e-6  # inside / far outside the other box
+    assert neighbour_map(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), 8).shape == (0, 1, 8, 8)
+
+
+def test_the_map_is_continuous_in_the_boxes():
+    rois = torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.4, 0.2, 0.9, 0.8]], dtype=torch.float64)
+    idx = torch.tensor([0, 0])
+    base = neighbour_map(rois, idx, 56)
+    for k in range(4):
+        moved = rois.clone()
+        moved[1, k] += 1e-6
+        assert float((neighbour_map(moved, idx, 56) - base).abs().max()) < 1e-4
+
+
+def test_a_rois_mask_follows_its_neighbours_and_exports():
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(**FIELDS, neighbour_map=True)).eval()
+    plain = build_head(HeadConfig(**FIELDS, neighbour_map=False)).eval()
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("neighbours.")})
+    feats, image = torch.randn(1, 16, 8, 8), torch.rand(1, 3, 64, 64)
+    one, two = torch.tensor([[0.1, 0.1, 0.6, 0.9]]), torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.4, 0.2, 0.9, 0.8]])
+    with torch.no_grad():
+        assert torch.equal(head(feats, two, torch.tensor([0, 0]), image), plain(feats, two, torch.tensor([0, 0]), image))
+        torch.nn.init.normal_(head.neighbours.weight, std=1.0)
+        alone = head(feats, one, torch.tensor([0]), image)[0]
+        beside = head(feats, two, torch.tensor([0, 0]), image)[0]
+    assert float((alone - beside).abs().max()) > 1e-3  # the second box changes the first ROI's mask
+    sess = ort_session(export_head(head))
+    f, im = feats.numpy(), image.numpy()
+    for rois in (np.zeros((0, 4), np.float32), one.numpy(), two.numpy()):
+        got = sess.run(None, {"features": f, "rois": rois, "images": im})[0]
+        with torch.no_grad():
+            ref = head.predict_masks(feats, torch.from_numpy(rois), torch.zeros(len(rois), dtype=torch.int64), image).numpy()
+        assert got.shape == (len(rois), 3, 64, 64) and (len(rois) == 0 or np.abs(got - ref).max() < 1e-5)
+
+
+def test_an_empty_box_is_nobodys_neighbour():
+    rois = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0], [0.2, 0.2, 0.2, 0.9]])  # a point and a line
+    m = neighbour_map(rois, torch.zeros(3, dtype=torch.int64), 16)
+    assert float(m[0].abs().max()) == 0.0
