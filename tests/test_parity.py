@@ -139,7 +139,8 @@ def test_parity_fails_when_the_paths_differ(checkpoints, work, coco_tiny):
 
 
 def test_large_roi_sets_are_compared_in_bounded_chunks(checkpoints, work, coco_tiny, monkeypatch):
-    """Peak memory of parity-check: the 64-ROI set never meets the PyTorch path or the statistics whole."""
+    """Peak memory of parity-check: the 64-ROI set's full-resolution outputs never meet the PyTorch path or the
+    statistics whole (the head reads the whole set, since a ROI may read the others; it pastes a chunk)."""
     import graph_tools
     from roiseg.verify import roi as parity_mod
 
@@ -147,8 +148,12 @@ def test_large_roi_sets_are_compared_in_bounded_chunks(checkpoints, work, coco_t
     fused = fused_once(work, detector, ckpt, simplify=True)
     seen, arenas = [], []
     outputs = parity_mod.TorchPath.outputs
-    monkeypatch.setattr(parity_mod.TorchPath, "outputs",
-                        lambda self, f, image, rois, *a, **k: seen.append(len(rois)) or outputs(self, f, image, rois, *a, **k))
+    def pasted(self, f, image, rois, modes=("probs",), out_hw=None, part=None):
+        got = outputs(self, f, image, rois, modes, out_hw, part)
+        seen.append(len(next(iter(got.values()))))
+        return got
+
+    monkeypatch.setattr(parity_mod.TorchPath, "outputs", pasted)
     create = graph_tools.create_session
     monkeypatch.setattr(graph_tools, "create_session", lambda *a, **k: arenas.append(k.get("arena", True)) or create(*a, **k))
     report = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / VAL_JSON, images=coco_tiny / VAL_IMAGES,

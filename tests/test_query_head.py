@@ -57,6 +57,8 @@ def _query_checkpoint(path, detector, tensor, seed=0, **fields):
             p.mul_(4.0)  # well separated classes, like a trained head
         if head.local is not None:  # a branch that contributes, as after training (it starts at zero)
             torch.nn.init.normal_(head.local.out.weight, std=0.5)
+        if head.neighbours is not None:  # so does the neighbour map: a ROI's output depends on the others
+            torch.nn.init.normal_(head.neighbours.weight, std=2.0)
     return save_checkpoint(path, {"epoch": 1, "head_config": cfg.to_dict(), "model": head.state_dict(),
                                   "extractor": info.to_dict(), "metrics": {}, "config": {}})
 
@@ -79,8 +81,9 @@ def test_fused_query_head_runs_any_roi_count_and_passes_parity(which, stand_in_f
         xy = np.random.default_rng(n).uniform(0, 0.6, (n, 2)).astype(np.float32)
         rois = np.concatenate([xy, xy + 0.3], axis=1)
         assert sess.run(None, {"images": image, "rois": rois})[0].shape == (n, 3, *hw)
+    # a large set on the stand-in: compared in chunks, while every ROI reads the whole set (the neighbour map)
     report = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / "annotations/instances_val2017.json",
-                        images=coco_tiny / "images/val2017", max_images=1, large_set=0)
+                        images=coco_tiny / "images/val2017", max_images=1, large_set=40 if which == "stand_in" else 0)
     fused_stage = report["stages"]["fused"]
     assert report["passed"] and fused_stage["max_abs"] <= 1e-4 and fused_stage["argmax_agreement"] >= 0.9999
     assert report["stages"]["trim"]["elements"] > 0

@@ -91,18 +91,19 @@ def class_labels(probs: torch.Tensor) -> torch.Tensor:
     return ids.to(torch.uint8)
 
 
-def deployed_outputs(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None,
-                     modes: tuple[str, ...] = DEFAULT_OUTPUTS, out_hw=None) -> list[torch.Tensor]:
-    """What the fused model computes for one image: sanitised ROIs -> the tensors of ``modes``.
-
-    ``taps``: the primary feature map [1, C, h, w] or [primary, *extra taps]; ``rois`` [N, 4] as
-    given; ``modes`` checked and ordered (:func:`output_modes`); ``out_hw``: size of the pasted masks
-    (default the input size; the original image size for a raw-image model, ints or 0-dim tensors).
-    Returns the tensors of :func:`output_tensors` in that order (``labels`` uint8, the others float).
-    """
+def deployed_roi_logits(head: MaskHead, taps, rois: torch.Tensor,
+                        images: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's part of the fused model for one image: ``rois`` [N, 4] as given -> ([N, 3, M, M] ROI-grid
+    logits, [N, 4] sanitised boxes, [N] bool finite). Every ROI at once: a ROI may read the others
+    (``HeadConfig.neighbour_map``)."""
     boxes, valid = sanitize_rois(rois)
     batch_idx = torch.zeros_like(boxes[:, 0], dtype=torch.int64)
-    logits = head(taps, boxes, batch_idx, images)  # [N, 3, M, M]
+    return head(taps, boxes, batch_idx, images), boxes, valid
+
+
+def outputs_from_logits(head: MaskHead, logits: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor,
+                        modes: tuple[str, ...] = DEFAULT_OUTPUTS, out_hw=None) -> list[torch.Tensor]:
+    """The tensors of ``modes`` from :func:`deployed_roi_logits`' results (or any slice of them, ROI by ROI)."""
     probs = None
     if set(modes) & {"probs", "labels", "target"}:
         hw = head.cfg.input_hw if out_hw is None else out_hw
@@ -120,6 +121,18 @@ def deployed_outputs(head: MaskHead, taps, rois: torch.Tensor, images: torch.Ten
             fill = torch.tensor(INVALID_ROI_LOGITS, dtype=logits.dtype, device=logits.device).reshape(1, -1, 1, 1)
             out += [torch.where(valid.reshape(-1, 1, 1, 1), logits, fill), boxes]
     return out
+
+
+def deployed_outputs(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None,
+                     modes: tuple[str, ...] = DEFAULT_OUTPUTS, out_hw=None) -> list[torch.Tensor]:
+    """What the fused model computes for one image: sanitised ROIs -> the tensors of ``modes``.
+
+    ``taps``: the primary feature map [1, C, h, w] or [primary, *extra taps]; ``rois`` [N, 4] as
+    given; ``modes`` checked and ordered (:func:`output_modes`); ``out_hw``: size of the pasted masks
+    (default the input size; the original image size for a raw-image model, ints or 0-dim tensors).
+    Returns the tensors of :func:`output_tensors` in that order (``labels`` uint8, the others float).
+    """
+    return outputs_from_logits(head, *deployed_roi_logits(head, taps, rois, images), modes, out_hw)
 
 
 def deployed_masks(head: MaskHead, taps, rois: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:

@@ -51,7 +51,7 @@ from roiseg.export.probes import (
     ProbeImage, coco_probe_images, contract_roi_sets, folder_probe_images, plausible_rois, roi_sets, smooth_image,
 )
 from roiseg.export.raw_input import raw_from_tensor
-from roiseg.export.wrapper import deployed_outputs
+from roiseg.export.wrapper import deployed_roi_logits, outputs_from_logits
 from roiseg.runtime.engines import engine_session
 from roiseg.runtime.metadata import FusedMetadata, read_metadata
 from roiseg.utils.progress import get_logger, progress
@@ -89,12 +89,16 @@ class TorchPath:
 
     @torch.no_grad()
     def outputs(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray,
-                modes: Sequence[str] = ("probs",), out_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them (masks
-        pasted at ``out_hw``, default the input size)."""
+                modes: Sequence[str] = ("probs",), out_hw: tuple[int, int] | None = None,
+                part: slice | None = None) -> dict[str, np.ndarray]:
+        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them for ``rois``
+        (masks pasted at ``out_hw``, default the input size), of the ROIs in ``part`` only (default all):
+        the head runs on the whole set (a ROI may read the others), only ``part`` is pasted."""
         taps = [torch.from_numpy(f) for f in features]
-        got = deployed_outputs(self.head, taps if len(taps) > 1 else taps[0], torch.from_numpy(rois),
-                               torch.from_numpy(image), tuple(modes), out_hw)
+        logits, boxes, valid = deployed_roi_logits(self.head, taps if len(taps) > 1 else taps[0],
+                                                   torch.from_numpy(rois), torch.from_numpy(image))
+        part = part or slice(None)
+        got = outputs_from_logits(self.head, logits[part], boxes[part], valid[part], tuple(modes), out_hw)
         return {name: t.numpy() for name, t in zip(output_tensors(modes), got)}
 
     def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
@@ -172,21 +176,32 @@ class RoiStages:
 
     def add_set(self, feats: Sequence[np.ndarray], image: np.ndarray, image_feed: dict[str, np.ndarray],
                 rois: np.ndarray, out_hw: tuple[int, int] | None) -> None:
-        """Run one ROI set through the fused model once, then compare it with the PyTorch path and the
-        unsimplified model ``COMPARE_CHUNK`` ROIs at a time (a ROI's output does not depend on the others)."""
+        """Run one ROI set through the fused model once, then compare it with the PyTorch path
+        ``COMPARE_CHUNK`` ROIs at a time (the head runs on the whole set, since a ROI may read the others;
+        only each chunk is pasted). The unsimplified model gets the same set when it fits one chunk; a larger
+        set is compared chunk by chunk as sets of their own, on both graphs (the same input to both)."""
         feeds = {**image_feed, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
         got = dict(zip(self.names, self.fused.run(self.names, feeds)))
         for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):
-            part = feeds[FUSED_ROIS_INPUT][lo:lo + COMPARE_CHUNK]
-            want = self.reference.outputs(feats, image, part, self.modes, out_hw)
+            part = slice(lo, lo + COMPARE_CHUNK)
+            want = self.reference.outputs(feats, image, feeds[FUSED_ROIS_INPUT], self.modes, out_hw, part)
             for name in self.names:
-                self.stages[stage_name(name)].update(want[name], got[name][lo:lo + COMPARE_CHUNK])
+                self.stages[stage_name(name)].update(want[name], got[name][part])
             del want
             if self.unsimplified is not None:
-                ref = self.unsimplified.run(self.names[:1], {**feeds, FUSED_ROIS_INPUT: part})[0]
-                self.stages["simplify"].update(ref, got[self.names[0]][lo:lo + COMPARE_CHUNK])
+                self._compare_simplified(feeds, got[self.names[0]], part)
         self.n_sets += 1
         self.n_rois += len(rois)
+
+    def _compare_simplified(self, feeds: dict[str, np.ndarray], got: np.ndarray, part: slice) -> None:
+        """The ``simplify`` stage for the ROIs in ``part`` of the set in ``feeds`` (``got``: the fused model's
+        first output for the whole set)."""
+        rois = feeds[FUSED_ROIS_INPUT]
+        if len(rois) > COMPARE_CHUNK:  # the chunk as a set of its own, on both graphs
+            feeds = {**feeds, FUSED_ROIS_INPUT: rois[part]}
+            got, part = self.fused.run(self.names[:1], feeds)[0], slice(None)
+        ref = self.unsimplified.run(self.names[:1], feeds)[0]
+        self.stages["simplify"].update(ref[part], got[part])
 
     def report(self, tol: Tolerances, fp16: bool, engine: str, image_names: list[str]) -> dict[str, Any]:
         """Every stage's result and ``passed``; ``trim`` and ``preprocess`` keep their own tolerances."""
