@@ -79,6 +79,8 @@ def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_hea
         assert report["mean_roi_target_iou"] >= 0.93, format_table(report)
     stems = _convs_reading_the_image(model)
     assert len(stems) == 1 and stems[0].input[1] not in dequantized_weights  # YOLOX's stem conv stays float in both scopes
+    neighbours = [n for n in model.graph.node if n.op_type == "Conv" and "/neighbours/" in n.name]
+    assert len(neighbours) == 1 and neighbours[0].input[1] not in dequantized_weights  # its range follows the ROI count
 
 
 def test_int8_needs_calibration_images_and_excludes_fp16(stand_in_full, stand_in_checkpoint, calibration, tmp_path, capsys):

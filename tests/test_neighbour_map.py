@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from helpers_graph import ort_session
 
@@ -26,13 +27,19 @@ def test_the_map_shows_the_other_boxes_of_the_same_image_only():
 
 
 def test_the_map_is_continuous_in_the_boxes():
-    rois = torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.4, 0.2, 0.9, 0.8]], dtype=torch.float64)
+    # the other box's left edge sits on a cell centre of ROI 0's grid (4.5 / 8): a hard inside test would jump
+    # by 1 - exp(-1) = 0.63 there when the edge moves by 1e-3; the soft edge moves the map by about 0.025
+    rois = torch.tensor([[0.0, 0.0, 1.0, 1.0], [4.5 / 8, 0.0, 1.0, 1.0]], dtype=torch.float64)
     idx = torch.tensor([0, 0])
-    base = neighbour_map(rois, idx, 56)
+    base = neighbour_map(rois, idx, 8)
     for k in range(4):
         moved = rois.clone()
-        moved[1, k] += 1e-6
-        assert float((neighbour_map(moved, idx, 56) - base).abs().max()) < 1e-4
+        moved[1, k] += 1e-3
+        change = float((neighbour_map(moved, idx, 8) - base).abs().max())
+        assert change < 0.05, (k, change)
+    moved = rois.clone()
+    moved[1, 0] += 1e-3
+    assert float((neighbour_map(moved, idx, 8) - base).abs().max()) > 1e-3  # it does move: the map reads the box
 
 
 def test_a_rois_mask_follows_its_neighbours_and_exports():
@@ -61,3 +68,53 @@ def test_an_empty_box_is_nobodys_neighbour():
     rois = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0], [0.2, 0.2, 0.2, 0.9]])  # a point and a line
     m = neighbour_map(rois, torch.zeros(3, dtype=torch.int64), 16)
     assert float(m[0].abs().max()) == 0.0
+
+
+class _Wrapped(torch.nn.Module):
+    """Stands for DistributedDataParallel: ``module`` is the head; records the keywords of each call."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.module, self.calls = head, []
+
+    def forward(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.module(*args, **kwargs)
+
+
+def test_a_sampled_step_keeps_the_neighbours_of_the_whole_batch():
+    from roiseg.training.loss import LossConfig, SegLoss
+    from roiseg.training.step import StepSetup, sample_rois, train_step
+
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(**FIELDS, neighbour_map=True, person_aux=False)).eval()
+    torch.nn.init.normal_(head.neighbours.weight, std=1.0)
+    feats, image = torch.randn(1, 16, 8, 8), torch.rand(1, 3, 64, 64)
+    rois = torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.4, 0.2, 0.8, 0.9], [0.3, 0.0, 0.9, 0.5]])
+    idx = torch.zeros(3, dtype=torch.int64)
+    pick = sample_rois(3, 2, seed=7)
+    with torch.no_grad():
+        whole = head(feats, rois, idx, image)[pick]
+        kept = head(feats, rois[pick], idx[pick], image, neighbours=head.neighbour_context(rois, idx)[pick])
+        alone = head(feats, rois[pick], idx[pick], image)
+    assert torch.allclose(whole, kept, atol=1e-6) and float((whole - alone).abs().max()) > 1e-3
+    model = _Wrapped(head)
+    setup = StepSetup(model=model, loss_fn=SegLoss(LossConfig()), optimizer=torch.optim.SGD(head.parameters(), lr=0.0),
+                      scheduler=None, scaler=torch.amp.GradScaler("cuda", enabled=False), input_hw=(64, 64),
+                      max_rois=2, points=64)
+    targets = torch.randint(0, 3, (3, 64, 64), dtype=torch.uint8)
+    train_step(setup, feats, image, rois, idx, targets, seed=7)
+    assert torch.equal(model.calls[-1]["neighbours"], head.neighbour_context(rois, idx)[pick])
+
+
+def test_copies_of_a_person_are_refused_with_the_neighbour_map(tmp_path):
+    from helpers_train import tiny_overrides
+
+    from roiseg.errors import InputError
+    from roiseg.training.config import load_config
+
+    over = tiny_overrides(tmp_path, tmp_path / "det.onnx", tmp_path / "run", head__variant="query", data__roi_copies=2)
+    with pytest.raises(InputError, match="roi_copies"):
+        load_config(None, over)
+    over["head.neighbour_map"] = False
+    assert load_config(None, over).data.roi_copies == 2

@@ -147,13 +147,13 @@ def test_large_roi_sets_are_compared_in_bounded_chunks(checkpoints, work, coco_t
     detector, ckpt = checkpoints["stand_in"]
     fused = fused_once(work, detector, ckpt, simplify=True)
     seen, arenas = [], []
-    outputs = parity_mod.TorchPath.outputs
-    def pasted(self, f, image, rois, modes=("probs",), out_hw=None, part=None):
-        got = outputs(self, f, image, rois, modes, out_hw, part)
+    paste = parity_mod.TorchPath.paste
+    def pasted(self, computed, modes=("probs",), out_hw=None, part=None):
+        got = paste(self, computed, modes, out_hw, part)
         seen.append(len(next(iter(got.values()))))
         return got
 
-    monkeypatch.setattr(parity_mod.TorchPath, "outputs", pasted)
+    monkeypatch.setattr(parity_mod.TorchPath, "paste", pasted)
     create = graph_tools.create_session
     monkeypatch.setattr(graph_tools, "create_session", lambda *a, **k: arenas.append(k.get("arena", True)) or create(*a, **k))
     report = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / VAL_JSON, images=coco_tiny / VAL_IMAGES,

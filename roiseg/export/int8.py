@@ -15,7 +15,10 @@ too: int8 on one-channel filters cost YOLOX-nano's ``all`` model 0.09 per-ROI ta
 float model (0.85 -> 0.94 without them; docs/performance.md). The detector's **first convolution** stays
 float too (:data:`FLOAT_FIRST_CONVS`): it reads the image (3-12 input channels, little compute) and is the
 most sensitive layer — with it and the averaged ranges YOLOX-nano's ``all`` model went from 0.866 to 0.955
-per-ROI target IoU against float, YOLO11n's from 0.964 to 0.974 (docs/performance.md).
+per-ROI target IoU against float, YOLO11n's from 0.964 to 0.974 (docs/performance.md). The head's
+**neighbour-map projection** stays float as well (:data:`FLOAT_HEAD_SCOPES`): its input's range depends on
+how many ROIs a feed has (0 with one ROI), so ranges averaged over the feeds would clip it; it is a
+one-channel 1x1 conv, no compute to save.
 ``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
 ``all``: the detector's too, unless the detector is already quantized (``ConvInteger``,
 ``DynamicQuantizeLinear``, ``QuantizeLinear``...): that is said, and only the head is quantized.
@@ -44,6 +47,8 @@ QUANT_OPS: frozenset[str] = frozenset({"DynamicQuantizeLinear", "ConvInteger", "
                                         "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"})
 """Ops that show a detector was quantized already."""
 DEFAULT_CALIBRATION_COUNT: int = 32
+FLOAT_HEAD_SCOPES: tuple[str, ...] = ("/neighbours/",)
+"""Head nodes left float whatever their op (name contains one of these): the neighbour map's projection."""
 FLOAT_FIRST_CONVS: int = 1
 """The detector's first convolutions (in graph order) that ``all`` keeps in float."""
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
@@ -79,6 +84,8 @@ def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
             detector_convs += 1
             if detector_convs <= FLOAT_FIRST_CONVS:
                 continue
+        if in_head and any(scope_name in node.name for scope_name in FLOAT_HEAD_SCOPES):
+            continue
         if (node.op_type in QUANTIZED_OPS and gt.node_attributes(node).get("group", 1) == 1
                 and any(i in weights for i in node.input)):
             names.append(node.name)

@@ -16,7 +16,7 @@ or any of the other output modes of :data:`roiseg.conventions.OUTPUT_MODES` (``l
 The ROIs are sanitised inside the graph (:func:`sanitize_rois`; the boxes it must survive are
 :data:`roiseg.export.probes.AWKWARD_ROIS`): clipped to [0, 1], each axis
 ordered, and a ROI with a non-finite coordinate becomes all background without touching the others.
-The PyTorch reference of parity runs the same function (:func:`deployed_masks`).
+The PyTorch reference of parity runs the same functions (:func:`deployed_roi_logits`, :func:`outputs_from_logits`).
 
 ``torchvision.ops.roi_align(aligned=True)`` exports (legacy TorchScript exporter, opset >= 16) to a
 native ``RoiAlign`` with ``coordinate_transformation_mode="half_pixel"`` and

@@ -98,6 +98,11 @@ class HeadConfig:
         return self.variant == "query" and self.person_aux
 
     @property
+    def has_neighbour_map(self) -> bool:
+        """The head reads the other ROIs of the image (``neighbour_map`` on a ``query`` head)."""
+        return self.variant == "query" and self.neighbour_map
+
+    @property
     def num_extra_taps(self) -> int:
         """Extra detector taps the head reads: those of ``extra_channels`` for ``query``, none otherwise."""
         return len(self.extra_channels) if self.variant == "query" else 0

@@ -237,7 +237,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
-        self.neighbours = nn.Conv2d(1, dim, 1) if cfg.neighbour_map else None
+        self.neighbours = nn.Conv2d(1, dim, 1) if cfg.has_neighbour_map else None
         if self.neighbours is not None:  # starts as without it
             nn.init.zeros_(self.neighbours.weight)
             nn.init.zeros_(self.neighbours.bias)
@@ -247,6 +247,10 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         """[B, D, H/4, W/4]: the per-image mask embedding (shared by every ROI of the image)."""
         taps = [features] if isinstance(features, torch.Tensor) else list(features)
         return self.pixel_decoder(taps, images)
+
+    def neighbour_context(self, rois: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor | None:
+        """[N, 1, G, G] :func:`neighbour_map` of ``rois`` on this head's grid, ``None`` without one."""
+        return None if self.neighbours is None else neighbour_map(rois, batch_idx, self.cfg.mask_size)
 
     def primary_rois(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, C, R, R] (``R = roi_size``):
@@ -275,6 +279,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         batch_idx: torch.Tensor,
         images: torch.Tensor | None = None,
         with_person: bool = False,
+        neighbours: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -282,6 +287,8 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
             rois: [N, 4] normalised ``x1, y1, x2, y2``; batch_idx: [N] int64.
             images: [B, 3, H, W] preprocessed input images (required).
             with_person: also return the person-map logits [B, 1, H/4, W/4] (training, ``cfg.person_aux``).
+            neighbours: [N, 1, G, G] neighbour map to use instead of the one of ``rois`` (training, when the
+                step keeps a sample of a batch's ROIs: :meth:`neighbour_context` of them all, then the sample).
 
         Returns:
             [N, 3, G, G] logits over the ROI, ``G = cfg.mask_size`` (and the person map with ``with_person``).
@@ -299,7 +306,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         if self.local is not None:
             grid = grid + self.local(pooled)
         if self.neighbours is not None:
-            grid = grid + self.neighbours(neighbour_map(rois, batch_idx, g))
+            grid = grid + self.neighbours(neighbours if neighbours is not None else neighbour_map(rois, batch_idx, g))
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person

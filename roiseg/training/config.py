@@ -285,6 +285,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
         ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
         ("data.roi_copies", cfg.data.roi_copies >= 1, ">= 1"),
+        ("data.roi_copies", cfg.data.roi_copies == 1 or not cfg.head.head_config(1, 8, (64, 64)).has_neighbour_map,
+         "1 while head.neighbour_map is on (a person's copies would be its own neighbours)"),
         ("loss.person_weight", cfg.loss.person_weight > 0 or not cfg.head.head_config(1, 8, (64, 64)).has_person_map,
          "> 0 while head.person_aux is on (set head.person_aux=false to train without the person map)"),
         ("features.color", cfg.features.color in ("rgb", "bgr"), "'rgb' or 'bgr'"),

@@ -151,8 +151,10 @@ def resolve_run_config(
     state = load_checkpoint(path)
     base = TrainConfig().to_dict() if not isinstance(state.get("config"), dict) else json.loads(json.dumps(state["config"]))
     base.setdefault("train", {}).update({"out": str(path.parent), "stop_after": 0})
+    recorded = state.get("head_config") or {}
     for key, value in HeadConfig.LEGACY.items():  # a head field the checkpoint predates: how its head was built
-        base.setdefault("head", {}).setdefault(key, value)
+        if key not in recorded:
+            base.setdefault("head", {})[key] = value
     cfg = load_config(toml_path, overrides, base=base)
     return cfg, path
 

@@ -22,6 +22,15 @@ from roiseg.training.loss import person_map_loss
 from roiseg.training.points import point_batch
 
 
+def neighbour_context(model: nn.Module, rois: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor | None:
+    """The head's neighbour map of every ROI of a batch (``None`` for a head without one), taken before the
+    step keeps a sample of them, so that a kept ROI still sees the neighbours left out."""
+    head = getattr(model, "module", model)  # DistributedDataParallel wraps the head
+    context = getattr(head, "neighbour_context", None)
+    with torch.no_grad():
+        return None if context is None else context(rois, batch_idx)
+
+
 def step_seed(*parts: int) -> int:
     """A 63-bit seed from integers (``np.random.SeedSequence``), for per-step generators."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -82,13 +91,18 @@ def train_step(
     point-sampled loss. ``feats`` may be every tap (primary first).
     """
     pick = sample_rois(len(rois), setup.max_rois, seed) if setup.max_rois > 0 else None
+    extra: dict[str, object] = {}
     if pick is not None:
         pick = pick.to(rois.device)
+        context = neighbour_context(setup.model, rois, batch_idx)  # the neighbours of the whole batch
+        if context is not None:
+            extra["neighbours"] = context[pick]
         rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
     with_person = setup.person_weight > 0 and person is not None
+    if with_person:
+        extra["with_person"] = True
     with setup.autocast():
-        roi_logits = setup.model(feats, rois, batch_idx, images, with_person=True) if with_person \
-            else setup.model(feats, rois, batch_idx, images)
+        roi_logits = setup.model(feats, rois, batch_idx, images, **extra)
         if with_person:
             roi_logits, person_logits = roi_logits
         if setup.points > 0:  # K points per ROI; no [N, 3, H, W] tensor in the step

@@ -7,7 +7,8 @@ Stages (each compares a candidate with a reference on the same inputs):
   onnxruntime on both sides.
 * ``simplify``: the simplified fused model vs the unsimplified one (skipped when not simplified).
 * ``fused``: the fused model in onnxruntime vs the PyTorch path: features from the original
-  detector ONNX through onnxruntime, then the head in torch (:func:`roiseg.export.wrapper.deployed_masks`:
+  detector ONNX through onnxruntime, then the head in torch (:func:`roiseg.export.wrapper.deployed_roi_logits` on
+  the whole ROI set, then :func:`~roiseg.export.wrapper.outputs_from_logits` a chunk at a time:
   the same ROI sanitising as the graph), same preprocessing. The first image also runs the contract's
   ROI sets (zero ROIs; boxes outside, reversed, non-finite).
 
@@ -88,18 +89,28 @@ class TorchPath:
         return self.session.run(self.tensors, {self.input_name: image})
 
     @torch.no_grad()
-    def outputs(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray,
-                modes: Sequence[str] = ("probs",), out_hw: tuple[int, int] | None = None,
-                part: slice | None = None) -> dict[str, np.ndarray]:
-        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them for ``rois``
-        (masks pasted at ``out_hw``, default the input size), of the ROIs in ``part`` only (default all):
-        the head runs on the whole set (a ROI may read the others), only ``part`` is pasted."""
+    def roi_logits(self, features: Sequence[np.ndarray], image: np.ndarray,
+                   rois: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The head on the whole ROI set (a ROI may read the others): ([N, 3, M, M] logits, [N, 4] sanitised
+        boxes, [N] finite), for :meth:`paste`."""
         taps = [torch.from_numpy(f) for f in features]
-        logits, boxes, valid = deployed_roi_logits(self.head, taps if len(taps) > 1 else taps[0],
-                                                   torch.from_numpy(rois), torch.from_numpy(image))
+        return deployed_roi_logits(self.head, taps if len(taps) > 1 else taps[0], torch.from_numpy(rois),
+                                   torch.from_numpy(image))
+
+    @torch.no_grad()
+    def paste(self, computed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], modes: Sequence[str] = ("probs",),
+              out_hw: tuple[int, int] | None = None, part: slice | None = None) -> dict[str, np.ndarray]:
+        """``{output tensor name: array}`` of the ``modes`` as the fused model computes them, for the ROIs in
+        ``part`` (default all) of :meth:`roi_logits`' set (masks pasted at ``out_hw``, default the input size)."""
         part = part or slice(None)
-        got = outputs_from_logits(self.head, logits[part], boxes[part], valid[part], tuple(modes), out_hw)
+        logits, boxes, valid = (t[part] for t in computed)
+        got = outputs_from_logits(self.head, logits, boxes, valid, tuple(modes), out_hw)
         return {name: t.numpy() for name, t in zip(output_tensors(modes), got)}
+
+    def outputs(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray,
+                modes: Sequence[str] = ("probs",), out_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """:meth:`paste` of every ROI of :meth:`roi_logits`."""
+        return self.paste(self.roi_logits(features, image, rois), modes, out_hw)
 
     def masks(self, features: Sequence[np.ndarray], image: np.ndarray, rois: np.ndarray) -> np.ndarray:
         """[N, 3, H, W] probabilities (the ``probs`` mode)."""
@@ -182,9 +193,10 @@ class RoiStages:
         set is compared chunk by chunk as sets of their own, on both graphs (the same input to both)."""
         feeds = {**image_feed, FUSED_ROIS_INPUT: np.ascontiguousarray(rois, np.float32)}
         got = dict(zip(self.names, self.fused.run(self.names, feeds)))
+        computed = self.reference.roi_logits(feats, image, feeds[FUSED_ROIS_INPUT])
         for lo in range(0, max(len(rois), 1), COMPARE_CHUNK):
             part = slice(lo, lo + COMPARE_CHUNK)
-            want = self.reference.outputs(feats, image, feeds[FUSED_ROIS_INPUT], self.modes, out_hw, part)
+            want = self.reference.paste(computed, self.modes, out_hw, part)
             for name in self.names:
                 self.stages[stage_name(name)].update(want[name], got[name][part])
             del want
