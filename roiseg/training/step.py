@@ -73,6 +73,45 @@ class StepSetup:
         return torch.autocast(device_type=self.device_type, dtype=self.amp_dtype, enabled=self.amp)
 
 
+def _sample(setup: StepSetup, rois: torch.Tensor, batch_idx: torch.Tensor, targets: torch.Tensor,
+            seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, object]]:
+    """At most ``setup.max_rois`` of the ROIs (:func:`sample_rois`) and the head's keywords for them: the
+    neighbour map of the whole batch when a sample is kept (:func:`neighbour_context`)."""
+    pick = sample_rois(len(rois), setup.max_rois, seed) if setup.max_rois > 0 else None
+    if pick is None:
+        return rois, batch_idx, targets, {}
+    pick = pick.to(rois.device)
+    context = neighbour_context(setup.model, rois, batch_idx)
+    extra: dict[str, object] = {} if context is None else {"neighbours": context[pick]}
+    return rois[pick], batch_idx[pick], targets[pick], extra
+
+
+def _roi_loss(setup: StepSetup, roi_logits: torch.Tensor, rois: torch.Tensor, targets: torch.Tensor,
+              seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The ROI loss: on K importance-sampled points per ROI (``setup.points``; no [N, 3, H, W] tensor) or on
+    every inside pixel of the pasted logits."""
+    if setup.points > 0:
+        gen = torch.Generator().manual_seed(seed)
+        logits, tgt, valid = point_batch(roi_logits, rois, targets, setup.input_hw, setup.points,
+                                         setup.oversample, setup.importance, gen)
+        return setup.loss_fn(logits, tgt, valid)
+    logits = paste_roi_logits(roi_logits, rois, setup.input_hw)
+    return setup.loss_fn(logits, targets, roi_inside_masks(rois, setup.input_hw))
+
+
+def _optimise(setup: StepSetup, loss: torch.Tensor) -> None:
+    """Backward through the scaler, clip the global gradient norm, step the optimiser and the schedule."""
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss).backward()
+    if setup.grad_clip > 0:
+        setup.scaler.unscale_(setup.optimizer)
+        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    if setup.scheduler is not None:
+        setup.scheduler.step()
+
+
 def train_step(
     setup: StepSetup,
     feats: torch.Tensor | list[torch.Tensor],
@@ -90,14 +129,7 @@ def train_step(
     all on the training device; ``seed`` draws the ROI sample when ``K > setup.max_rois`` and the points of a
     point-sampled loss. ``feats`` may be every tap (primary first).
     """
-    pick = sample_rois(len(rois), setup.max_rois, seed) if setup.max_rois > 0 else None
-    extra: dict[str, object] = {}
-    if pick is not None:
-        pick = pick.to(rois.device)
-        context = neighbour_context(setup.model, rois, batch_idx)  # the neighbours of the whole batch
-        if context is not None:
-            extra["neighbours"] = context[pick]
-        rois, batch_idx, targets = rois[pick], batch_idx[pick], targets[pick]
+    rois, batch_idx, targets, extra = _sample(setup, rois, batch_idx, targets, seed)
     with_person = setup.person_weight > 0 and person is not None
     if with_person:
         extra["with_person"] = True
@@ -105,27 +137,12 @@ def train_step(
         roi_logits = setup.model(feats, rois, batch_idx, images, **extra)
         if with_person:
             roi_logits, person_logits = roi_logits
-        if setup.points > 0:  # K points per ROI; no [N, 3, H, W] tensor in the step
-            gen = torch.Generator().manual_seed(seed)
-            logits, tgt, valid = point_batch(roi_logits, rois, targets, setup.input_hw, setup.points,
-                                             setup.oversample, setup.importance, gen)
-            loss, parts = setup.loss_fn(logits, tgt, valid)
-        else:
-            logits = paste_roi_logits(roi_logits, rois, setup.input_hw)
-            loss, parts = setup.loss_fn(logits, targets, roi_inside_masks(rois, setup.input_hw))
+        loss, parts = _roi_loss(setup, roi_logits, rois, targets, seed)
         if with_person:
             aux = person_map_loss(person_logits, person)
             loss = loss + setup.person_weight * aux
             parts = {**parts, "person": float(aux.detach()), "total": float(loss.detach())}
-    setup.optimizer.zero_grad(set_to_none=True)
-    setup.scaler.scale(loss).backward()
-    if setup.grad_clip > 0:
-        setup.scaler.unscale_(setup.optimizer)
-        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
-    setup.scaler.step(setup.optimizer)
-    setup.scaler.update()
-    if setup.scheduler is not None:
-        setup.scheduler.step()
+    _optimise(setup, loss)
     return parts, len(rois)
 
 
