@@ -47,6 +47,14 @@ def conv_gn_relu(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), gn(cout, groups), nn.ReLU(inplace=True))
 
 
+def zero_conv(cin: int, cout: int) -> nn.Conv2d:
+    """1x1 conv whose weight and bias start at zero: a residual branch that starts as no branch."""
+    conv = nn.Conv2d(cin, cout, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def box_prior_logits(margin: float) -> torch.Tensor:
     """[3] class logits of the box prior: background 0, target ``+margin``, non-target ``-margin``."""
     prior = torch.zeros(NUM_CLASSES)

@@ -42,7 +42,7 @@ from torchvision.ops import roi_align
 from roiseg.conventions import NUM_CLASSES
 from roiseg.modeling.config import HeadConfig
 from roiseg.modeling.layers import (MaskHeadOutputs, box_prior_logits, conv_gn_relu, gn, roi_boxes,
-                                   roi_coordinate_channels)
+                                   roi_coordinate_channels, zero_conv)
 
 EMBED_STRIDE: int = 4
 """Stride of the mask embedding in input pixels."""
@@ -178,9 +178,7 @@ class RgbRefine(nn.Module):
         super().__init__()
         self.body = nn.Sequential(conv_gn_relu(3 + NUM_CLASSES + dim, channels, 3, 8),
                                   conv_gn_relu(channels, channels, 3, 8))
-        self.out = nn.Conv2d(channels, NUM_CLASSES, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_conv(channels, NUM_CLASSES)
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(torch.cat([image, logits, grid], dim=1)))
@@ -202,9 +200,7 @@ class RoiLocal(nn.Module):
         ch = cfg.local_channels
         self.body = nn.Sequential(conv_gn_relu(cfg.in_channels, ch, 1, cfg.groups),
                                   *[conv_gn_relu(ch, ch, 3, cfg.groups) for _ in range(3)])
-        self.out = nn.Conv2d(ch, dim, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_conv(ch, dim)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled [N, C, R, R]: the primary tap RoI-aligned at ``roi_size`` (:meth:`QueryMaskHead.primary_rois`)
@@ -237,10 +233,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
-        self.neighbours = nn.Conv2d(1, dim, 1) if cfg.has_neighbour_map else None
-        if self.neighbours is not None:  # starts as without it
-            nn.init.zeros_(self.neighbours.weight)
-            nn.init.zeros_(self.neighbours.bias)
+        self.neighbours = zero_conv(1, dim) if cfg.has_neighbour_map else None  # starts as without it
         self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
 
     def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -306,7 +299,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         if self.local is not None:
             grid = grid + self.local(pooled)
         if self.neighbours is not None:
-            grid = grid + self.neighbours(neighbours if neighbours is not None else neighbour_map(rois, batch_idx, g))
+            grid = grid + self.neighbours(neighbours if neighbours is not None else self.neighbour_context(rois, batch_idx))
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person

@@ -276,6 +276,7 @@ def load_config(
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
+    head = cfg.head.head_config(1, 8, (64, 64))  # the head these keys build (geometry aside)
     checks: list[tuple[str, bool, Any]] = [
         ("data.batch_size", cfg.data.batch_size >= 1, ">= 1"),
         ("data.max_rois_per_step", cfg.data.max_rois_per_step >= 1, ">= 1"),
@@ -285,9 +286,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
         ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
         ("data.roi_copies", cfg.data.roi_copies >= 1, ">= 1"),
-        ("data.roi_copies", cfg.data.roi_copies == 1 or not cfg.head.head_config(1, 8, (64, 64)).has_neighbour_map,
+        ("data.roi_copies", cfg.data.roi_copies == 1 or not head.has_neighbour_map,
          "1 while head.neighbour_map is on (a person's copies would be its own neighbours)"),
-        ("loss.person_weight", cfg.loss.person_weight > 0 or not cfg.head.head_config(1, 8, (64, 64)).has_person_map,
+        ("loss.person_weight", cfg.loss.person_weight > 0 or not head.has_person_map,
          "> 0 while head.person_aux is on (set head.person_aux=false to train without the person map)"),
         ("features.color", cfg.features.color in ("rgb", "bgr"), "'rgb' or 'bgr'"),
         ("features.scale", cfg.features.scale > 0, "> 0"),
@@ -312,7 +313,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     except ValueError as exc:
         raise InputError(f"config [loss]: {exc}") from exc
     try:
-        cfg.head.head_config(1, 8, (64, 64)).validate()
+        head.validate()
     except ValueError as exc:
         raise InputError(f"config [head]: {exc}") from exc
 
