@@ -11,8 +11,10 @@ sizes and random weights, fuses them (``roiseg fuse``) and times in one process,
 
 Ratios: fused(1) / detector and the per-extra-ROI cost (fused(N) - fused(1)) / (N - 1) / detector.
 Then one training step per variant on random features of the right shapes (``--train-rois`` ROIs,
-``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss,
-the query heads with the point loss (K points per ROI) and, where the head has one, the person map's loss; training ROIs/s and the ratio default / detail.
+``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss (its
+default as head v2's default) and with the point loss (as the head comparison trains it), the query heads
+with the point loss (K points per ROI) and, where the head has one, the person map's loss; training ROIs/s
+and the ratio default / detail for both of ``detail``'s losses.
 
     uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32] [--json out.json]
 """
@@ -142,16 +144,22 @@ def main() -> None:
             "train_rois_per_s": train_rois_per_s(cfg, POINTS[v], args.train_rois, args.train_steps),
             "train_loss": "points" if POINTS[v] else "full resolution",
         }
+    detail_points = train_rois_per_s(cfgs["detail"], LossConfig().points, args.train_rois, args.train_steps)
     ratio = out[DEFAULT]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
+    ratio_points = out[DEFAULT]["train_rois_per_s"] / detail_points
     print(f"stand-in {args.channels} ch, {hw[0]}x{hw[1]}, CPU; median of {args.reps} reps")
     for v, r in out.items():
         print(f"{v:<12} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
               f"  fused({n}) {r[f'fused_{n}_ms']:.0f} ms  fused(1)/detector {r['fused_1_over_detector']:.3f}"
               f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}"
               f"  train {r['train_rois_per_s']:.2f} ROIs/s ({r['train_loss']})")
-    print(f"training ROIs/s, {DEFAULT} (points) / detail (full resolution): {ratio:.2f}")
+    print(f"detail       train {detail_points:.2f} ROIs/s (points)")
+    print(f"training ROIs/s, {DEFAULT} (points) / detail: {ratio:.2f} (detail full resolution), "
+          f"{ratio_points:.2f} (detail points)")
     if args.json is not None:
-        args.json.write_text(json.dumps({"variants": out, "train_ratio_default_over_detail": ratio, "embed_dim": args.embed_dim,
+        args.json.write_text(json.dumps({"variants": out, "train_ratio_default_over_detail": ratio,
+                                         "detail_points_train_rois_per_s": detail_points,
+                                         "train_ratio_default_over_detail_points": ratio_points, "embed_dim": args.embed_dim,
                                          "channels": args.channels, "input_hw": list(hw)}, indent=2))
 
 

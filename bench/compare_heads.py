@@ -12,7 +12,7 @@ Runs that finished (their evaluation report exists) are reused, so the command r
 runs two trainings at a time with one torch thread each (the machine has two cores).
 
     uv run python bench/compare_heads.py --detectors yolox_nano,yolo11n --seeds 0,1 \\
-        --variants hybrid-local-person-nb,hybrid-local-person,hybrid-local,hybrid,query,detail --work /tmp/heads --markdown /tmp/heads/table.md
+        --variants hybrid-local-person-nbc,hybrid-local-person-nb,hybrid-local-person,hybrid-local,hybrid,query,detail --work /tmp/heads --markdown /tmp/heads/table.md
 
 The data is ``../shared/coco-persons`` (``--data``), prepared with ``prepare-coco`` and ``analyze``
 into ``WORK/data`` on first use.
@@ -52,12 +52,13 @@ DETECTORS: dict[str, Detector] = {
 
 
 def _query(refine: int, local: int, embed: int = 32, *extra: str, person: bool = False,
-           neighbours: bool = False) -> tuple[str, ...]:
+           neighbours: bool = False, neighbour_convs: bool = False) -> tuple[str, ...]:
     """``--set`` overrides of a ``query`` head with these widths (every width named, so a later change of
     the defaults does not change what a measured variant is)."""
     return ("head.variant=query", f"head.refine_channels={refine}", f"head.embed_dim={embed}",
             f"head.local_channels={local}", f"head.person_aux={str(person).lower()}",
-            f"head.neighbour_map={str(neighbours).lower()}", *extra)
+            f"head.neighbour_map={str(neighbours).lower()}", f"head.neighbour_convs={str(neighbour_convs).lower()}",
+            *extra)
 
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -73,12 +74,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local-s28": _query(16, 64, 32, "head.roi_size=28"),
     "hybrid-local-person": _query(16, 64, person=True),
     "hybrid-local-person-nb": _query(16, 64, person=True, neighbours=True),
+    "hybrid-local-person-nbc": _query(16, 64, person=True, neighbours=True, neighbour_convs=True),
     "hybrid-d64": _query(16, 0, 64),
     "hybrid-d128": _query(16, 0, 128),
     "hybrid-auto": _query(16, 0, 0),
 }
 """Each variant as ``--set`` overrides of the defaults (``default``: none)."""
-DEFAULT_VARIANT = "hybrid-local-person-nb"
+DEFAULT_VARIANT = "hybrid-local-person-nbc"
 """The measured variant that ``configs/default.toml`` ships (docs/heads.md)."""
 
 
@@ -167,7 +169,7 @@ def train_rate(run: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default="yolox_nano,yolo11n")
-    ap.add_argument("--variants", default="hybrid-local-person-nb,hybrid-local-person,hybrid-local,hybrid,query,detail")
+    ap.add_argument("--variants", default="hybrid-local-person-nbc,hybrid-local-person-nb,hybrid-local-person,hybrid-local,hybrid,query,detail")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--data", type=Path, default=SHARED / "coco-persons")
     ap.add_argument("--work", type=Path, default=Path("/tmp/roiseg_compare_heads"))

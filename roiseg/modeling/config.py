@@ -77,6 +77,12 @@ class HeadConfig:
     """``query``: each ROI's tokens also get, through a 1x1 projection that starts at zero, how much of the
     *other* ROIs of the same image covers each of its cells (soft box edges: continuous in the boxes), so the
     head knows where the other persons' boxes are; a ROI's mask then depends on the other ROIs given with it."""
+    neighbour_convs: bool = True
+    """``query`` with ``neighbour_map``: the map is also an input channel of the per-ROI conv stacks — the local
+    branch (average-pooled to ``roi_size``, or resized where ``mask_size`` is no multiple of it; beside the
+    reduced primary tap) and the RGB refinement (at the ROI
+    grid, beside the image and the logits) — so they can place the line between the ROI's person and its
+    neighbours, not only shift each cell's logits."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
@@ -84,7 +90,7 @@ class HeadConfig:
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
                                            "centred_logits": False, "local_channels": 0, "person_aux": False,
-                                           "neighbour_map": False}
+                                           "neighbour_map": False, "neighbour_convs": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property
@@ -101,6 +107,11 @@ class HeadConfig:
     def has_neighbour_map(self) -> bool:
         """The head reads the other ROIs of the image (``neighbour_map`` on a ``query`` head)."""
         return self.variant == "query" and self.neighbour_map
+
+    @property
+    def neighbour_channels(self) -> int:
+        """Input channels the per-ROI conv stacks take from the neighbour map (``neighbour_convs``): 1 or 0."""
+        return int(self.has_neighbour_map and self.neighbour_convs)
 
     @property
     def num_extra_taps(self) -> int:

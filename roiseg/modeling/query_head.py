@@ -101,6 +101,15 @@ def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: flo
     return (1.0 - torch.exp(-total))[:, None]
 
 
+def shrink_grid(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, C, G, G] -> [N, C, size, size]: the mean of each block of cells where ``G`` is a multiple of ``size``,
+    else a bilinear resize (both export as one ONNX op and stay continuous)."""
+    g = int(x.shape[-1])
+    if g % size == 0:
+        return F.avg_pool2d(x, g // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def conv_gn_relu_strided(cin: int, cout: int, groups: int) -> nn.Sequential:
     """3x3 stride-2 conv, GroupNorm, ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
@@ -170,18 +179,21 @@ def attention_bias(logits: torch.Tensor) -> torch.Tensor:
 class RgbRefine(nn.Module):
     """Per-ROI residual on the ROI-grid logits from the RoI-aligned image (PointRend / detail idea).
 
-    Input: image [N, 3, G, G], logits [N, 3, G, G], embedding [N, D, G, G] -> [N, 3, G, G] residual;
-    the last 1x1 conv starts at zero, so the refinement starts as the identity.
+    Input: image [N, 3, G, G], logits [N, 3, G, G], embedding [N, D, G, G] and, with ``near`` input
+    channels, the neighbour map [N, 1, G, G] -> [N, 3, G, G] residual; the last 1x1 conv starts at zero,
+    so the refinement starts as the identity.
     """
 
-    def __init__(self, dim: int, channels: int) -> None:
+    def __init__(self, dim: int, channels: int, near: int = 0) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_gn_relu(3 + NUM_CLASSES + dim, channels, 3, 8),
+        self.body = nn.Sequential(conv_gn_relu(3 + NUM_CLASSES + dim + near, channels, 3, 8),
                                   conv_gn_relu(channels, channels, 3, 8))
         self.out = zero_conv(channels, NUM_CLASSES)
 
-    def forward(self, image: torch.Tensor, logits: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(torch.cat([image, logits, grid], dim=1)))
+    def forward(self, image: torch.Tensor, logits: torch.Tensor, grid: torch.Tensor,
+                near: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [image, logits, grid] if near is None else [image, logits, grid, near]
+        return self.out(self.body(torch.cat(parts, dim=1)))
 
 
 class RoiLocal(nn.Module):
@@ -198,15 +210,19 @@ class RoiLocal(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch = cfg.local_channels
-        self.body = nn.Sequential(conv_gn_relu(cfg.in_channels, ch, 1, cfg.groups),
-                                  *[conv_gn_relu(ch, ch, 3, cfg.groups) for _ in range(3)])
+        self.body = nn.Sequential(conv_gn_relu(cfg.in_channels, ch, 1, cfg.groups),  # body[0]: the 1x1 reduce
+                                  conv_gn_relu(ch + cfg.neighbour_channels, ch, 3, cfg.groups),
+                                  *[conv_gn_relu(ch, ch, 3, cfg.groups) for _ in range(2)])
         self.out = zero_conv(ch, dim)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """pooled [N, C, R, R]: the primary tap RoI-aligned at ``roi_size`` (:meth:`QueryMaskHead.primary_rois`)
-        -> [N, D, G, G]."""
+    def forward(self, pooled: torch.Tensor, near: torch.Tensor | None = None) -> torch.Tensor:
+        """pooled [N, C, R, R]: the primary tap RoI-aligned at ``roi_size`` (:meth:`QueryMaskHead.primary_rois`);
+        near [N, 1, G, G]: the neighbour map, when the branch reads it (``neighbour_convs``) -> [N, D, G, G]."""
         cfg = self.cfg
-        x = F.interpolate(self.body(pooled), size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
+        x = self.body[0](pooled)
+        if near is not None:
+            x = torch.cat([x, shrink_grid(near, cfg.roi_size)], dim=1)
+        x = F.interpolate(self.body[1:](x), size=(cfg.mask_size, cfg.mask_size), mode="bilinear", align_corners=False)
         return self.out(x)
 
 
@@ -230,7 +246,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
             with torch.no_grad():
                 self.mask_embed[-1].weight.mul_(0.1)
                 self.mask_embed[-1].bias.zero_()
-        self.refine = RgbRefine(dim, cfg.refine_channels) if cfg.refine_channels else None
+        self.refine = RgbRefine(dim, cfg.refine_channels, cfg.neighbour_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
         self.neighbours = zero_conv(1, dim) if cfg.has_neighbour_map else None  # starts as without it
@@ -296,10 +312,13 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
                          aligned=True)  # [N, D, G, G]
         pooled = self.primary_rois(taps[0], boxes)
+        near = None if self.neighbours is None else (  # [N, 1, G, G]
+            neighbours if neighbours is not None else self.neighbour_context(rois, batch_idx))
+        near_convs = near if cfg.neighbour_channels else None
         if self.local is not None:
-            grid = grid + self.local(pooled)
-        if self.neighbours is not None:
-            grid = grid + self.neighbours(neighbours if neighbours is not None else self.neighbour_context(rois, batch_idx))
+            grid = grid + self.local(pooled, near_convs)
+        if near is not None:
+            grid = grid + self.neighbours(near)
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
         tokens = grid.reshape(-1, int(grid.shape[1]), g * g).transpose(1, 2)  # [N, T, D]; -1: exports for N = 0
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
@@ -311,7 +330,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         logits = logits.reshape(-1, NUM_CLASSES, g, g)
         if self.refine is not None:
             image = roi_align(images, boxes, (g, g), spatial_scale=1.0, sampling_ratio=cfg.sampling_ratio, aligned=True)
-            logits = logits + self.refine(image, logits, grid)
+            logits = logits + self.refine(image, logits, grid, near_convs)
         if with_person:
             if self.person is None:
                 raise ValueError("with_person needs a head built with person_aux")
