@@ -144,13 +144,17 @@ def test_the_conv_stacks_read_the_map_and_the_head_exports():
         assert got.shape == (len(rois), 3, 64, 64) and (len(rois) == 0 or np.abs(got - ref).max() < 1e-5)
 
 
-def test_the_map_shrinks_to_the_local_grid_by_block_means_or_a_resize():
+def test_the_map_shrinks_to_the_local_grid_by_area_means():
     from roiseg.modeling.query_head import shrink_grid
 
-    x = torch.arange(64.0).reshape(1, 1, 8, 8)
-    assert torch.equal(shrink_grid(x, 4)[0, 0, 0, 0], x[0, 0, :2, :2].mean())  # 2x2 blocks
-    odd = shrink_grid(x, 3)
-    assert odd.shape == (1, 1, 3, 3) and float(odd.min()) > 0 and float(odd.max()) < 63  # inside the range
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(shrink_grid(x, 4), torch.nn.functional.avg_pool2d(x, 2))  # 2x2 blocks
+    odd = shrink_grid(torch.ones(1, 1, 8, 8), 3)
+    assert odd.shape == (1, 1, 3, 3) and torch.allclose(odd, torch.ones_like(odd))  # a mean: constants stay
+    ramp = torch.arange(8.0).repeat(8, 1)[None, None]  # x = column index
+    # block 0 of 8 / 3 cells: cells 0 and 1 whole, 2/3 of cell 2 -> (0 + 1 + 2 * 2/3) / (8/3) = 0.875
+    assert torch.allclose(shrink_grid(ramp, 3)[0, 0, 0], torch.tensor([0.875, 3.5, 6.125]))
+    assert shrink_grid(torch.zeros(0, 1, 8, 8), 3).shape == (0, 1, 3, 3)
 
 
 def test_old_configs_load_without_neighbour_convs():

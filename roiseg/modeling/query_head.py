@@ -101,13 +101,24 @@ def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: flo
     return (1.0 - torch.exp(-total))[:, None]
 
 
+def area_matrix(g: int, size: int) -> torch.Tensor:
+    """[size, G]: row ``i`` averages the cells of a G-cell axis that block ``i`` of ``size`` covers (by overlap)."""
+    lo = torch.arange(size, dtype=torch.float64)[:, None] * g / size  # [size, 1] block edges, in cells
+    cells = torch.arange(g, dtype=torch.float64)[None]  # [1, G]
+    overlap = (torch.minimum(lo + g / size, cells + 1) - torch.maximum(lo, cells)).clamp(min=0.0)
+    return (overlap * size / g).to(torch.float32)
+
+
 def shrink_grid(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, C, G, G] -> [N, C, size, size]: the mean of each block of cells where ``G`` is a multiple of ``size``,
-    else a bilinear resize (both export as one ONNX op and stay continuous)."""
-    g = int(x.shape[-1])
-    if g % size == 0:
-        return F.avg_pool2d(x, g // size)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    """[N, C, G, G] -> [N, C, size, size]: each new cell the mean of the old cells it covers (by area; the
+    block mean where ``G`` is a multiple of ``size``). Two MatMuls with a constant: continuous, and it exports
+    for any ``N``, 0 included (OpenVINO's AvgPool refuses an empty batch)."""
+    g, c = int(x.shape[-1]), int(x.shape[1])
+    at = area_matrix(g, size).to(device=x.device, dtype=x.dtype).transpose(0, 1)  # [G, size]
+    # 2-D products only: onnxruntime's MatMul does not broadcast a [size, G] operand over an empty batch
+    cols = torch.matmul(x.reshape(-1, g), at).reshape(-1, c, g, size)  # [N, C, G (y), size (x)]
+    rows = torch.matmul(cols.transpose(2, 3).reshape(-1, g), at).reshape(-1, c, size, size)  # [N, C, x, y]
+    return rows.transpose(2, 3)
 
 
 def conv_gn_relu_strided(cin: int, cout: int, groups: int) -> nn.Sequential:
