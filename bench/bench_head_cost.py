@@ -2,8 +2,8 @@
 
 Builds the stand-in detector at the reference shapes (1024 channels, 640x640, the five reference
 taps) and, per variant (``detail``; ``query`` with the ``auto`` extra taps, without and with the per-ROI
-RGB refinement: ``query``, ``hybrid``; ``hybrid-local-person-nb``, the default, adds the per-ROI local branch, the
-neighbour map and the training-only person map), a head with default
+RGB refinement: ``query``, ``hybrid``; ``compare_heads.DEFAULT_VARIANT``, the default, adds the per-ROI local branch,
+the neighbour map and the training-only person map), a head with default
 sizes and random weights, fuses them (``roiseg fuse``) and times in one process, round-robin:
 
 * ``detector``: the trimmed detector alone (image -> the taps the head reads);

@@ -52,9 +52,9 @@ def _map_concats(model: onnx.ModelProto) -> set[str]:
     """Outputs of the Concats that take the neighbour map (``HeadConfig.neighbour_convs``) beside other channels."""
     producer = {o: n for n in model.graph.node for o in n.output}
 
-    def from_map(name: str, depth: int = 0) -> bool:  # the map is built by an Exp (1 - exp(-sum)) a few ops up
+    def from_map(name: str, depth: int = 0) -> bool:  # the map is built by an Exp (1 - exp(-sum)) some ops up
         node = producer.get(name)
-        return node is not None and depth < 4 and (node.op_type == "Exp" or any(from_map(i, depth + 1) for i in node.input))
+        return node is not None and depth < 12 and (node.op_type == "Exp" or any(from_map(i, depth + 1) for i in node.input))
 
     return {n.output[0] for n in model.graph.node if n.op_type == "Concat" and any(from_map(i) for i in n.input)}
 

@@ -79,8 +79,7 @@ class HeadConfig:
     head knows where the other persons' boxes are; a ROI's mask then depends on the other ROIs given with it."""
     neighbour_convs: bool = True
     """``query`` with ``neighbour_map``: the map is also an input channel of the per-ROI conv stacks — the local
-    branch (average-pooled to ``roi_size``, or resized where ``mask_size`` is no multiple of it; beside the
-    reduced primary tap) and the RGB refinement (at the ROI
+    branch (area means down to ``roi_size``, beside the reduced primary tap) and the RGB refinement (at the ROI
     grid, beside the image and the logits) — so they can place the line between the ROI's person and its
     neighbours, not only shift each cell's logits."""
     box_prior: float = 4.0
