@@ -9,7 +9,7 @@ from helpers_graph import ort_session
 
 from roiseg.export.wrapper import export_head
 from roiseg.modeling import HeadConfig, build_head
-from roiseg.modeling.query_head import neighbour_map
+from roiseg.modeling.neighbours import neighbour_map, shrink_grid
 
 FIELDS = {"in_channels": 16, "stride": 8, "input_hw": (64, 64)}
 
@@ -145,8 +145,6 @@ def test_the_conv_stacks_read_the_map_and_the_head_exports():
 
 
 def test_the_map_shrinks_to_the_local_grid_by_area_means():
-    from roiseg.modeling.query_head import shrink_grid
-
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     assert torch.allclose(shrink_grid(x, 4), torch.nn.functional.avg_pool2d(x, 2))  # 2x2 blocks
     odd = shrink_grid(torch.ones(1, 1, 8, 8), 3)
@@ -160,3 +158,21 @@ def test_the_map_shrinks_to_the_local_grid_by_area_means():
 def test_old_configs_load_without_neighbour_convs():
     old = {k: v for k, v in HeadConfig(**FIELDS, neighbour_convs=True).to_dict().items() if k != "neighbour_convs"}
     assert not HeadConfig.from_dict(old).neighbour_convs  # a checkpoint made before the field
+
+
+def test_depth_splits_the_neighbours_into_in_front_and_behind():
+    """``neighbour_depth``: the other box whose bottom edge is lower is in front (channel 0), the other behind
+    (channel 1); the two channels sum to the one-channel map's ``-log(1 - m)``, so nothing is lost."""
+    rois = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.3, 0.2, 0.8, 0.95]], dtype=torch.float64)
+    idx = torch.zeros(2, dtype=torch.int64)
+    one, two = neighbour_map(rois, idx, 8), neighbour_map(rois, idx, 8, depth=True)
+    assert two.shape == (2, 2, 8, 8)
+    assert float(two[0, 0].max()) > 0.5 and float(two[0, 1].max()) < 1e-3  # ROI 0 has ROI 1 in front
+    assert float(two[1, 1].max()) > 0.5 and float(two[1, 0].max()) < 1e-3  # ROI 1 has ROI 0 behind
+    total = -torch.log1p(-two).sum(dim=1, keepdim=True)
+    assert torch.allclose(total, -torch.log1p(-one), atol=1e-9)
+    moved = rois.clone()
+    moved[1, 3] = 0.7 + 1e-4  # the bottoms level: the split moves smoothly, no jump
+    level = neighbour_map(moved, idx, 8, depth=True)
+    moved[1, 3] = 0.7 - 1e-4
+    assert float((neighbour_map(moved, idx, 8, depth=True) - level).abs().max()) < 0.01
