@@ -159,20 +159,3 @@ def test_old_configs_load_without_neighbour_convs():
     old = {k: v for k, v in HeadConfig(**FIELDS, neighbour_convs=True).to_dict().items() if k != "neighbour_convs"}
     assert not HeadConfig.from_dict(old).neighbour_convs  # a checkpoint made before the field
 
-
-def test_depth_splits_the_neighbours_into_in_front_and_behind():
-    """``neighbour_depth``: the other box whose bottom edge is lower is in front (channel 0), the other behind
-    (channel 1); the two channels sum to the one-channel map's ``-log(1 - m)``, so nothing is lost."""
-    rois = torch.tensor([[0.1, 0.1, 0.5, 0.7], [0.3, 0.2, 0.8, 0.95]], dtype=torch.float64)
-    idx = torch.zeros(2, dtype=torch.int64)
-    one, two = neighbour_map(rois, idx, 8), neighbour_map(rois, idx, 8, depth=True)
-    assert two.shape == (2, 2, 8, 8)
-    assert float(two[0, 0].max()) > 0.5 and float(two[0, 1].max()) < 1e-3  # ROI 0 has ROI 1 in front
-    assert float(two[1, 1].max()) > 0.5 and float(two[1, 0].max()) < 1e-3  # ROI 1 has ROI 0 behind
-    total = -torch.log1p(-two).sum(dim=1, keepdim=True)
-    assert torch.allclose(total, -torch.log1p(-one), atol=1e-9)
-    moved = rois.clone()
-    moved[1, 3] = 0.7 + 1e-4  # the bottoms level: the split moves smoothly, no jump
-    level = neighbour_map(moved, idx, 8, depth=True)
-    moved[1, 3] = 0.7 - 1e-4
-    assert float((neighbour_map(moved, idx, 8, depth=True) - level).abs().max()) < 0.01

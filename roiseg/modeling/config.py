@@ -82,9 +82,6 @@ class HeadConfig:
     branch (area means down to ``roi_size``, beside the reduced primary tap) and the RGB refinement (at the ROI
     grid, beside the image and the logits) — so they can place the line between the ROI's person and its
     neighbours, not only shift each cell's logits."""
-    neighbour_depth: bool = False
-    """``query`` with ``neighbour_map``: two maps instead of one — the other ROIs whose bottom edge is lower than
-    the ROI's (most likely in front of its person) and the others (soft split: continuous in the boxes)."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
@@ -92,8 +89,7 @@ class HeadConfig:
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
                                            "centred_logits": False, "local_channels": 0, "person_aux": False,
-                                           "neighbour_map": False, "neighbour_convs": False,
-                                           "neighbour_depth": False}
+                                           "neighbour_map": False, "neighbour_convs": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property
@@ -112,14 +108,9 @@ class HeadConfig:
         return self.variant == "query" and self.neighbour_map
 
     @property
-    def neighbour_map_channels(self) -> int:
-        """Channels of the neighbour map: 2 with ``neighbour_depth`` (in front / behind), else 1."""
-        return 2 if self.neighbour_depth else 1
-
-    @property
     def neighbour_channels(self) -> int:
-        """Input channels the per-ROI conv stacks take from the neighbour map (``neighbour_convs``; 0 without)."""
-        return self.neighbour_map_channels if self.has_neighbour_map and self.neighbour_convs else 0
+        """Input channels the per-ROI conv stacks take from the neighbour map (``neighbour_convs``): 1 or 0."""
+        return int(self.has_neighbour_map and self.neighbour_convs)
 
     @property
     def num_extra_taps(self) -> int:

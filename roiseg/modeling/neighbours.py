@@ -10,21 +10,16 @@ import torch
 
 NEIGHBOUR_EDGE: float = 0.01
 """Width of a box's soft edge in :func:`neighbour_map` (normalised image units: ~6 pixels at 640)."""
-DEPTH_EDGE: float = 0.02
-"""Width of the soft "its bottom edge is lower" test of :func:`neighbour_map` with ``depth`` (normalised units)."""
 
 
-def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: float = NEIGHBOUR_EDGE,
-                  depth: bool = False) -> torch.Tensor:
+def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: float = NEIGHBOUR_EDGE) -> torch.Tensor:
     """[N, 1, G, G] in [0, 1): how much the *other* ROIs of the same image cover each cell of each ROI's grid.
 
     ``rois`` [N, 4] normalised x1, y1, x2, y2; ``batch_idx`` [N]. A box covers a point by a product of
     sigmoids of its signed distance to the four edges (width ``edge``): continuous in the boxes. It is
     separable (a y factor times an x factor), so the sum over the other boxes is one matmul per ROI,
     [G, N] x [N, G]; then ``1 - exp(-sum)``. A box narrower or lower than ``edge`` counts in proportion
-    (an empty box — a sanitised non-finite one — not at all). With ``depth``, [N, 2, G, G]: the other boxes
-    whose bottom edge is lower than the ROI's (most likely in front of its person) and the others, split by a
-    sigmoid of the difference (width :data:`DEPTH_EDGE`).
+    (an empty box — a sanitised non-finite one — not at all).
     """
     t = (torch.arange(g, dtype=rois.dtype, device=rois.device) + 0.5) / g  # [G] cell centres, ROI units
     idx = torch.arange(rois.shape[0], device=rois.device)
@@ -37,12 +32,8 @@ def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: flo
         c = (lo[:, None] + t[None] * (hi - lo)[:, None])[:, :, None]  # [N, G, 1] normalised image units
         return torch.sigmoid((c - lo[None, None]) / edge) * torch.sigmoid((hi[None, None] - c) / edge)
 
-    ys, xs = cover(1), cover(0).transpose(1, 2)  # [N, G, N], [N, N, G]
-    if not depth:
-        return (1.0 - torch.exp(-torch.matmul(ys * others[:, None, :], xs)))[:, None]  # [N, 1, G (y), G (x)]
-    front = torch.sigmoid((rois[None, :, 3] - rois[:, None, 3]) / DEPTH_EDGE)  # [N, N]: box j lower than ROI i
-    parts = [torch.matmul(ys * (others * w)[:, None, :], xs) for w in (front, 1.0 - front)]  # 2 x [N, G, G]
-    return 1.0 - torch.exp(-torch.stack(parts, dim=1))
+    total = torch.matmul(cover(1) * others[:, None, :], cover(0).transpose(1, 2))  # [N, G (y), G (x)]
+    return (1.0 - torch.exp(-total))[:, None]
 
 
 def area_matrix(g: int, size: int) -> torch.Tensor:

@@ -215,7 +215,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.refine = RgbRefine(dim, cfg.refine_channels, cfg.neighbour_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
-        self.neighbours = zero_conv(cfg.neighbour_map_channels, dim) if cfg.has_neighbour_map else None  # starts as without it
+        self.neighbours = zero_conv(1, dim) if cfg.has_neighbour_map else None  # starts as without it
         self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
 
     def embedding(self, features: torch.Tensor | Sequence[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -225,8 +225,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
 
     def neighbour_context(self, rois: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor | None:
         """[N, 1, G, G] :func:`neighbour_map` of ``rois`` on this head's grid, ``None`` without one."""
-        cfg = self.cfg
-        return None if self.neighbours is None else neighbour_map(rois, batch_idx, cfg.mask_size, depth=cfg.neighbour_depth)
+        return None if self.neighbours is None else neighbour_map(rois, batch_idx, self.cfg.mask_size)
 
     def primary_rois(self, primary: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """primary [B, C, h, w] at ``cfg.stride``, boxes [N, 5] in input pixels -> [N, C, R, R] (``R = roi_size``):
