@@ -10,7 +10,7 @@ from helpers_graph import YOLOX_TENSOR, ort_session
 from helpers_train import make_person_data, tiny_overrides
 
 from graph_tools import load_model, nodes_of_type
-from roiseg.verify.parity import run_parity
+from roiseg.verify.parity import format_table, run_parity
 from roiseg.features.extractor import OnnxFeatureExtractor, describe_extractor
 from roiseg.features.taps import auto_extra_tensors
 from roiseg.modeling import HeadConfig, build_head
@@ -87,6 +87,11 @@ def test_fused_query_head_runs_any_roi_count_and_passes_parity(which, stand_in_f
     fused_stage = report["stages"]["fused"]
     assert report["passed"] and fused_stage["max_abs"] <= 1e-4 and fused_stage["argmax_agreement"] >= 0.9999
     assert report["stages"]["trim"]["elements"] > 0
+    if which == "stand_in":  # the default head on OpenVINO too, the contract's empty ROI set included
+        import openvino  # noqa: F401  (a default dependency group: uv sync installs it)
+        ov = run_parity(detector, ckpt, fused=fused, annotations=coco_tiny / "annotations/instances_val2017.json",
+                        images=coco_tiny / "images/val2017", max_images=1, large_set=0, engine="openvino")
+        assert ov["passed"] and ov["engine"] == "openvino" and ov["stages"]["fused"]["max_abs"] <= 1e-4, format_table(ov)
 
 
 def test_the_local_branch_starts_at_zero_then_exports_and_passes_parity(stand_in_full, coco_tiny, tmp_path):
