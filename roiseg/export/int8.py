@@ -22,7 +22,8 @@ one-channel 1x1 conv, no compute to save. So do the two convs that read the map 
 (``neighbour_convs``: the local branch's first 3x3 conv, the refinement's first conv): one scale for the
 whole input would round the map, in [0, 1), to the step of the widest channel (the RoI-aligned image, 0..255
 on YOLOX-nano). On the trained YOLOX-nano head of ``tests/test_int8.py`` the ``head`` model then agrees with float
-at 0.954 per-ROI target IoU (0.950 with them quantized, 0.960 for the head without ``neighbour_convs``).
+at 0.954 per-ROI target IoU (0.950 with them quantized, 0.960 for the head without ``neighbour_convs``; 3 val
+images).
 ``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
 ``all``: the detector's too, unless the detector is already quantized (``ConvInteger``,
 ``DynamicQuantizeLinear``, ``QuantizeLinear``...): that is said, and only the head is quantized.
