@@ -5,7 +5,7 @@ original resolution) for each subset size (the first N images of the prepared tr
 the full count is the whole set, shared with the head comparison when ``--work`` is the same), then
 plots target and boundary IoU against the number of training images and writes a Markdown table.
 
-    uv run python bench/learning_curve.py --detector yolo11n --variant hybrid-local-person-nb --sizes 88,177,354,0 \\
+    uv run python bench/learning_curve.py --detector yolo11n --variant hybrid-local-person-nbc --sizes 88,177,354,0 \\
         --seeds 0 --work /tmp/heads --plot docs/learning_curve.png --markdown docs/learning_curve.md
 """
 

@@ -156,6 +156,30 @@ def test_the_map_shrinks_to_the_local_grid_by_area_means():
 
 
 def test_old_configs_load_without_neighbour_convs():
-    old = {k: v for k, v in HeadConfig(**FIELDS, neighbour_convs=True).to_dict().items() if k != "neighbour_convs"}
-    assert not HeadConfig.from_dict(old).neighbour_convs  # a checkpoint made before the field
+    """A checkpoint made before the field: its config reads as without it, its weights load strictly and the head
+    computes what the head it was made with computes."""
+    torch.manual_seed(0)
+    made = build_head(HeadConfig(**FIELDS, neighbour_convs=False)).eval()
+    old = {k: v for k, v in made.cfg.to_dict().items() if k != "neighbour_convs"}
+    loaded = build_head(HeadConfig.from_dict(old)).eval()
+    assert not loaded.cfg.neighbour_convs
+    loaded.load_state_dict(made.state_dict(), strict=True)
+    feats, image = torch.randn(1, 16, 8, 8), torch.rand(1, 3, 64, 64)
+    rois, idx = torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.4, 0.2, 0.9, 0.8]]), torch.tensor([0, 0])
+    with torch.no_grad():
+        assert torch.equal(loaded(feats, rois, idx, image), made(feats, rois, idx, image))
+
+
+@pytest.mark.parametrize("fields, readers", [({"neighbour_convs": True}, 3), ({"neighbour_convs": False}, 1),
+                                             ({"neighbour_map": False}, 0)])
+def test_int8_finds_the_convs_that_read_the_map(fields, readers):
+    """``fuse --int8`` keeps float every conv the raw map reaches (its projection; with ``neighbour_convs`` the first
+    convs of the local branch and the refinement), found in the graph whatever the export names them."""
+    from roiseg.export.int8 import map_reading_convs
+
+    model = export_head(build_head(HeadConfig(**FIELDS, **fields)).eval())
+    found = map_reading_convs(model)
+    assert len(found) == readers
+    scopes = {"/neighbours/", "/local/body.1/", "/refine/body/body.0/"}
+    assert all(any(s in name for s in scopes) for name in found)  # never a conv reached only through the projection
 

@@ -16,14 +16,13 @@ float model (0.85 -> 0.94 without them; docs/performance.md). The detector's **f
 float too (:data:`FLOAT_FIRST_CONVS`): it reads the image (3-12 input channels, little compute) and is the
 most sensitive layer — with it and the averaged ranges YOLOX-nano's ``all`` model went from 0.866 to 0.955
 per-ROI target IoU against float, YOLO11n's from 0.964 to 0.974 (docs/performance.md). The head's
-**neighbour-map projection** stays float as well (:data:`FLOAT_HEAD_SCOPES`): its input's range depends on
+**neighbour-map projection** stays float as well (:func:`map_reading_convs`): its input's range depends on
 how many ROIs a feed has (0 with one ROI), so ranges averaged over the feeds would clip it; it is a
-one-channel 1x1 conv, no compute to save. So do the two convs that read the map beside other channels
+one-channel 1x1 conv, no compute to save. So do the convs that read the map beside other channels
 (``neighbour_convs``: the local branch's first 3x3 conv, the refinement's first conv): one scale for the
 whole input would round the map, in [0, 1), to the step of the widest channel (the RoI-aligned image, 0..255
-on YOLOX-nano). On the trained YOLOX-nano head of ``tests/test_int8.py`` the ``head`` model then agrees with float
-at 0.954 per-ROI target IoU (0.950 with them quantized, 0.960 for the head without ``neighbour_convs``; 3 val
-images).
+on YOLOX-nano). On the weakly trained YOLOX-nano head of ``tests/test_int8.py`` (8 val images) the ``head`` model
+then agrees with float at 0.954 per-ROI target IoU (0.961 for the head without ``neighbour_convs``).
 ``head``: the head's nodes only (names under ``conventions.HEAD_PREFIX``);
 ``all``: the detector's too, unless the detector is already quantized (``ConvInteger``,
 ``DynamicQuantizeLinear``, ``QuantizeLinear``...): that is said, and only the head is quantized.
@@ -52,9 +51,8 @@ QUANT_OPS: frozenset[str] = frozenset({"DynamicQuantizeLinear", "ConvInteger", "
                                         "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"})
 """Ops that show a detector was quantized already."""
 DEFAULT_CALIBRATION_COUNT: int = 32
-FLOAT_HEAD_SCOPES: tuple[str, ...] = ("/neighbours/", "/local/body.1/", "/refine/body/body.0/")
-"""Head nodes left float whatever their op (name contains one of these): the neighbour map's projection and
-the first convs of the local branch and the refinement, which read the map (``HeadConfig.neighbour_convs``)."""
+NEIGHBOUR_SCOPE: str = "/neighbours/"
+"""Name scope of the neighbour map's projection conv, whose input is the map (``QueryMaskHead.neighbours``)."""
 FLOAT_FIRST_CONVS: int = 1
 """The detector's first convolutions (in graph order) that ``all`` keeps in float."""
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
@@ -78,10 +76,32 @@ def quantized_ops(model: onnx.ModelProto) -> Counter:
     return Counter(n.op_type for n in model.graph.node if n.op_type in QUANT_OPS and not n.name.startswith(HEAD_PREFIX))
 
 
+def map_reading_convs(model: onnx.ModelProto) -> set[str]:
+    """Names of the head's convs that read the neighbour map as it is: its projection and every conv the map
+    reaches through ops that are not convs (with ``neighbour_convs``: the local branch's and the refinement's
+    first convs, through the area-mean MatMuls and a Concat). Empty for a head without the map."""
+    anchors = [n for n in model.graph.node if n.op_type == "Conv" and NEIGHBOUR_SCOPE in n.name]
+    if not anchors:
+        return set()
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    readers, seen, todo = set(), set(), [anchors[0].input[0]]
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if node.op_type == "Conv":
+                readers.add(node.name)
+            elif node.name not in seen:
+                seen.add(node.name)
+                todo.extend(node.output)
+    return readers
+
+
 def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
     """Names of the nodes :mod:`this module <roiseg.export.int8>` quantizes in ``scope`` (module docstring)."""
     weights = {i.name for i in model.graph.initializer}
-    names, detector_convs = [], 0
+    names, detector_convs, keep_float = [], 0, map_reading_convs(model)
     for node in model.graph.node:
         in_head = node.name.startswith(HEAD_PREFIX)
         if scope == "head" and not in_head:
@@ -90,7 +110,7 @@ def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
             detector_convs += 1
             if detector_convs <= FLOAT_FIRST_CONVS:
                 continue
-        if in_head and any(scope_name in node.name for scope_name in FLOAT_HEAD_SCOPES):
+        if in_head and node.name in keep_float:
             continue
         if (node.op_type in QUANTIZED_OPS and gt.node_attributes(node).get("group", 1) == 1
                 and any(i in weights for i in node.input)):

@@ -7,7 +7,8 @@ convs) into one mask embedding ``E`` [B, D, H/4, W/4].
 Per ROI, everything is light:
 
 1. ``RoIAlign(E)`` to a ``G x G`` grid over the ROI (``G = mask_size``): the ROI's pixel tokens
-   [N, G*G, D] (with ``local_channels``, plus a per-ROI branch on the primary tap: :class:`RoiLocal`),
+   [N, G*G, D] (with ``local_channels``, plus a per-ROI branch on the primary tap: :class:`RoiLocal`; with
+   ``neighbour_map``, plus a projection of where the image's other ROIs lie: :mod:`roiseg.modeling.neighbours`),
    plus a learned embedding (an MLP of the cell's normalised x, y) of each cell's
    position inside the ROI: one [G*G, D] table, computed once. Keys, values and the pixel side of
    the class logits are these tokens; no per-token projection runs per ROI: everything per ROI is a
@@ -23,7 +24,8 @@ Per ROI, everything is light:
    over the ROI's cells (they shape the mask), plus a per-class bias that starts at the box prior
    (target inside the ROI) and sets the level: [N, 3, G, G].
 5. Optionally (``refine_channels``), a per-ROI RGB refinement: a small residual conv stack over
-   the RoI-aligned input image, the logits and the embedding at the G x G grid, whose last layer
+   the RoI-aligned input image, the logits, the embedding (and with ``neighbour_convs`` the neighbour map,
+   which the local branch reads too) at the G x G grid, whose last layer
    starts at zero. Then the same exportable paste as the other heads.
 
 Standard ONNX ops only (RoiAlign, MatMul, Softmax, Resize...); the ROI count is dynamic.
@@ -169,7 +171,7 @@ class RoiLocal(nn.Module):
     the queries) -> 1x1 reduce to L -> three 3x3 conv
     + GroupNorm + ReLU -> bilinear resize to the G x G ROI grid -> 1x1 to D, which starts at zero
     (the head starts as without the branch). What ``detail``'s per-ROI conv stack gives (reasoning
-    about the ROI's own person on the detector's features), at ~L * (C + 27 L) parameters.
+    about the ROI's own person on the detector's features), at ~L * (C + 27 L) parameters (+ 9 L with the map).
     """
 
     def __init__(self, cfg: HeadConfig, dim: int) -> None:
