@@ -25,7 +25,7 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(('DedupeReport', 'merge_duplicate_nodes'), "dedupe"),
     **dict.fromkeys(('GraphError',), "errors"),
     **dict.fromkeys(('Float16Report', 'convert_float16'), "float16"),
-    **dict.fromkeys(('Dim', 'describe_io', 'dims', 'elem_type_of', 'graph_inputs', 'infer_shapes', 'nearest_tensors', 'node_attributes', 'nodes_of_type', 'opset_version', 'require_tensor', 'tensor_shapes', 'upstream_tensors'), "inspect"),
+    **dict.fromkeys(('Dim', 'describe_io', 'dims', 'elem_type_of', 'first_nodes_downstream', 'graph_inputs', 'infer_shapes', 'nearest_tensors', 'node_attributes', 'nodes_of_type', 'opset_version', 'require_tensor', 'tensor_shapes', 'upstream_tensors'), "inspect"),
     **dict.fromkeys(('atomic_path', 'clean_stale_temp_dirs', 'clean_stale_temps', 'file_sha256', 'load_model',
                      'needs_external_data', 'save_model', 'temp_dir'), "io"),
     **dict.fromkeys(('read_file_props', 'read_props', 'set_prop', 'write_props'), "metadata"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import onnx
@@ -162,3 +162,26 @@ def upstream_tensors(model: onnx.ModelProto, name: str) -> dict[str, int]:
                     nxt.append(i)
         frontier = nxt
     return dist
+
+
+def first_nodes_downstream(model: onnx.ModelProto, name: str, op_types: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``op_types`` that tensor ``name`` reaches through nodes of other types only (graph order).
+
+    Breadth-first through the consuming nodes; the walk stops at each node of ``op_types`` (it is returned,
+    its outputs are not followed).
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    found, seen, frontier = {}, set(), [name]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            key = id(node)
+            if node.op_type in op_types:
+                found[key] = node
+            elif key not in seen:
+                seen.add(key)
+                frontier.extend(node.output)
+    order = {id(n): k for k, n in enumerate(model.graph.node)}
+    return sorted(found.values(), key=lambda n: order[id(n)])

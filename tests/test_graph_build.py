@@ -97,3 +97,18 @@ def test_loop_back_feeds_an_input_from_inside_and_sorts_the_nodes():
         gt.loop_back(model, "y", "r")
     with pytest.raises(gt.GraphError, match="not an input"):
         gt.loop_back(model, "r_inside", "nope")
+
+
+def test_first_nodes_downstream_stops_at_the_first_node_of_the_types():
+    """x -> Sigmoid (s1) -> Sigmoid (s3); x -> Mul -> Sigmoid (s2): from x the walk finds s1 and s2, never s3,
+    which only the path through s1 reaches."""
+    b = GraphBuilder("t/")
+    s1 = b.op("Sigmoid", ["x"])
+    s2 = b.op("Sigmoid", [b.op("Mul", ["x", b.const(np.ones(4, np.float32))])], outputs=["b"])
+    b.op("Sigmoid", [s1], outputs=["a"])
+    model = b.model([value_info("x", TensorProto.FLOAT, [4])],
+                    [value_info("a", TensorProto.FLOAT, [4]), value_info("b", TensorProto.FLOAT, [4])], 17, 8)
+    found = gt.first_nodes_downstream(model, "x", ("Sigmoid",))
+    assert [n.output[0] for n in found] == [s1, s2]
+    assert [n.op_type for n in gt.first_nodes_downstream(model, "x", ("Mul",))] == ["Mul"]
+    assert gt.first_nodes_downstream(model, "a", ("Sigmoid",)) == []  # a graph output: nothing reads it

@@ -83,19 +83,7 @@ def map_reading_convs(model: onnx.ModelProto) -> set[str]:
     anchors = [n for n in model.graph.node if n.op_type == "Conv" and NEIGHBOUR_SCOPE in n.name]
     if not anchors:
         return set()
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    readers, seen, todo = set(), set(), [anchors[0].input[0]]
-    while todo:
-        for node in consumers.get(todo.pop(), []):
-            if node.op_type == "Conv":
-                readers.add(node.name)
-            elif node.name not in seen:
-                seen.add(node.name)
-                todo.extend(node.output)
-    return readers
+    return {n.name for n in gt.first_nodes_downstream(model, anchors[0].input[0], ("Conv",))}
 
 
 def nodes_to_quantize(model: onnx.ModelProto, scope: str) -> list[str]:
