@@ -10,23 +10,29 @@ sizes and random weights, fuses them (``roiseg fuse``) and times in one process,
 * ``fused 1`` and ``fused N``: the fused model with 1 and N ROIs.
 
 Ratios: fused(1) / detector and the per-extra-ROI cost (fused(N) - fused(1)) / (N - 1) / detector.
-Then one training step per variant on random features of the right shapes (``--train-rois`` ROIs,
+Then training steps per variant on random features of the right shapes (``--train-rois`` ROIs,
 ``train_step`` exactly as ``roiseg train`` runs it): ``detail`` with the full-resolution loss (its
 default as head v2's default) and with the point loss (as the head comparison trains it), the query heads
-with the point loss (K points per ROI) and, where the head has one, the person map's loss; training ROIs/s
-and the ratio default / detail for both of ``detail``'s losses.
+with the point loss (K points per ROI) and, where the head has one, the person map's loss. The steps run
+round-robin (``--train-steps`` each, median), once per torch thread count in ``--train-threads`` (default 1
+and every core): torchvision's CPU RoIAlign runs on one thread, so the ratio default / detail depends on
+the thread count. Printed: training ROIs/s and the ratio default / detail for both of ``detail``'s losses.
 
-    uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32] [--json out.json]
+    uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32]
+        [--train-steps 5] [--train-threads 1,2] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -89,8 +95,9 @@ def time_inference(paths: dict[str, tuple[Path, Path]], hw: tuple[int, int], n: 
     return round_robin(calls, reps)
 
 
-def train_rois_per_s(cfg: HeadConfig, points: int, rois_per_step: int, steps: int) -> float:
-    """ROIs/s of ``train_step`` on random taps (batch of 2 images) with the given loss."""
+def train_step_call(cfg: HeadConfig, points: int, rois_per_step: int) -> Callable[[], None]:
+    """One ``train_step`` per call on random taps (batch of 2 images, ``rois_per_step`` ROIs) with the given loss
+    (``points`` per ROI, 0: full resolution); each call draws its points with the next seed."""
     torch.manual_seed(0)
     h, w = cfg.input_hw
     head = build_head(cfg).train()
@@ -106,11 +113,45 @@ def train_rois_per_s(cfg: HeadConfig, points: int, rois_per_step: int, steps: in
     setup = StepSetup(model=head, loss_fn=SegLoss(loss), optimizer=torch.optim.AdamW(head.parameters()),
                       scheduler=None, scaler=torch.amp.GradScaler("cuda", enabled=False), input_hw=(h, w),
                       grad_clip=1.0, points=points, person_weight=loss.person_weight if cfg.has_person_map else 0.0)
-    train_step(setup, feats, images, rois, batch_idx, targets, person=person)  # warm-up
-    t0 = time.perf_counter()
-    for s in range(steps):
-        train_step(setup, feats, images, rois, batch_idx, targets, seed=s, person=person)
-    return rois_per_step * steps / (time.perf_counter() - t0)
+    seeds = itertools.count()
+    return lambda: train_step(setup, feats, images, rois, batch_idx, targets, seed=next(seeds), person=person)
+
+
+def train_rates(cfgs: dict[str, HeadConfig], rois_per_step: int, steps: int, threads: int) -> dict[str, float]:
+    """Training ROIs/s of every variant (with its loss, :data:`POINTS`) and of ``detail`` with the point loss
+    (key ``detail-points``), with ``threads`` torch threads: the median step of ``steps`` round-robin steps."""
+    torch.set_num_threads(threads)
+    calls = {v: train_step_call(cfg, POINTS[v], rois_per_step) for v, cfg in cfgs.items()}
+    calls["detail-points"] = train_step_call(cfgs["detail"], LossConfig().points, rois_per_step)
+    return {k: rois_per_step / sec for k, sec in round_robin(calls, steps).items()}
+
+
+def inference_rows(cfgs: dict[str, HeadConfig], med: dict[str, float], n: int) -> dict[str, dict]:
+    """Per variant: parameters, the timed medians (ms) and the two ratios to the detector."""
+    out: dict[str, dict] = {}
+    for v, cfg in cfgs.items():
+        det = med[f"{v} detector"]
+        out[v] = {
+            "parameters": count_parameters(build_head(cfg)),
+            "detector_ms": 1000 * det, "fused_1_ms": 1000 * med[f"{v} fused 1"], f"fused_{n}_ms": 1000 * med[f"{v} fused {n}"],
+            "fused_1_over_detector": med[f"{v} fused 1"] / det,
+            "per_extra_roi_over_detector": (med[f"{v} fused {n}"] - med[f"{v} fused 1"]) / (n - 1) / det,
+        }
+    return out
+
+
+def training(cfgs: dict[str, HeadConfig], rois: int, steps: int, threads: list[int]) -> dict[str, dict]:
+    """ROIs/s per thread count (:func:`train_rates`) and the default's ratios to ``detail`` with each loss; printed."""
+    out: dict[str, dict] = {}
+    for t in threads:
+        rates = train_rates(cfgs, rois, steps, t)
+        ratios = {"detail": rates[DEFAULT] / rates["detail"], "detail-points": rates[DEFAULT] / rates["detail-points"]}
+        out[str(t)] = {"rois_per_s": rates, "default_over": ratios}
+        listed = "  ".join(f"{k} {r:.2f}" for k, r in rates.items())
+        print(f"train ROIs/s, {t} thread(s), median of {steps} round-robin steps ({rois} ROIs on 2 images): {listed}")
+        print(f"  {DEFAULT} (points) / detail: {ratios['detail']:.2f} (detail full resolution), "
+              f"{ratios['detail-points']:.2f} (detail points)")
+    return out
 
 
 def main() -> None:
@@ -120,12 +161,13 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=1024)
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--train-rois", type=int, default=8)
-    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=5, help="round-robin training steps per variant (median)")
+    ap.add_argument("--train-threads", default=f"1,{os.cpu_count() or 1}",
+                    help="comma-separated torch thread counts of the training timing")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--embed-dim", type=int, default=32, help="query/hybrid embedding width (0: scaled with the detector)")
     args = ap.parse_args()
     hw = (args.size, args.size)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     with tempfile.TemporaryDirectory(prefix="roiseg_bench_head_") as tmp:
         root = Path(tmp)
         detector = build_stand_in_detector(root / "detector.onnx", channels=args.channels, input_hw=hw)
@@ -133,33 +175,17 @@ def main() -> None:
         med = time_inference({v: (f, t) for v, (f, t, _) in built.items()}, hw, args.rois, args.reps)
         cfgs = {v: c for v, (_, _, c) in built.items()}
     n = args.rois
-    out: dict[str, dict] = {}
-    for v, cfg in cfgs.items():
-        det = med[f"{v} detector"]
-        out[v] = {
-            "parameters": count_parameters(build_head(cfg)),
-            "detector_ms": 1000 * det, "fused_1_ms": 1000 * med[f"{v} fused 1"], f"fused_{n}_ms": 1000 * med[f"{v} fused {n}"],
-            "fused_1_over_detector": med[f"{v} fused 1"] / det,
-            "per_extra_roi_over_detector": (med[f"{v} fused {n}"] - med[f"{v} fused 1"]) / (n - 1) / det,
-            "train_rois_per_s": train_rois_per_s(cfg, POINTS[v], args.train_rois, args.train_steps),
-            "train_loss": "points" if POINTS[v] else "full resolution",
-        }
-    detail_points = train_rois_per_s(cfgs["detail"], LossConfig().points, args.train_rois, args.train_steps)
-    ratio = out[DEFAULT]["train_rois_per_s"] / out["detail"]["train_rois_per_s"]
-    ratio_points = out[DEFAULT]["train_rois_per_s"] / detail_points
-    print(f"stand-in {args.channels} ch, {hw[0]}x{hw[1]}, CPU; median of {args.reps} reps")
+    out = inference_rows(cfgs, med, n)
+    print(f"stand-in {args.channels} ch, {hw[0]}x{hw[1]}, CPU (onnxruntime); median of {args.reps} reps")
     for v, r in out.items():
         print(f"{v:<12} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
               f"  fused({n}) {r[f'fused_{n}_ms']:.0f} ms  fused(1)/detector {r['fused_1_over_detector']:.3f}"
-              f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}"
-              f"  train {r['train_rois_per_s']:.2f} ROIs/s ({r['train_loss']})")
-    print(f"detail       train {detail_points:.2f} ROIs/s (points)")
-    print(f"training ROIs/s, {DEFAULT} (points) / detail: {ratio:.2f} (detail full resolution), "
-          f"{ratio_points:.2f} (detail points)")
+              f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}")
+    threads = sorted({int(t) for t in args.train_threads.split(",") if t.strip()})
+    train = training(cfgs, args.train_rois, args.train_steps, threads)
     if args.json is not None:
-        args.json.write_text(json.dumps({"variants": out, "train_ratio_default_over_detail": ratio,
-                                         "detail_points_train_rois_per_s": detail_points,
-                                         "train_ratio_default_over_detail_points": ratio_points, "embed_dim": args.embed_dim,
+        args.json.write_text(json.dumps({"variants": out, "training": train, "train_loss": {v: "points" if p else "full resolution"
+                                         for v, p in POINTS.items()}, "embed_dim": args.embed_dim,
                                          "channels": args.channels, "input_hw": list(hw)}, indent=2))
 
 
