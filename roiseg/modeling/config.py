@@ -82,8 +82,6 @@ class HeadConfig:
     branch (area means down to ``roi_size``, beside the reduced primary tap) and the RGB refinement (at the ROI
     grid, beside the image and the logits) — so they can place the line between the ROI's person and its
     neighbours, not only shift each cell's logits."""
-    local_coarse: bool = False
-    """SCREEN: the local branch also reads the coarsest extra tap, RoI-aligned at roi_size beside the primary."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the

@@ -178,9 +178,7 @@ class RoiLocal(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch = cfg.local_channels
-        coarse = max(cfg.extra_channels[i] for i in range(len(cfg.extra_strides))
-                     if cfg.extra_strides[i] == max(cfg.extra_strides)) if cfg.local_coarse else 0
-        self.body = nn.Sequential(conv_gn_relu(cfg.in_channels + coarse, ch, 1, cfg.groups),  # body[0]: the 1x1 reduce
+        self.body = nn.Sequential(conv_gn_relu(cfg.in_channels, ch, 1, cfg.groups),  # body[0]: the 1x1 reduce
                                   conv_gn_relu(ch + cfg.neighbour_channels, ch, 3, cfg.groups),
                                   *[conv_gn_relu(ch, ch, 3, cfg.groups) for _ in range(2)])
         self.out = zero_conv(ch, dim)
@@ -282,18 +280,11 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         grid = roi_align(emb, boxes, (g, g), spatial_scale=1.0 / EMBED_STRIDE, sampling_ratio=cfg.sampling_ratio,
                          aligned=True)  # [N, D, G, G]
         pooled = self.primary_rois(taps[0], boxes)
-        local_in = pooled
-        if cfg.local_coarse:
-            k = 1 + list(cfg.extra_strides).index(max(cfg.extra_strides))
-            s = cfg.extra_strides[k - 1]
-            coarse = roi_align(taps[k], boxes, (cfg.roi_size, cfg.roi_size), spatial_scale=1.0 / s,
-                               sampling_ratio=cfg.sampling_ratio, aligned=True)
-            local_in = torch.cat([pooled, coarse], dim=1)
         near = None if self.neighbours is None else (  # [N, 1, G, G]
             neighbours if neighbours is not None else self.neighbour_context(rois, batch_idx))
         near_convs = near if cfg.neighbour_channels else None
         if self.local is not None:
-            grid = grid + self.local(local_in, near_convs)
+            grid = grid + self.local(pooled, near_convs)
         if near is not None:
             grid = grid + self.neighbours(near)
         pos = self.position(roi_coordinate_channels(1, g, grid)[0].flatten(1).transpose(0, 1))  # [T, D], once
