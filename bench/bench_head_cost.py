@@ -19,7 +19,7 @@ and every core): torchvision's CPU RoIAlign runs on one thread, so the ratio def
 the thread count. Printed: training ROIs/s and the ratio default / detail for both of ``detail``'s losses.
 
     uv run python bench/bench_head_cost.py [--rois 33] [--reps 5] [--size 640] [--channels 1024] [--embed-dim 32]
-        [--train-steps 5] [--train-threads 1,2] [--json out.json]
+        [--train-rois 8] [--train-steps 5] [--train-threads 1,2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -95,7 +94,7 @@ def time_inference(paths: dict[str, tuple[Path, Path]], hw: tuple[int, int], n: 
     return round_robin(calls, reps)
 
 
-def train_step_call(cfg: HeadConfig, points: int, rois_per_step: int) -> Callable[[], None]:
+def train_step_call(cfg: HeadConfig, points: int, rois_per_step: int) -> Callable[[], object]:
     """One ``train_step`` per call on random taps (batch of 2 images, ``rois_per_step`` ROIs) with the given loss
     (``points`` per ROI, 0: full resolution); each call draws its points with the next seed."""
     torch.manual_seed(0)
@@ -154,6 +153,25 @@ def training(cfgs: dict[str, HeadConfig], rois: int, steps: int, threads: list[i
     return out
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity / cgroup cpusets), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_counts(text: str) -> list[int]:
+    """``"1,2"`` -> [1, 2] (sorted, unique); an argparse type: a bad value is a usage error."""
+    try:
+        counts = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1: {text!r}")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rois", type=int, default=33, help="ROIs of the larger fused run")
@@ -162,8 +180,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--train-rois", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=5, help="round-robin training steps per variant (median)")
-    ap.add_argument("--train-threads", default=f"1,{os.cpu_count() or 1}",
-                    help="comma-separated torch thread counts of the training timing")
+    ap.add_argument("--train-threads", type=thread_counts, default=f"1,{usable_cores()}",
+                    help="comma-separated torch thread counts of the training timing (default: 1 and every usable core)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--embed-dim", type=int, default=32, help="query/hybrid embedding width (0: scaled with the detector)")
     args = ap.parse_args()
@@ -181,11 +199,10 @@ def main() -> None:
         print(f"{v:<12} params {r['parameters'] / 1e6:.2f}M  detector {r['detector_ms']:.0f} ms  fused(1) {r['fused_1_ms']:.0f} ms"
               f"  fused({n}) {r[f'fused_{n}_ms']:.0f} ms  fused(1)/detector {r['fused_1_over_detector']:.3f}"
               f"  per extra ROI/detector {r['per_extra_roi_over_detector']:.4f}")
-    threads = sorted({int(t) for t in args.train_threads.split(",") if t.strip()})
-    train = training(cfgs, args.train_rois, args.train_steps, threads)
+    train = training(cfgs, args.train_rois, args.train_steps, args.train_threads)
     if args.json is not None:
-        args.json.write_text(json.dumps({"variants": out, "training": train, "train_loss": {v: "points" if p else "full resolution"
-                                         for v, p in POINTS.items()}, "embed_dim": args.embed_dim,
+        args.json.write_text(json.dumps({"variants": out, "training": train, "train_loss": {**{v: "points" if p else "full resolution"
+                                         for v, p in POINTS.items()}, "detail-points": "points"}, "embed_dim": args.embed_dim,
                                          "channels": args.channels, "input_hw": list(hw)}, indent=2))
 
 
