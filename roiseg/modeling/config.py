@@ -82,8 +82,6 @@ class HeadConfig:
     branch (area means down to ``roi_size``, beside the reduced primary tap) and the RGB refinement (at the ROI
     grid, beside the image and the logits) — so they can place the line between the ROI's person and its
     neighbours, not only shift each cell's logits."""
-    fine_refine: bool = False
-    """SCREEN: a second RGB refinement on the logits upsampled 2x (2G x 2G grid, the image RoI-aligned there)."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the

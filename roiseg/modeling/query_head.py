@@ -216,8 +216,6 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
                 self.mask_embed[-1].bias.zero_()
         self.refine = RgbRefine(dim, cfg.refine_channels, cfg.neighbour_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
-        self.fine = nn.Sequential(conv_gn_relu(3 + NUM_CLASSES, 16, 3, 8), conv_gn_relu(16, 16, 3, 8),
-                                  zero_conv(16, NUM_CLASSES)) if cfg.fine_refine else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
         self.neighbours = zero_conv(1, dim) if cfg.has_neighbour_map else None  # starts as without it
         self._bias = soft_attention_bias if cfg.attention_mask == "soft" else attention_bias
@@ -301,11 +299,6 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         if self.refine is not None:
             image = roi_align(images, boxes, (g, g), spatial_scale=1.0, sampling_ratio=cfg.sampling_ratio, aligned=True)
             logits = logits + self.refine(image, logits, grid, near_convs)
-        if self.fine is not None:
-            up = F.interpolate(logits, size=(2 * g, 2 * g), mode="bilinear", align_corners=False)
-            image2 = roi_align(images, boxes, (2 * g, 2 * g), spatial_scale=1.0, sampling_ratio=cfg.sampling_ratio,
-                               aligned=True)
-            logits = up + self.fine(torch.cat([image2, up], dim=1))
         if with_person:
             if self.person is None:
                 raise ValueError("with_person needs a head built with person_aux")
