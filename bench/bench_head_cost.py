@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 import graph_tools as gt
 from roiseg.conventions import DEFAULT_FEATURE_TENSOR
+from roiseg.data.analyze import default_workers
 from roiseg.export.fuse import fuse
 from roiseg.export.probes import plausible_rois, probe_rois, smooth_image
 from roiseg.features.extractor import describe_extractor
@@ -153,14 +153,6 @@ def training(cfgs: dict[str, HeadConfig], rois: int, steps: int, threads: list[i
     return out
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (affinity / cgroup cpusets), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def thread_counts(text: str) -> list[int]:
     """``"1,2"`` -> [1, 2] (sorted, unique); an argparse type: a bad value is a usage error."""
     try:
@@ -180,7 +172,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--train-rois", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=5, help="round-robin training steps per variant (median)")
-    ap.add_argument("--train-threads", type=thread_counts, default=f"1,{usable_cores()}",
+    ap.add_argument("--train-threads", type=thread_counts, default=f"1,{default_workers()}",
                     help="comma-separated torch thread counts of the training timing (default: 1 and every usable core)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--embed-dim", type=int, default=32, help="query/hybrid embedding width (0: scaled with the detector)")
