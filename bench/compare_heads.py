@@ -52,13 +52,13 @@ DETECTORS: dict[str, Detector] = {
 
 
 def _query(refine: int, local: int, embed: int = 32, *extra: str, person: bool = False,
-           neighbours: bool = False, neighbour_convs: bool = False, mask_context: bool = False) -> tuple[str, ...]:
+           neighbours: bool = False, neighbour_convs: bool = False) -> tuple[str, ...]:
     """``--set`` overrides of a ``query`` head with these widths (every width named, so a later change of
     the defaults does not change what a measured variant is)."""
     return ("head.variant=query", f"head.refine_channels={refine}", f"head.embed_dim={embed}",
             f"head.local_channels={local}", f"head.person_aux={str(person).lower()}",
             f"head.neighbour_map={str(neighbours).lower()}", f"head.neighbour_convs={str(neighbour_convs).lower()}",
-            f"head.mask_context={str(mask_context).lower()}", *extra)
+            *extra)
 
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -75,7 +75,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local-person": _query(16, 64, person=True),
     "hybrid-local-person-nb": _query(16, 64, person=True, neighbours=True),
     "hybrid-local-person-nbc": _query(16, 64, person=True, neighbours=True, neighbour_convs=True),
-    "hybrid-local-person-nbcm": _query(16, 64, person=True, neighbours=True, neighbour_convs=True, mask_context=True),
     "hybrid-d64": _query(16, 0, 64),
     "hybrid-d128": _query(16, 0, 128),
     "hybrid-auto": _query(16, 0, 0),

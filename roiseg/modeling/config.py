@@ -82,11 +82,6 @@ class HeadConfig:
     branch (area means down to ``roi_size``, beside the reduced primary tap) and the RGB refinement (at the ROI
     grid, beside the image and the logits) — so they can place the line between the ROI's person and its
     neighbours, not only shift each cell's logits."""
-    mask_context: bool = False
-    """``query`` with ``refine_channels``: the RGB refinement also reads how much the *other* ROIs of the image
-    claim each cell as their target — their decoder's target probabilities, pasted at the embedding's stride and
-    RoI-aligned onto the ROI's grid (:func:`roiseg.modeling.neighbours.others_target_map`) — so a ROI can give
-    up the pixels of a nested or overlapping person that another ROI has already drawn. Continuous."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
@@ -94,8 +89,7 @@ class HeadConfig:
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
                                            "centred_logits": False, "local_channels": 0, "person_aux": False,
-                                           "neighbour_map": False, "neighbour_convs": False,
-                                           "mask_context": False}
+                                           "neighbour_map": False, "neighbour_convs": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property
@@ -112,12 +106,6 @@ class HeadConfig:
     def has_neighbour_map(self) -> bool:
         """The head reads the other ROIs of the image (``neighbour_map`` on a ``query`` head)."""
         return self.variant == "query" and self.neighbour_map
-
-    @property
-    def refine_context_channels(self) -> int:
-        """Input channels the RGB refinement takes besides image, logits and embedding: the neighbour map
-        (``neighbour_channels``) and the others' target map (``mask_context``)."""
-        return self.neighbour_channels + int(self.variant == "query" and self.mask_context)
 
     @property
     def neighbour_channels(self) -> int:

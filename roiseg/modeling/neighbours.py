@@ -7,9 +7,6 @@ Pure functions of the ROIs (normalised ``x1, y1, x2, y2``), continuous in them, 
 from __future__ import annotations
 
 import torch
-from torchvision.ops import roi_align
-
-from roiseg.modeling.paste import _interp_matrix
 
 NEIGHBOUR_EDGE: float = 0.01
 """Width of a box's soft edge in :func:`neighbour_map` (normalised image units: ~6 pixels at 640)."""
@@ -25,7 +22,8 @@ def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: flo
     (an empty box — a sanitised non-finite one — not at all).
     """
     t = (torch.arange(g, dtype=rois.dtype, device=rois.device) + 0.5) / g  # [G] cell centres, ROI units
-    others = other_rois(batch_idx, rois.dtype)
+    idx = torch.arange(rois.shape[0], device=rois.device)
+    others = ((batch_idx[:, None] == batch_idx[None, :]) & (idx[:, None] != idx[None, :])).to(rois.dtype)  # [N, N]
     size = ((rois[:, 2:4] - rois[:, 0:2]) / edge).clamp(0.0, 1.0)  # [N, 2]
     others = others * (size[:, 0] * size[:, 1])[None, :]
 
@@ -36,48 +34,6 @@ def neighbour_map(rois: torch.Tensor, batch_idx: torch.Tensor, g: int, edge: flo
 
     total = torch.matmul(cover(1) * others[:, None, :], cover(0).transpose(1, 2))  # [N, G (y), G (x)]
     return (1.0 - torch.exp(-total))[:, None]
-
-
-def other_rois(batch_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[N] image index -> [N, N] float: 1 where ROI ``j`` is another ROI of ROI ``i``'s image, else 0."""
-    idx = torch.arange(batch_idx.shape[0], device=batch_idx.device)
-    return ((batch_idx[:, None] == batch_idx[None, :]) & (idx[:, None] != idx[None, :])).to(dtype)
-
-
-def soft_paste(prob: torch.Tensor, rois: torch.Tensor, canvas_hw: tuple[int, int], edge: float) -> torch.Tensor:
-    """[N, 1, G, G] ROI-grid map -> [N, H, W] on an ``(H, W)`` canvas: bilinear (the paste's matrices), times
-    each box's soft inside (a product of sigmoids of the signed distance to its edges, ``edge`` normalised
-    units wide), so it is continuous in the boxes and ~0 outside them. ``rois`` [N, 4] normalised."""
-    h, w = canvas_hw
-    g = int(prob.shape[-1])
-
-    def axis(lo: torch.Tensor, hi: torch.Tensor, size: int) -> torch.Tensor:  # [N, size, G]
-        c = (torch.arange(size, dtype=rois.dtype, device=rois.device) + 0.5) / size  # [size] normalised
-        inside = torch.sigmoid((c[None] - lo[:, None]) / edge) * torch.sigmoid((hi[:, None] - c[None]) / edge)
-        return _interp_matrix(lo * size, hi * size, size, g) * inside[:, :, None]
-
-    wy, wx = axis(rois[:, 1], rois[:, 3], h), axis(rois[:, 0], rois[:, 2], w)
-    return torch.matmul(torch.matmul(wy, prob.reshape(-1, g, g)), wx.transpose(1, 2))
-
-
-def others_target_map(prob: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor, canvas_hw: tuple[int, int],
-                      edge: float = NEIGHBOUR_EDGE) -> torch.Tensor:
-    """[N, 1, G, G] in [0, 1): how much the *other* ROIs of the same image claim each cell of each ROI's grid.
-
-    ``prob`` [N, 1, G, G]: each ROI's target probability on its own grid; ``rois`` [N, 4] normalised. Each map
-    is pasted onto a canvas of ``canvas_hw`` (:func:`soft_paste`), the other ROIs' canvases of the image are
-    summed (one [N, N] x [N, H*W] MatMul), RoI-aligned back onto each ROI's grid, then ``1 - exp(-sum)``.
-    Continuous in ``prob`` and the boxes; exports for any ``N``, 0 included.
-    """
-    h, w = canvas_hw
-    g = int(prob.shape[-1])
-    canvas = soft_paste(prob, rois, canvas_hw, edge).reshape(-1, h * w)  # [N, H*W]
-    others = torch.matmul(other_rois(batch_idx, rois.dtype), canvas).reshape(-1, 1, h, w)  # [N, 1, H, W]
-    scale = torch.tensor([w, h, w, h], dtype=rois.dtype, device=rois.device)
-    idx = torch.arange(rois.shape[0], device=rois.device).to(rois.dtype)[:, None]
-    boxes = torch.cat([idx, rois * scale], dim=1)  # [N, 5]: ROI i reads its own canvas
-    sampled = roi_align(others, boxes, (g, g), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    return 1.0 - torch.exp(-sampled)
 
 
 def area_matrix(g: int, size: int) -> torch.Tensor:

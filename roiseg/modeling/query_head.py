@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from roiseg.conventions import NUM_CLASSES, TARGET
+from roiseg.conventions import NUM_CLASSES
 from roiseg.modeling.config import HeadConfig
 from roiseg.modeling.layers import (MaskHeadOutputs, box_prior_logits, conv_gn_relu, gn, roi_boxes,
                                    roi_coordinate_channels, zero_conv)
-from roiseg.modeling.neighbours import neighbour_map, others_target_map, shrink_grid
+from roiseg.modeling.neighbours import neighbour_map, shrink_grid
 
 EMBED_STRIDE: int = 4
 """Stride of the mask embedding in input pixels."""
@@ -214,7 +214,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
             with torch.no_grad():
                 self.mask_embed[-1].weight.mul_(0.1)
                 self.mask_embed[-1].bias.zero_()
-        self.refine = RgbRefine(dim, cfg.refine_channels, cfg.refine_context_channels) if cfg.refine_channels else None
+        self.refine = RgbRefine(dim, cfg.refine_channels, cfg.neighbour_channels) if cfg.refine_channels else None
         self.local = RoiLocal(cfg, dim) if cfg.local_channels else None
         self.person = nn.Conv2d(dim, 1, 1) if cfg.has_person_map else None  # training only (HeadConfig.person_aux)
         self.neighbours = zero_conv(1, dim) if cfg.has_neighbour_map else None  # starts as without it
@@ -248,17 +248,6 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
             tokens = tokens - tokens.mean(dim=1, keepdim=True)
         logits = torch.matmul(self.mask_embed(queries), tokens.transpose(1, 2))
         return logits if self.class_bias is None else logits + self.class_bias[None, :, None]
-
-    def _refine_context(self, logits: torch.Tensor, rois: torch.Tensor, batch_idx: torch.Tensor,
-                        near: torch.Tensor | None) -> torch.Tensor | None:
-        """The refinement's extra input [N, C, G, G]: the neighbour map ``near`` and, with ``mask_context``, the
-        other ROIs' target map from the decoder's ``logits`` [N, 3, G, G] (``None`` when neither)."""
-        if not self.cfg.mask_context:
-            return near
-        h, w = self.cfg.input_hw
-        prob = torch.softmax(logits, dim=1)[:, TARGET:TARGET + 1]
-        claimed = others_target_map(prob, rois, batch_idx, (h // EMBED_STRIDE, w // EMBED_STRIDE))
-        return claimed if near is None else torch.cat([near, claimed], dim=1)
 
     def forward(
         self,
@@ -309,7 +298,7 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         logits = logits.reshape(-1, NUM_CLASSES, g, g)
         if self.refine is not None:
             image = roi_align(images, boxes, (g, g), spatial_scale=1.0, sampling_ratio=cfg.sampling_ratio, aligned=True)
-            logits = logits + self.refine(image, logits, grid, self._refine_context(logits, rois, batch_idx, near_convs))
+            logits = logits + self.refine(image, logits, grid, near_convs)
         if with_person:
             if self.person is None:
                 raise ValueError("with_person needs a head built with person_aux")
