@@ -82,10 +82,6 @@ class HeadConfig:
     branch (area means down to ``roi_size``, beside the reduced primary tap) and the RGB refinement (at the ROI
     grid, beside the image and the logits) — so they can place the line between the ROI's person and its
     neighbours, not only shift each cell's logits."""
-    roi_attention: bool = False
-    """``query``: after each decoder layer, the class queries of every ROI attend to those of the other ROIs of the
-    same image (one attention over the image's 3 x N queries, whose output projection starts at zero), so a ROI
-    can tell its person from the others by what they look like, not only where their boxes are."""
     box_prior: float = 4.0
     """Initial logit margin of the target class over background inside the ROI (and of background
     over non-target): the untrained head predicts the whole box and learns the residual. Only the
@@ -93,8 +89,7 @@ class HeadConfig:
 
     LEGACY: ClassVar[dict[str, object]] = {"attention_mask": "hard", "refine_channels": 0, "box_prior": 0.0,
                                            "centred_logits": False, "local_channels": 0, "person_aux": False,
-                                           "neighbour_map": False, "neighbour_convs": False,
-                                           "roi_attention": False}
+                                           "neighbour_map": False, "neighbour_convs": False}
     """Values of fields that configs stored before they existed had (read by :meth:`from_dict`)."""
 
     @property

@@ -127,34 +127,6 @@ class DecoderLayer(nn.Module):
         return self.norms[2](x + self.mlp(x))
 
 
-class RoiAttention(nn.Module):
-    """The class queries of each ROI attend to those of every ROI of the same image, itself included
-    (``roi_attention``): [N, 3, D] queries + [N] image index -> [N, 3, D]; one head, a residual whose output
-    projection starts at zero, then LayerNorm. The same-image mask depends on the image index only (no
-    threshold). 2-D MatMuls over the image's 3N queries plus a dummy query that only sees itself, so no axis is
-    ever empty: onnxruntime's batched MatMul fails (SIGFPE) on an empty row axis, its MatMul after a Softmax
-    over an empty axis too; the head exports for N = 0."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, queries: torch.Tensor, batch_idx: torch.Tensor) -> torch.Tensor:
-        dim = int(queries.shape[-1])
-        ones = torch.ones(1, NUM_CLASSES, dtype=batch_idx.dtype, device=batch_idx.device)
-        image = (batch_idx[:, None] * ones).reshape(-1)  # [3N]: each query's image (no Expand: its -1 misexports)
-        image = torch.cat([image, -ones[0, :1]])  # [3N + 1]: a dummy query of no image
-        flat = torch.cat([queries.reshape(-1, dim), queries.new_zeros((1, dim))])  # [3N + 1, D]
-        bias = (1.0 - (image[:, None] == image[None, :]).to(queries.dtype)) * MASK_NEG  # [3N + 1, 3N + 1]
-        att = torch.softmax(torch.matmul(self.q(flat), self.k(flat).transpose(0, 1)) / math.sqrt(dim) + bias, dim=-1)
-        mixed = torch.matmul(att, self.v(flat))[:-1].reshape(-1, NUM_CLASSES, dim)  # [N, 3, D]: without the dummy
-        return self.norm(queries + self.out(mixed))
-
-
 def soft_attention_bias(logits: torch.Tensor) -> torch.Tensor:
     """[N, 3, T] class logits -> [N, 3, T] bias ``log p_c`` per cell (a continuous mask, <= 0)."""
     return torch.log_softmax(logits, dim=1)
@@ -236,8 +208,6 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         self.class_embed = nn.Parameter(torch.randn(NUM_CLASSES, dim) * 0.02)
         self.position = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.layers = nn.ModuleList([DecoderLayer(dim, cfg.query_heads) for _ in range(cfg.query_layers)])
-        self.across = nn.ModuleList([RoiAttention(dim) for _ in range(cfg.query_layers)]
-                                    if cfg.roi_attention else [])
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.class_bias = nn.Parameter(box_prior_logits(cfg.box_prior)) if cfg.box_prior else None
         if cfg.box_prior:  # start from the box: the dot products start small, the bias holds the prior
@@ -322,10 +292,8 @@ class QueryMaskHead(MaskHeadOutputs, nn.Module):
         tokens = tokens + pos[None]  # where in the ROI a cell is: the logits need it to tell the ROI's person
         queries = self._queries(pooled, rois)
         logits = self._logits(queries, tokens)
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             queries = layer(queries, tokens, tokens, self._bias(logits))
-            if self.across:
-                queries = self.across[i](queries, batch_idx)
             logits = self._logits(queries, tokens)
         logits = logits.reshape(-1, NUM_CLASSES, g, g)
         if self.refine is not None:
