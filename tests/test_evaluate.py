@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from roiseg.conventions import (
-    BACKGROUND, DEFAULT_PREPROCESSING, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, preprocess, roi_inside_mask,
-    size_bucket,
+    BACKGROUND, DEFAULT_PREPROCESSING, NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, preprocess,
+    roi_inside_mask, size_bucket,
 )
 from roiseg.data.coco import decode_mask
 from roiseg.data.targets import roi_targets
@@ -114,6 +114,23 @@ def test_perfect_model_scores_one_everywhere(synth) -> None:
     for key, bucket in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
         has = any(size_bucket(a["area"]) == bucket for _, anns in persons for a in anns)
         assert (r["mask_ap"][key] == pytest.approx(1.0)) if has else r["mask_ap"][key] is None
+
+
+def test_crowded_and_alone_split_the_rois_by_other_persons_inside(synth) -> None:
+    """The ``crowded`` / ``alone`` columns hold the ROIs whose ground truth has / has not other persons' pixels
+    inside the box (counted here from the targets), with their own means; the table shows both."""
+    r = evaluate(WholeBoxModel((64, 80)), synth["ann"], synth["images"], workers=2, show_progress=False).report
+    crowded = {}
+    for img, anns in _persons(synth["ann"], synth["crowd"]):
+        truth, _ = _truth(img, anns)
+        crowded.update({a["id"]: bool((truth[k] == NON_TARGET).any()) for k, a in enumerate(anns)})
+    figs = r["figures"]["target_iou"]
+    for group, want in (("crowded", True), ("alone", False)):
+        ious = [roi["target_iou"] for roi in r["rois"] if crowded[roi["ann_id"]] is want]
+        assert figs[group]["rois"] == len(ious) > 0, group
+        assert figs[group]["mean"] == pytest.approx(float(np.mean(ious))), group
+    assert r["figures"]["non_target_iou"]["alone"]["rois"] == 0
+    assert "crowded" in format_table(r).splitlines()[0]
 
 
 def _independent_floor(synth: dict, input_hw: tuple[int, int]) -> dict[str, list[float]]:

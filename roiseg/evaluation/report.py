@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from roiseg.conventions import NON_TARGET, SIZE_BUCKETS, TARGET, normalised_rois_to_pixels
+from roiseg.conventions import NON_TARGET, ROI_GROUPS, SIZE_BUCKETS, TARGET, normalised_rois_to_pixels
 from roiseg.errors import InputError
 from roiseg.metrics.coco_ap import AP_KEYS
 from roiseg.runtime.masks import SOURCE_NOTES
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 INSTANCE_PROTOCOL: str = "instances"
 """``report["protocol"]`` of the instance evaluation (:mod:`roiseg.evaluation.instances`)."""
-COLUMNS: tuple[str, ...] = ("all", *SIZE_BUCKETS)
+COLUMNS: tuple[str, ...] = ("all", *SIZE_BUCKETS, *ROI_GROUPS)
 ROW_LABELS: dict[str, str] = {
     "target_iou": "target IoU",
     "box_floor_target_iou": "whole-box floor IoU",
@@ -41,9 +41,9 @@ ROW_LABELS: dict[str, str] = {
     "non_target_iou": "non-target IoU",
 }
 AP_ROWS: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    ("mask AP", ("AP", "APs", "APm", "APl")),
-    ("mask AP50", ("AP50", None, None, None)),
-    ("mask AP75", ("AP75", None, None, None)),
+    ("mask AP", ("AP", "APs", "APm", "APl", None, None)),
+    ("mask AP50", ("AP50", None, None, None, None, None)),
+    ("mask AP75", ("AP75", None, None, None, None, None)),
 )
 TARGET_RGB = np.array([0.2, 0.85, 0.2])
 NON_TARGET_RGB = np.array([1.0, 0.5, 0.1])

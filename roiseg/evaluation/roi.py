@@ -26,8 +26,10 @@ and all its ROIs; each ROI's ``[3, H, W]`` probabilities come back at the origin
 the ROI's own person, non-target = other persons, both only inside the ROI). The prediction is
 *not* cut to the ROI: what the model paints outside counts as false positive.
 
-Figures (``report["figures"][name][bucket]`` = ``{"mean", "rois"}`` for bucket ``all`` and each
-COCO size bucket of the annotation area; ``mean`` ``None`` when no ROI counts):
+Figures (``report["figures"][name][bucket]`` = ``{"mean", "rois"}`` for bucket ``all``, each
+COCO size bucket of the annotation area, and :data:`ROI_GROUPS`: ``crowded`` — the ROIs whose ground truth
+holds other persons' pixels inside the box, what the non-target class is for — and ``alone``, the others;
+``mean`` ``None`` when no ROI counts):
 
 * ``target_iou``: mean per-ROI IoU of predicted vs true target pixels; ROIs with an empty union
   skipped (:mod:`roiseg.metrics.numpy_masks`, the same figures as the training validation's).
@@ -61,7 +63,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roiseg.conventions import NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, roi_inside_mask, size_bucket
+from roiseg.conventions import (NON_TARGET, NUM_CLASSES, ROI_GROUPS, SIZE_BUCKETS, TARGET, coco_bbox_to_roi,
+                                roi_inside_mask, size_bucket)
 from roiseg.data.coco import decode_mask, load_coco_json, segmentation_to_rle
 from roiseg.data.prepare import PersonSelection, select_persons
 from roiseg.data.targets import roi_targets
@@ -173,6 +176,12 @@ def roi_figures(labels: np.ndarray, truth: np.ndarray, box_floor: np.ndarray, di
     }
 
 
+def roi_group(record: dict[str, Any]) -> str:
+    """``crowded`` or ``alone`` (:data:`ROI_GROUPS`) of a per-ROI record: its non-target IoU counts only where the
+    ground truth holds other persons' pixels inside the box (:func:`roi_figures`)."""
+    return ROI_GROUPS[0] if record["non_target_iou"] is not None else ROI_GROUPS[1]
+
+
 class _Accumulator:
     """Per-ROI records, COCO detections and the running ``worst`` heap of one run."""
 
@@ -217,10 +226,11 @@ def _float_or_none(v: float) -> float | None:
 
 
 def bucket_means(rois: list[dict[str, Any]], name: str) -> dict[str, dict[str, Any]]:
-    """``{"all" | bucket: {"mean": mean of the non-None ``name`` values or None, "rois": count}}``."""
+    """``{"all" | size bucket | ROI group: {"mean": mean of the non-None ``name`` values or None, "rois": count}}``
+    (:data:`ROI_GROUPS`, :func:`roi_group`)."""
     out = {}
-    for bucket in ("all", *SIZE_BUCKETS):
-        vals = [r[name] for r in rois if r[name] is not None and bucket in ("all", r["bucket"])]
+    for bucket in ("all", *SIZE_BUCKETS, *ROI_GROUPS):
+        vals = [r[name] for r in rois if r[name] is not None and bucket in ("all", r["bucket"], roi_group(r))]
         out[bucket] = {"mean": float(np.mean(vals)) if vals else None, "rois": len(vals)}
     return out
 
@@ -300,4 +310,4 @@ def evaluate(model: MaskModel, annotations: str | Path, images_dir: str | Path, 
 
 
 __all__ = ["Evaluation", "FIGURES", "MaskModel", "RoiEvaluator", "box_floor_masks", "bucket_means", "evaluate",
-           "roi_figures"]
+           "roi_figures", "roi_group"]
