@@ -47,9 +47,6 @@ COCO_PERSON_CATEGORY_ID: int = 1
 COCO_SMALL_MAX_AREA: float = 32.0**2
 COCO_MEDIUM_MAX_AREA: float = 96.0**2
 SIZE_BUCKETS: tuple[str, str, str] = ("small", "medium", "large")
-ROI_GROUPS: tuple[str, str] = ("crowded", "alone")
-"""ROIs with other persons' pixels inside the box (in the ground truth), and without: the evaluation's columns
-beside the size buckets (``roiseg.evaluation.roi.roi_group``)."""
 
 # --------------------------------------------------------------------------------------------
 # Detector / feature defaults

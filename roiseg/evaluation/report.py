@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from roiseg.conventions import NON_TARGET, ROI_GROUPS, SIZE_BUCKETS, TARGET, normalised_rois_to_pixels
+from roiseg.conventions import NON_TARGET, SIZE_BUCKETS, TARGET, normalised_rois_to_pixels
 from roiseg.errors import InputError
 from roiseg.metrics.coco_ap import AP_KEYS
 from roiseg.runtime.masks import SOURCE_NOTES
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 INSTANCE_PROTOCOL: str = "instances"
 """``report["protocol"]`` of the instance evaluation (:mod:`roiseg.evaluation.instances`)."""
+ROI_GROUPS: tuple[str, str] = ("crowded", "alone")
+"""ROIs with other persons' pixels inside the box (in the ground truth), and without: columns beside the size
+buckets (``roiseg.evaluation.roi.roi_group``)."""
 COLUMNS: tuple[str, ...] = ("all", *SIZE_BUCKETS, *ROI_GROUPS)
 ROW_LABELS: dict[str, str] = {
     "target_iou": "target IoU",

@@ -63,14 +63,13 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roiseg.conventions import (NON_TARGET, NUM_CLASSES, ROI_GROUPS, SIZE_BUCKETS, TARGET, coco_bbox_to_roi,
-                                roi_inside_mask, size_bucket)
+from roiseg.conventions import NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, roi_inside_mask, size_bucket
 from roiseg.data.coco import decode_mask, load_coco_json, segmentation_to_rle
 from roiseg.data.prepare import PersonSelection, select_persons
 from roiseg.data.targets import roi_targets
 from roiseg.errors import InputError
 from roiseg.evaluation.loop import evaluate_dataset
-from roiseg.evaluation.report import WorstRoi, crop_worst_roi
+from roiseg.evaluation.report import ROI_GROUPS, WorstRoi, crop_worst_roi
 from roiseg.metrics.coco_ap import coco_mask_ap, detection
 from roiseg.metrics.numpy_masks import (
     DEFAULT_DILATION_RATIO, boundary_dilation, boundary_intersection_union, class_intersection_union,
