@@ -7,7 +7,7 @@ plots target and boundary IoU against the number of training images (one colour 
 Markdown table.
 
     uv run python bench/learning_curve.py --detector yolo11n --variants hybrid-local-person-nbc,detail \\
-        --sizes 88,177,354,0 --seeds 0 --work /tmp/heads --plot docs/learning_curve.png --markdown docs/learning_curve.md
+        --sizes 88,177,354,0 --seeds 0,1 --work /tmp/heads --plot docs/learning_curve.png --markdown curve.md
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(points, f"heads with the defaults ({seeds}), {args.detector}", args.plot)
     rows = ["| head | train images | target IoU | boundary IoU | mask AP | whole-box floor |",
             "|---|---:|---:|---:|---:|---:|"]
-    rows += [f"| {p['variant']} | {p['images']} | {p['target_iou']:.4f} | {p['target_boundary_iou']:.4f} | {p['mask_ap']:.4f} | "
-             f"{p['box_floor_target_iou']:.4f} |" for p in points]
+    rows += [f"| {p['variant']} | {p['images']} | {p['target_iou']:.4f} | {p['target_boundary_iou']:.4f} | "
+             f"{p['mask_ap']:.4f} | {p['box_floor_target_iou']:.4f} |" for p in points]
     text = "\n".join(rows) + "\n"
     print(text)
     ch.write_text(args.markdown, text)

@@ -63,7 +63,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roiseg.conventions import NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, roi_inside_mask, size_bucket
+from roiseg.conventions import (NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, roi_inside_mask,
+                                size_bucket)
 from roiseg.data.coco import decode_mask, load_coco_json, segmentation_to_rle
 from roiseg.data.prepare import PersonSelection, select_persons
 from roiseg.data.targets import roi_targets
