@@ -75,6 +75,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hybrid-local-person": _query(16, 64, person=True),
     "hybrid-local-person-nb": _query(16, 64, person=True, neighbours=True),
     "hybrid-local-person-nbc": _query(16, 64, person=True, neighbours=True, neighbour_convs=True),
+    "hybrid-local256-person-nbc": _query(16, 256, person=True, neighbours=True, neighbour_convs=True),
     "hybrid-d64": _query(16, 0, 64),
     "hybrid-d128": _query(16, 0, 128),
     "hybrid-auto": _query(16, 0, 0),
