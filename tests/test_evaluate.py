@@ -19,7 +19,7 @@ from roiseg.conventions import (
 from roiseg.data.coco import decode_mask
 from roiseg.data.targets import roi_targets
 from roiseg.evaluation.roi import FIGURES, MaskModel, evaluate
-from roiseg.evaluation.report import format_table, write_markdown, write_report_json, write_worst_picture
+from roiseg.evaluation.report import format_table, table_rows, write_markdown, write_report_json, write_worst_picture
 from roiseg.errors import InputError
 
 IMAGE_HW = (96, 128)
@@ -130,7 +130,10 @@ def test_crowded_and_alone_split_the_rois_by_other_persons_inside(synth) -> None
         assert figs[group]["rois"] == len(ious) > 0, group
         assert figs[group]["mean"] == pytest.approx(float(np.mean(ious))), group
     assert r["figures"]["non_target_iou"]["alone"]["rois"] == 0
-    assert "crowded" in format_table(r).splitlines()[0]
+    assert {"crowded", "alone"} <= set(format_table(r).splitlines()[0].split())
+    rows = table_rows(r)
+    assert all(len(row) == len(rows[0]) for row in rows)  # the AP rows padded to every column
+    assert all(roi["others_inside"] is crowded[roi["ann_id"]] for roi in r["rois"])
 
 
 def _independent_floor(synth: dict, input_hw: tuple[int, int]) -> dict[str, list[float]]:

@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Run a fused ONNX model (or a checkpoint through the PyTorch path, with --extractor) on the "
             "ground-truth person boxes of a COCO file (no-crowd persons; images with a crowd person skipped) "
             "and compare the masks at each image's original resolution: mean per-ROI target IoU beside the "
-            "whole-box floor, target boundary IoU, non-target IoU, COCO mask AP, by COCO size bucket. An instance model "
+            "whole-box floor, target boundary IoU, non-target IoU, COCO mask AP, by COCO size bucket and for the "
+            "crowded ROIs (other persons inside the box) and the others. An instance model "
             "(fuse --instances, as its metadata says) is scored with its own detections: COCO mask AP over every "
             "image of the file, crowd regions ignored."
         ),

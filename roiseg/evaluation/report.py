@@ -3,7 +3,7 @@ the COCO mask AP table of the instance evaluation (:mod:`roiseg.evaluation.insta
 
 * :func:`format_table` (text for the terminal) and :func:`format_markdown` share one layout: one row
   per figure, columns ``all``, ``small``, ``medium``, ``large`` (COCO size buckets of the
-  annotation area), plus the ROI counts and the mask AP rows.
+  annotation area), ``crowded`` and ``alone`` (:data:`ROI_GROUPS`), plus the ROI counts and the mask AP rows.
 * :func:`write_report_json`, :func:`write_markdown`, :func:`write_worst_picture` write atomically
   (temporary name, then rename), so a failed run leaves no partial file.
 
@@ -43,10 +43,10 @@ ROW_LABELS: dict[str, str] = {
     "target_boundary_iou": "target boundary IoU",
     "non_target_iou": "non-target IoU",
 }
-AP_ROWS: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    ("mask AP", ("AP", "APs", "APm", "APl", None, None)),
-    ("mask AP50", ("AP50", None, None, None, None, None)),
-    ("mask AP75", ("AP75", None, None, None, None, None)),
+AP_ROWS: tuple[tuple[str, tuple[str | None, ...]], ...] = (  # the first columns' keys; the rest of the row blank
+    ("mask AP", ("AP", "APs", "APm", "APl")),
+    ("mask AP50", ("AP50",)),
+    ("mask AP75", ("AP75",)),
 )
 TARGET_RGB = np.array([0.2, 0.85, 0.2])
 NON_TARGET_RGB = np.array([1.0, 0.5, 0.1])
@@ -104,7 +104,8 @@ def table_rows(report: dict) -> list[list[str]]:
         rows.append([label + (" (ROIs)" if counted else ""), *cells])
     ap = report["mask_ap"]
     for label, keys in AP_ROWS:
-        rows.append([label, *("" if k is None else _fmt(ap.get(k)) for k in keys)])
+        padded = [*keys, *[None] * (len(COLUMNS) - len(keys))]
+        rows.append([label, *("" if k is None else _fmt(ap.get(k)) for k in padded)])
     return rows
 
 
@@ -138,7 +139,8 @@ def format_markdown(report: dict, title: str = "roiseg evaluate") -> str:
            "| " + " | ".join(rows[0]) + " |", "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     out += ["", _summary_line(report) + ".", "",
-            "Non-target IoU: over the ROIs holding other persons' pixels (count in brackets). "
+            "Non-target IoU: over the ROIs holding other persons' pixels (count in brackets): the *crowded* ROIs; "
+            "the *alone* ones hold none, so their non-target cell is empty. "
             "The whole-box floor predicts the whole ROI as target on the model's input grid, resized back; "
             "a head must beat it clearly.", ""]
     return "\n".join(out)

@@ -63,14 +63,14 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from roiseg.conventions import (NON_TARGET, NUM_CLASSES, SIZE_BUCKETS, TARGET, coco_bbox_to_roi, roi_inside_mask,
+from roiseg.conventions import (NON_TARGET, NUM_CLASSES, TARGET, coco_bbox_to_roi, roi_inside_mask,
                                 size_bucket)
 from roiseg.data.coco import decode_mask, load_coco_json, segmentation_to_rle
 from roiseg.data.prepare import PersonSelection, select_persons
 from roiseg.data.targets import roi_targets
 from roiseg.errors import InputError
 from roiseg.evaluation.loop import evaluate_dataset
-from roiseg.evaluation.report import ROI_GROUPS, WorstRoi, crop_worst_roi
+from roiseg.evaluation.report import COLUMNS, ROI_GROUPS, WorstRoi, crop_worst_roi
 from roiseg.metrics.coco_ap import coco_mask_ap, detection
 from roiseg.metrics.numpy_masks import (
     DEFAULT_DILATION_RATIO, boundary_dilation, boundary_intersection_union, class_intersection_union,
@@ -177,9 +177,9 @@ def roi_figures(labels: np.ndarray, truth: np.ndarray, box_floor: np.ndarray, di
 
 
 def roi_group(record: dict[str, Any]) -> str:
-    """``crowded`` or ``alone`` (:data:`ROI_GROUPS`) of a per-ROI record: its non-target IoU counts only where the
-    ground truth holds other persons' pixels inside the box (:func:`roi_figures`)."""
-    return ROI_GROUPS[0] if record["non_target_iou"] is not None else ROI_GROUPS[1]
+    """``crowded`` or ``alone`` (:data:`ROI_GROUPS`) of a per-ROI record, by its ``others_inside`` (the ground truth
+    holds other persons' pixels inside the box: :func:`roi_figures`)."""
+    return ROI_GROUPS[0] if record["others_inside"] else ROI_GROUPS[1]
 
 
 class _Accumulator:
@@ -206,6 +206,7 @@ class _Accumulator:
             values = {name: _float_or_none(figures[name]) for name in FIGURES}
             self.rois.append({"image_id": img["id"], "file_name": img["file_name"], "ann_id": ann["id"],
                               "area": float(ann["area"]), "bucket": size_bucket(float(ann["area"])),
+                              "others_inside": bool(not np.isnan(figures["non_target_iou"])),
                               "score": None if det is None else det["score"], **values})
             t = values["target_iou"]
             if self.worst and t is not None and (len(self._heap) < self.worst or t < -self._heap[0][0]):
@@ -229,7 +230,7 @@ def bucket_means(rois: list[dict[str, Any]], name: str) -> dict[str, dict[str, A
     """``{"all" | size bucket | ROI group: {"mean": mean of the non-None ``name`` values or None, "rois": count}}``
     (:data:`ROI_GROUPS`, :func:`roi_group`)."""
     out = {}
-    for bucket in ("all", *SIZE_BUCKETS, *ROI_GROUPS):
+    for bucket in COLUMNS:
         vals = [r[name] for r in rois if r[name] is not None and bucket in ("all", r["bucket"], roi_group(r))]
         out[bucket] = {"mean": float(np.mean(vals)) if vals else None, "rois": len(vals)}
     return out
