@@ -85,6 +85,16 @@ DEFAULT_VARIANT = "hybrid-local-person-nbc"
 """The measured variant that ``configs/default.toml`` ships (docs/heads.md)."""
 
 
+def variant_list(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``, each a key of :data:`VARIANTS` (argparse type: a usage error otherwise)."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(sorted(VARIANTS))}")
+    return names
+
+
 def head_overrides(variant: str) -> dict[str, object]:
     """``VARIANTS[variant]`` as :class:`roiseg.modeling.HeadConfig` fields (parsed as ``roiseg train --set`` does)."""
     from roiseg.utils.overrides import parse_set
@@ -170,7 +180,8 @@ def train_rate(run: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default="yolox_nano,yolo11n")
-    ap.add_argument("--variants", default="hybrid-local-person-nbc,hybrid-local-person-nb,hybrid-local-person,hybrid-local,hybrid,query,detail")
+    ap.add_argument("--variants", type=variant_list,
+                    default="hybrid-local-person-nbc,hybrid-local-person-nb,hybrid-local-person,hybrid-local,hybrid,query,detail")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--data", type=Path, default=SHARED / "coco-persons")
     ap.add_argument("--work", type=Path, default=Path("/tmp/roiseg_compare_heads"))
@@ -181,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from compare_heads_report import per_roi_cost, tables  # noqa: E402  (bench/ sibling)
 
-    dets, variants = args.detectors.split(","), args.variants.split(",")
+    dets, variants = args.detectors.split(","), args.variants
     seeds = [int(s) for s in args.seeds.split(",")]
-    for name in [*dets, *variants]:
-        if name not in DETECTORS and name not in VARIANTS:
-            ap.error(f"unknown detector or variant {name!r}")
+    for name in dets:
+        if name not in DETECTORS:
+            ap.error(f"unknown detector {name!r}")
     work = args.work / (f"n{args.max_train_images}" if args.max_train_images else "")
     paths = {**prepare(args.data, args.work, args.max_train_images), "cache": args.work / "cache"}
     jobs = [(d, v, s) for d in dets for v in variants for s in seeds]

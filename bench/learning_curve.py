@@ -64,20 +64,10 @@ def plot(points: list[dict], title: str, out: Path) -> None:
     tmp.replace(out)
 
 
-def variant_list(text: str) -> list[str]:
-    """``"a,b"`` -> ``["a", "b"]``, each a variant of ``compare_heads.py`` (argparse type: a usage error otherwise)."""
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in names if v not in ch.VARIANTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or '(none)'}; "
-                                         f"choose from {', '.join(sorted(ch.VARIANTS))}")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detector", default="yolo11n", choices=sorted(ch.DETECTORS))
-    ap.add_argument("--variants", default="default", type=variant_list,
+    ap.add_argument("--variants", default="default", type=ch.variant_list,
                     help=f"comma-separated, of: {', '.join(sorted(ch.VARIANTS))}")
     ap.add_argument("--sizes", default="88,177,354,0", help="train images per point (0 = all)")
     ap.add_argument("--seeds", default="0", type=lambda s: [int(v) for v in s.split(",")])
