@@ -167,3 +167,20 @@ def test_mirrored_images_are_a_second_entry_and_all_taps_share_one_key(tmp_path,
     mixed = cache.taps(paths[:2], None, flipped=[False, True])
     assert ext.calls == calls  # both entries were hits
     torch.testing.assert_close(mixed[0][0], plain[0][0]) and torch.testing.assert_close(mixed[0][1], flipped[0][1])
+
+
+def test_fresh_views_are_extracted_and_never_stored(tmp_path, extractor, images):
+    """A zoomed train view (``fresh``) is not the file's image: it must neither hit nor fill the cache entry."""
+    paths, x = images
+    cache = FeatureCache(extractor, tmp_path / "cache")
+    cache.features(paths[:1], x[:1])  # the plain view of image 0 is stored
+    zoomed = x.flip(-2)  # stands for another view of the same files
+    got = cache.features(paths, zoomed, fresh=[True, False, True])
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*.np*"))
+    assert files == sorted(cache.file_for(p).name for p in paths[:2])  # image 2's fresh view left no file
+    expected = extractor(zoomed).to(torch.float16).float()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])  # not the stored plain view
+    assert torch.equal(got[1], expected[1])  # a plain miss, computed and stored
+    assert torch.equal(cache.features(paths[:1], x[:1]), cache.features(paths[:1], None))  # entry 0 unchanged
+    with pytest.raises(ValueError, match="fresh views need"):
+        cache.features(paths, None, fresh=[True, False, False])

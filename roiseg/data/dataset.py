@@ -25,9 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from roiseg.conventions import DEFAULT_PREPROCESSING, Preprocessing, coco_bbox_to_roi, preprocess, read_image
-from roiseg.data.coco import decode_mask, load_coco_json
+from roiseg.data.coco import decode_mask, load_coco_json, resize_mask_nearest
 from roiseg.data.prepare import select_persons
 from roiseg.data.targets import hflip_rois, jitter_rois, roi_targets
+from roiseg.data.zoom import zoom_image, zoom_masks, zoom_rois, zoom_window
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
 
@@ -35,6 +36,10 @@ LOG = get_logger(__name__)
 
 FLIP_STREAM: int = 1
 """Extra seed word of the flip draw, so it never shares a stream with the ROI jitter."""
+ZOOM_STREAM: int = 2
+"""Extra seed word of the zoom draws."""
+ZOOM_PROBABILITY: float = 0.5
+"""Share of the train items seen through a zoom window when ``zoom > 0`` (the others as they are)."""
 
 
 @dataclass
@@ -51,6 +56,7 @@ class ImageItem:
     areas: torch.Tensor  # [K] float32 COCO annotation area (original pixels)
     ann_ids: torch.Tensor  # [K] int64
     flipped: bool = False  # the image (and its ROIs, targets) is horizontally mirrored
+    zoomed: bool = False  # seen through a zoom window (data.zoom): its features are not cacheable
     person: torch.Tensor | None = None  # [H, W] uint8: 1 where any person of the image is (all its instances)
 
 
@@ -81,6 +87,8 @@ class ImageBatch:
     """Paths of the batch's images that were skipped as unreadable (not in the tensors above)."""
     flipped: list[bool] = field(default_factory=list)
     """Per image: horizontally mirrored (its features are another feature-cache entry)."""
+    zoomed: list[bool] = field(default_factory=list)
+    """Per image: seen through a zoom window (its features are extracted, not cached)."""
     person: torch.Tensor | None = None
     """[B, H, W] uint8: 1 where any person of the image is (the union of its instance masks)."""
 
@@ -123,6 +131,7 @@ def collate_images(items: list[ImageItem | SkippedImage]) -> ImageBatch:
         indices=[it.index for it in items],
         skipped=skipped,
         flipped=[it.flipped for it in items],
+        zoomed=[it.zoomed for it in items],
         person=torch.stack([it.person for it in items]) if all(it.person is not None for it in items) else None,
     )
 
@@ -157,7 +166,10 @@ class CocoPersonImages(Dataset):
     that an item is mirrored horizontally (image, instance masks and ROIs together, so the targets
     are built on the mirrored data; 0 = off). ``roi_copies``: ROIs per person in an item, each with its
     own jitter draw (Mask R-CNN trains its mask head on several proposals per person; 1 = one ROI per
-    person). ``max_images``: keep the first N images of the file.
+    person). ``zoom``: scale augmentation; an item is seen, with probability :data:`ZOOM_PROBABILITY`,
+    through a window zoomed by a factor drawn log-uniformly in ``[1 / (1 + zoom), 1 + zoom]``
+    (:mod:`roiseg.data.zoom`; persons less than a quarter inside lose their ROI but stay as others'
+    non-target pixels; 0 = off). ``max_images``: keep the first N images of the file.
 
     Every kept image must exist on disk: the constructor raises :class:`InputError` naming the
     file and the image id otherwise (run ``prepare-coco --images-dir`` to drop absent images).
@@ -178,9 +190,13 @@ class CocoPersonImages(Dataset):
         max_images: int | None = None,
         hflip: float = 0.0,
         roi_copies: int = 1,
+        zoom: float = 0.0,
     ) -> None:
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
+        if zoom < 0:
+            raise ValueError(f"zoom must be >= 0, got {zoom}")
+        self.zoom = float(zoom)
         self.hflip = float(hflip)
         self.annotations = Path(annotations)
         self.images_dir = Path(images_dir)
@@ -283,6 +299,27 @@ class CocoPersonImages(Dataset):
             )
         return image
 
+    def _view(self, i: int, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, bool]:
+        """Item ``i`` as this epoch shows it: (BGR image, [K, H, W] bool masks on the input grid, [K, 4]
+        normalised ROIs, [K] bool ROIs kept, flipped, zoomed); mirrored and zoomed as drawn for the epoch."""
+        flipped = self.hflip > 0 and bool(np.random.default_rng((self.seed, self.epoch, i, FLIP_STREAM)).random() < self.hflip)
+        window = None
+        if self.zoom > 0:
+            rng = np.random.default_rng((self.seed, self.epoch, i, ZOOM_STREAM))
+            draw, window = rng.random(), zoom_window(rng, bgr.shape[:2], self.zoom)
+            window = window if draw < ZOOM_PROBABILITY else None
+        masks, rois = self.instance_masks(i, None if window else self.input_hw)
+        if flipped:
+            bgr, masks, rois = np.ascontiguousarray(bgr[:, ::-1]), np.ascontiguousarray(masks[:, :, ::-1]), hflip_rois(rois)
+        keep = np.ones(len(rois), dtype=bool)
+        if window is not None:
+            zoomed_rois, keep_zoomed = zoom_rois(rois, window, bgr.shape[:2])
+            if keep_zoomed.any():
+                return (zoom_image(bgr, window, self.input_hw), zoom_masks(masks, window, self.input_hw), zoomed_rois,
+                        keep_zoomed, flipped, True)
+            masks = np.stack([resize_mask_nearest(m, self.input_hw) for m in masks])
+        return bgr, masks, rois, keep, flipped, False
+
     def __getitem__(self, i: int) -> ImageItem | SkippedImage:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
@@ -290,12 +327,9 @@ class CocoPersonImages(Dataset):
         bgr = self._read(i)
         if isinstance(bgr, SkippedImage):
             return bgr
-        masks, rois = self.instance_masks(i, self.input_hw)
-        flipped = self.hflip > 0 and bool(np.random.default_rng((self.seed, self.epoch, i, FLIP_STREAM)).random() < self.hflip)
-        if flipped:
-            bgr, masks, rois = np.ascontiguousarray(bgr[:, ::-1]), np.ascontiguousarray(masks[:, :, ::-1]), hflip_rois(rois)
+        bgr, masks, rois, keep, flipped, zoomed = self._view(i, bgr)
+        owners = np.tile(np.flatnonzero(keep), self.roi_copies)
         image = preprocess(bgr, self.input_hw, self.preprocessing)[0]
-        owners = np.tile(np.arange(len(rois)), self.roi_copies)
         rois = rois[owners]
         if self.jitter > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i))
@@ -313,5 +347,6 @@ class CocoPersonImages(Dataset):
             areas=torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32),
             ann_ids=torch.tensor([int(a["id"]) for a in anns], dtype=torch.int64),
             flipped=flipped,
+            zoomed=zoomed,
             person=torch.from_numpy(masks.any(axis=0).astype(np.uint8)),
         )

@@ -89,31 +89,35 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}{CACHE_SUFFIX if len(self._shapes) == 1 else MULTI_TAP_SUFFIX}"
 
     def features(self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None,
-                 flipped: bool | Sequence[bool] = False) -> torch.Tensor:
+                 flipped: bool | Sequence[bool] = False, fresh: Sequence[bool] = ()) -> torch.Tensor:
         """[B, C, h, w] float32 primary-tap features on ``extractor.device`` (see :meth:`taps`)."""
-        return self.taps(paths, images, flipped)[0]
+        return self.taps(paths, images, flipped, fresh)[0]
 
     def taps(self, paths: Sequence[str | Path], images: torch.Tensor | np.ndarray | None = None,
-             flipped: bool | Sequence[bool] = False) -> list[torch.Tensor]:
+             flipped: bool | Sequence[bool] = False, fresh: Sequence[bool] = ()) -> list[torch.Tensor]:
         """Every tap [B, C_i, h_i, w_i] float32 on ``extractor.device`` for the images at ``paths``.
 
         ``images`` are those images preprocessed ([B, 3, H, W], ``conventions.preprocess``), already
         mirrored where ``flipped`` (one flag for all, or one per image) says so; with ``None`` only the misses are read from disk, preprocessed (and
         flipped). Misses run the extractor as one batch and are stored; they are returned as stored
-        (fp16-rounded), so every epoch sees the same values.
+        (fp16-rounded), so every epoch sees the same values. ``fresh`` (per image, needs ``images``): views
+        that are never seen twice (a zoomed train image) are extracted, rounded like a stored entry, and
+        neither read from nor written to the cache.
         """
         if images is not None and len(images) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(images)} images")
         flips = [bool(flipped)] * len(paths) if isinstance(flipped, bool) else [bool(f) for f in flipped]
+        if any(fresh) and images is None:
+            raise ValueError("fresh views need their preprocessed images")
         if self.root is None:
             self.misses += len(paths)
             return self.extractor.extract(images if images is not None else self._load_images(paths, flips))
         ext = self.extractor
         outs = [torch.empty((len(paths), *shape), dtype=torch.float32, device=ext.device) for shape in self._shapes]
-        files = [self.file_for(p, f) for p, f in zip(paths, flips)]
+        files = [None if new else self.file_for(p, f) for p, f, new in zip(paths, flips, _flags(fresh, len(paths)))]
         missing: list[int] = []
         for i, f in enumerate(files):
-            arrays = self._read(f)
+            arrays = None if f is None else self._read(f)
             if arrays is None:
                 missing.append(i)
                 continue
@@ -125,7 +129,9 @@ class FeatureCache:
                                                                             [flips[i] for i in missing])
             feats = ext.extract(x)
             for j, i in enumerate(missing):
-                for out, arr in zip(outs, self._write(files[i], [f[j] for f in feats])):
+                arrays = [f[j] for f in feats]
+                stored = [_storable(t, paths[i]) for t in arrays] if files[i] is None else self._write(files[i], arrays)
+                for out, arr in zip(outs, stored):
                     out[i] = torch.from_numpy(arr).to(ext.device)
             self.misses += len(missing)
         return outs
@@ -171,12 +177,19 @@ class FeatureCache:
         return arrays
 
 
-def _storable(feats: torch.Tensor, file: Path) -> np.ndarray:
+def _flags(fresh: Sequence[bool], n: int) -> list[bool]:
+    """``fresh`` as one flag per image (empty: none fresh)."""
+    if len(fresh) and len(fresh) != n:
+        raise ValueError(f"{n} paths but {len(fresh)} fresh flags")
+    return [bool(f) for f in fresh] if len(fresh) else [False] * n
+
+
+def _storable(feats: torch.Tensor, file: Path | str) -> np.ndarray:
     """fp16 copy of ``feats`` on the host, or float32 when fp16 would overflow (or hold NaN)."""
     t = feats.detach()
     lo, hi = torch.aminmax(t)
     if float(hi) <= _FP16_MAX and float(lo) >= -_FP16_MAX:  # False for NaN too
         return t.to(torch.float16).cpu().numpy()  # cast where the features are (GPU: half the bytes to copy)
     LOG.warning("features not representable in fp16 (range %.3g..%.3g); caching %s as float32",
-                float(lo), float(hi), file.name)
+                float(lo), float(hi), Path(file).name)
     return t.to("cpu", torch.float32).numpy()

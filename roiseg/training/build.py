@@ -32,7 +32,7 @@ def build_datasets(cfg: TrainConfig, extractor: OnnxFeatureExtractor) -> tuple[C
     d, hw = cfg.data, extractor.info.input_hw
     train_set = CocoPersonImages(d.train_annotations, d.train_image_dir, hw, extractor.preprocessing,
                                  jitter=d.jitter, seed=cfg.train.seed, max_images=d.max_train_images or None,
-                                 hflip=d.hflip, roi_copies=d.roi_copies)
+                                 hflip=d.hflip, roi_copies=d.roi_copies, zoom=d.zoom)
     val_set = CocoPersonImages(d.val_annotations, d.val_image_dir, hw, extractor.preprocessing,
                                jitter=0.0, seed=cfg.train.seed, max_images=d.max_val_images or None)
     LOG.info("train: %d images, %d ROIs (%s); val: %d images, %d ROIs (%s)", len(train_set), train_set.num_rois,

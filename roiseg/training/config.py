@@ -86,6 +86,10 @@ class DataConfig:
     hflip: float = 0.5
     """Probability that a train image is mirrored horizontally (image, masks and ROIs; its features
     are computed on the mirrored image and cached as a second entry), re-drawn each epoch."""
+    zoom: float = 0.0
+    """Scale augmentation: half the train items are seen through a window zoomed by a factor drawn
+    log-uniformly in ``[1 / (1 + zoom), 1 + zoom]`` (``roiseg.data.zoom``; their features are extracted
+    each time, not cached); 0 = off."""
     roi_copies: int = 1
     """ROIs per person in a train item, each with its own jitter draw (1 = one per person)."""
     batch_size: int = _opt(4, "--batch-size", "images per step")
@@ -284,6 +288,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.max_train_images", cfg.data.max_train_images >= 0, ">= 0"),
         ("data.max_val_images", cfg.data.max_val_images >= 0, ">= 0"),
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
+        ("data.zoom", 0.0 <= cfg.data.zoom <= 3.0, "in [0, 3]"),
         ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
         ("data.roi_copies", cfg.data.roi_copies >= 1, ">= 1"),
         ("data.roi_copies", cfg.data.roi_copies == 1 or not head.has_neighbour_map,

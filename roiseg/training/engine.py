@@ -170,12 +170,13 @@ class Trainer:
     def features(self, batch: ImageBatch) -> Features:
         """A batch's features on the training device (cache first, extractor on misses): the primary tap
         [B, C, h, w], or every tap (primary first) when the head reads extra taps."""
-        return self.image_features(batch.paths, batch.images, batch.flipped or False)
+        return self.image_features(batch.paths, batch.images, batch.flipped or False, batch.zoomed)
 
-    def image_features(self, paths: list[str], images: torch.Tensor, flipped: bool | list[bool] = False) -> Features:
+    def image_features(self, paths: list[str], images: torch.Tensor, flipped: bool | list[bool] = False,
+                       zoomed: list[bool] = ()) -> Features:
         """Features of preprocessed ``images`` [B, 3, H, W] read from the files ``paths`` (mirrored where
-        ``flipped``); see :meth:`features`."""
-        taps = [t.to(self.device, non_blocking=True) for t in self.cache.taps(paths, images, flipped)]
+        ``flipped``; zoomed views, never cached, where ``zoomed``); see :meth:`features`."""
+        taps = [t.to(self.device, non_blocking=True) for t in self.cache.taps(paths, images, flipped, zoomed)]
         return taps if len(taps) > 1 else taps[0]
 
     def train_one_epoch(self, epoch: int, features: FeatureSource | None = None) -> dict[str, float]:
