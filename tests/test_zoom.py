@@ -38,7 +38,7 @@ def box_of(mask):
 def test_image_masks_and_rois_move_together(window):
     img, mask, roi = person_image()
     out_img, out_mask = zoom_image(img, window, OUT), zoom_masks(mask, window, OUT)
-    rois, keep = zoom_rois(roi, window, (H0, W0))
+    rois, keep = zoom_rois(roi, window, (H0, W0), OUT)
     assert out_img.shape == (*OUT, 3) and out_mask.shape == (1, *OUT) and keep.tolist() == [True]
     x0, y0, w, h = window
     expected = [(30 - x0) / w, (20 - y0) / h, (50 - x0) / w, (40 - y0) / h]  # the box by hand
@@ -71,7 +71,7 @@ def test_full_window_is_a_resize():
 def test_rois_mostly_outside_are_dropped():
     rois = np.array([[0.1, 0.1, 0.4, 0.4], [0.0, 0.0, 0.2, 0.2], [0.3, 0.3, 0.9, 0.9]], np.float32)
     window = (0.15 * W0, 0.15 * H0, 0.5 * W0, 0.5 * H0)  # covers [0.15, 0.65] of both axes
-    clipped, keep = zoom_rois(rois, window, (H0, W0))
+    clipped, keep = zoom_rois(rois, window, (H0, W0), OUT)
     # Visible shares by hand: (0.25/0.3)^2 = 0.69, (0.05/0.2)^2 = 0.06, (0.35/0.6)^2 = 0.34.
     assert keep.tolist() == [True, False, True]
     assert clipped.min() >= 0.0 and clipped.max() <= 1.0
@@ -102,30 +102,54 @@ def coco(tmp_path_factory):
     return root / "annotations" / "instances_train2017_person_only_no_crowd.json", root / "images" / "train2017"
 
 
-def test_dataset_zooms_about_half_the_items_and_keeps_targets_consistent(coco):
+def target_box_matches_roi(roi, target, hw):
+    """The TARGET pixels' box is the ROI on the grid, to 2 pixels (nearest-neighbour sampling may skip a thin
+    limb: up to one output pixel when zooming out by up to 2x, plus the pixel-centre rule), on every side the
+    window did not clip."""
+    ys, xs = np.nonzero(target == 1)
+    if not len(ys):
+        return True
+    got = np.array([xs.min() / hw[1], ys.min() / hw[0], (xs.max() + 1) / hw[1], (ys.max() + 1) / hw[0]])
+    free = (roi > 1e-6) & (roi < 1 - 1e-6)  # a side clipped at the window's edge need not touch the person
+    return bool((np.abs(got - roi)[free] <= 2.0 / np.array([hw[1], hw[0], hw[1], hw[0]])[free]).all())
+
+
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_dataset_zooms_about_half_the_items_and_keeps_targets_consistent(coco, hflip):
     ann, images = coco
-    plain = CocoPersonImages(ann, images, OUT)
-    zoomed = CocoPersonImages(ann, images, OUT, zoom=1.0, seed=2)
+    plain = CocoPersonImages(ann, images, OUT, hflip=hflip)
+    zoomed = CocoPersonImages(ann, images, OUT, zoom=1.0, seed=2, hflip=hflip, roi_copies=2)
+    again = CocoPersonImages(ann, images, OUT, zoom=1.0, seed=2, hflip=hflip, roi_copies=2)
+    again.set_epoch(1), again.set_epoch(0)
     flags = [zoomed[i].zoomed for i in range(len(zoomed))]
-    assert flags == [zoomed[i].zoomed for i in range(len(zoomed))]  # deterministic per (seed, epoch, index)
+    assert flags == [again[i].zoomed for i in range(len(again))]  # deterministic per (seed, epoch, index)
+    zoomed.set_epoch(1)
+    assert flags != [zoomed[i].zoomed for i in range(len(zoomed))]  # re-drawn each epoch
+    zoomed.set_epoch(0)
     assert 0 < sum(flags) < len(flags) and abs(sum(flags) / len(flags) - ZOOM_PROBABILITY) <= 0.35
     for i, z in enumerate(flags):
         a, b = plain[i], zoomed[i]
-        if not z:  # not drawn: the item as without zoom
+        assert b.flipped == bool(hflip)
+        if not z:  # not drawn: the item as without zoom (each ROI twice)
             np.testing.assert_array_equal(a.image.numpy(), b.image.numpy())
-            np.testing.assert_array_equal(a.targets.numpy(), b.targets.numpy())
+            np.testing.assert_array_equal(np.tile(a.targets.numpy(), (2, 1, 1)), b.targets.numpy())
             continue
-        assert len(b.rois) >= 1 and not np.array_equal(a.image.numpy(), b.image.numpy())
-        person = b.person.numpy().astype(bool)
+        assert len(b.rois) >= 2 and not np.array_equal(a.image.numpy(), b.image.numpy())
+        kept = b.ann_ids.numpy()[: len(b.ann_ids) // 2]
+        assert set(kept) <= set(a.ann_ids.numpy()) and list(kept) == sorted(kept, key=list(a.ann_ids.numpy()).index)
+        np.testing.assert_array_equal(b.ann_ids.numpy(), np.tile(kept, 2))  # an ordered subset, tiled roi_copies times
         for roi, t in zip(b.rois.numpy(), b.targets.numpy()):
-            assert not (t[~person] > 0).any()  # target and non-target only on person pixels
-            ys, xs = np.nonzero(t > 0)
-            if len(ys):  # every labelled pixel inside the ROI (pixel-centre rule)
-                assert ((xs + 0.5) / OUT[1] >= roi[0] - 1e-6).all() and ((xs + 0.5) / OUT[1] <= roi[2] + 1e-6).all()
-                assert ((ys + 0.5) / OUT[0] >= roi[1] - 1e-6).all() and ((ys + 0.5) / OUT[0] <= roi[3] + 1e-6).all()
+            assert target_box_matches_roi(roi, t, OUT), (i, roi)
     assert collate_images([zoomed[i] for i in range(len(zoomed))]).zoomed == flags
     with pytest.raises(ValueError, match="zoom"):
         CocoPersonImages(ann, images, OUT, zoom=-1.0)
+
+
+def test_a_kept_roi_always_holds_an_input_pixel():
+    rois = np.array([[0.5, 0.5, 0.51, 0.51], [0.1, 0.1, 0.6, 0.6]], np.float32)  # a 0.8 x 0.6 px person at 80 x 60
+    window = (-2.0 * W0, -2.0 * H0, 5.0 * W0, 5.0 * H0)  # zoomed out 5x: the small box falls between pixel centres
+    clipped, keep = zoom_rois(rois, window, (H0, W0), OUT)
+    assert keep.tolist() == [False, True]
 
 
 def test_training_extracts_zoomed_views_and_caches_only_plain_ones(tmp_path, stand_in_full):

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from roiseg.conventions import DEFAULT_PREPROCESSING, Preprocessing, coco_bbox_to_roi, preprocess, read_image
-from roiseg.data.coco import decode_mask, load_coco_json, resize_mask_nearest
+from roiseg.data.coco import decode_mask, load_coco_json
 from roiseg.data.prepare import select_persons
 from roiseg.data.targets import hflip_rois, jitter_rois, roi_targets
-from roiseg.data.zoom import zoom_image, zoom_masks, zoom_rois, zoom_window
+from roiseg.data.zoom import Window, zoom_image, zoom_masks, zoom_rois, zoom_window
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
 
@@ -299,26 +299,32 @@ class CocoPersonImages(Dataset):
             )
         return image
 
+    def _window(self, i: int, image_hw: tuple[int, int]) -> Window | None:
+        """This epoch's zoom window of item ``i`` in original pixels, or ``None`` (zoom off or not drawn)."""
+        if self.zoom <= 0:
+            return None
+        rng = np.random.default_rng((self.seed, self.epoch, i, ZOOM_STREAM))
+        draw, window = rng.random(), zoom_window(rng, image_hw, self.zoom)
+        return window if draw < ZOOM_PROBABILITY else None
+
     def _view(self, i: int, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, bool]:
         """Item ``i`` as this epoch shows it: (BGR image, [K, H, W] bool masks on the input grid, [K, 4]
-        normalised ROIs, [K] bool ROIs kept, flipped, zoomed); mirrored and zoomed as drawn for the epoch."""
+        normalised ROIs, [K] bool ROIs kept, flipped, zoomed); mirrored and zoomed as drawn for the epoch
+        (a drawn window that would keep no ROI is not used)."""
         flipped = self.hflip > 0 and bool(np.random.default_rng((self.seed, self.epoch, i, FLIP_STREAM)).random() < self.hflip)
-        window = None
-        if self.zoom > 0:
-            rng = np.random.default_rng((self.seed, self.epoch, i, ZOOM_STREAM))
-            draw, window = rng.random(), zoom_window(rng, bgr.shape[:2], self.zoom)
-            window = window if draw < ZOOM_PROBABILITY else None
-        masks, rois = self.instance_masks(i, None if window else self.input_hw)
-        if flipped:
-            bgr, masks, rois = np.ascontiguousarray(bgr[:, ::-1]), np.ascontiguousarray(masks[:, :, ::-1]), hflip_rois(rois)
+        rois = hflip_rois(self.rois(i)) if flipped else self.rois(i)
         keep = np.ones(len(rois), dtype=bool)
+        window = self._window(i, bgr.shape[:2])
         if window is not None:
-            zoomed_rois, keep_zoomed = zoom_rois(rois, window, bgr.shape[:2])
-            if keep_zoomed.any():
-                return (zoom_image(bgr, window, self.input_hw), zoom_masks(masks, window, self.input_hw), zoomed_rois,
-                        keep_zoomed, flipped, True)
-            masks = np.stack([resize_mask_nearest(m, self.input_hw) for m in masks])
-        return bgr, masks, rois, keep, flipped, False
+            rois_in_window, keep_in_window = zoom_rois(rois, window, bgr.shape[:2], self.input_hw)
+            window = window if keep_in_window.any() else None
+        masks = self.instance_masks(i, None if window else self.input_hw)[0]
+        if flipped:
+            bgr, masks = np.ascontiguousarray(bgr[:, ::-1]), np.ascontiguousarray(masks[:, :, ::-1])
+        if window is None:
+            return bgr, masks, rois, keep, flipped, False
+        return (zoom_image(bgr, window, self.input_hw), zoom_masks(masks, window, self.input_hw), rois_in_window,
+                keep_in_window, flipped, True)
 
     def __getitem__(self, i: int) -> ImageItem | SkippedImage:
         if not 0 <= i < len(self):

@@ -15,6 +15,8 @@ import math
 import cv2
 import numpy as np
 
+from roiseg.data.targets import roi_pixel_box
+
 PAD_VALUE: int = 114
 """Fill of the image outside the original (the letterbox grey YOLO detectors are trained with)."""
 
@@ -61,9 +63,11 @@ def zoom_masks(masks: np.ndarray, window: Window, out_hw: tuple[int, int]) -> np
     return np.stack(out).astype(bool) if out else np.zeros((0, *out_hw), dtype=bool)
 
 
-def zoom_rois(rois: np.ndarray, window: Window, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def zoom_rois(rois: np.ndarray, window: Window, image_hw: tuple[int, int],
+              out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """[K, 4] normalised boxes of the original image -> ([K, 4] float32 normalised boxes of the window,
-    clipped to [0, 1]; [K] bool: at least :data:`MIN_VISIBLE` of the box is inside the window)."""
+    clipped to [0, 1]; [K] bool: kept, i.e. at least :data:`MIN_VISIBLE` of the box is inside the window and
+    the box holds a pixel centre of the ``out_hw`` input grid)."""
     x0, y0, w, h = window
     r = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
     px = r * np.array([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], dtype=np.float64)
@@ -71,8 +75,12 @@ def zoom_rois(rois: np.ndarray, window: Window, image_hw: tuple[int, int]) -> tu
     clipped = np.clip(moved, 0.0, 1.0)
     area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
     visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    keep = visible >= MIN_VISIBLE * np.maximum(area, 1e-12)
-    return clipped.astype(np.float32), keep & (visible > 0)
+    out = clipped.astype(np.float32)
+    keep = (visible >= MIN_VISIBLE * np.maximum(area, 1e-12)) & (visible > 0)
+    for k in np.flatnonzero(keep):
+        y0, y1, x0, x1 = roi_pixel_box(out[k], out_hw)
+        keep[k] = y1 > y0 and x1 > x0
+    return out, keep
 
 
 __all__ = ["MIN_VISIBLE", "PAD_VALUE", "Window", "window_affine", "zoom_image", "zoom_masks", "zoom_rois",

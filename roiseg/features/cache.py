@@ -190,6 +190,6 @@ def _storable(feats: torch.Tensor, file: Path | str) -> np.ndarray:
     lo, hi = torch.aminmax(t)
     if float(hi) <= _FP16_MAX and float(lo) >= -_FP16_MAX:  # False for NaN too
         return t.to(torch.float16).cpu().numpy()  # cast where the features are (GPU: half the bytes to copy)
-    LOG.warning("features not representable in fp16 (range %.3g..%.3g); caching %s as float32",
+    LOG.warning("features not representable in fp16 (range %.3g..%.3g); keeping %s as float32",
                 float(lo), float(hi), Path(file).name)
     return t.to("cpu", torch.float32).numpy()

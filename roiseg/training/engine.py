@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader
@@ -173,7 +173,7 @@ class Trainer:
         return self.image_features(batch.paths, batch.images, batch.flipped or False, batch.zoomed)
 
     def image_features(self, paths: list[str], images: torch.Tensor, flipped: bool | list[bool] = False,
-                       zoomed: list[bool] = ()) -> Features:
+                       zoomed: Sequence[bool] = ()) -> Features:
         """Features of preprocessed ``images`` [B, 3, H, W] read from the files ``paths`` (mirrored where
         ``flipped``; zoomed views, never cached, where ``zoomed``); see :meth:`features`."""
         taps = [t.to(self.device, non_blocking=True) for t in self.cache.taps(paths, images, flipped, zoomed)]
