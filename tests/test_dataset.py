@@ -209,3 +209,14 @@ def test_flip_mirrors_image_rois_and_targets_together(data):
     half.set_epoch(1)
     flips = [half[i].flipped for i in range(len(half))]
     assert collate_images([half[i] for i in range(len(half))]).flipped == flips
+
+
+def test_crowded_images_are_those_with_overlapping_person_boxes(data):
+    ds = CocoPersonImages(data["ann"], data["images"], INPUT_HW)
+    coco = COCO(str(data["ann"]))
+    expected = []
+    for info in coco.dataset["images"][: len(ds)]:
+        boxes = [a["bbox"] for a in coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))]
+        expected.append(any(min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
+                            for j, a in enumerate(boxes) for b in boxes[j + 1:]))
+    assert ds.crowded() == expected and any(expected)

@@ -81,6 +81,24 @@ def test_shard_sampler_order_depends_on_seed_plus_epoch_only():
     assert order(2, 3) == expected
 
 
+def test_shard_sampler_repeats_draw_items_more_often_at_the_same_epoch_length():
+    repeats = [2] * 10 + [1] * 30  # the first 10 items (a quarter) enter the pool twice
+    counts = np.zeros(40)
+    for epoch in range(200):
+        shards = [ShardSampler(40, r, 2, shuffle=True, seed=1, repeats=repeats) for r in range(2)]
+        for s in shards:
+            s.set_epoch(epoch)
+        order = sum((list(s) for s in shards), [])
+        assert len(order) == 40 and len(shards[0]) == 20
+        counts += np.bincount(order, minlength=40)
+    ratio = counts[:10].mean() / counts[10:].mean()
+    assert 1.8 < ratio < 2.2, ratio  # 2 by construction: each pool entry is equally likely to be kept
+    plain = ShardSampler(40, 0, 1, seed=1, repeats=[1] * 40)
+    assert list(plain) == list(ShardSampler(40, 0, 1, seed=1))  # all 1: the plain permutation
+    with pytest.raises(ValueError, match="repeats"):
+        ShardSampler(40, 0, 1, repeats=[0] * 40)
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoint folder helpers
 # --------------------------------------------------------------------------------------------

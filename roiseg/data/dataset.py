@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from roiseg.conventions import DEFAULT_PREPROCESSING, Preprocessing, coco_bbox_to_roi, preprocess, read_image
 from roiseg.data.coco import decode_mask, load_coco_json
 from roiseg.data.prepare import select_persons
-from roiseg.data.targets import hflip_rois, jitter_rois, roi_targets
+from roiseg.data.targets import boxes_overlap, hflip_rois, jitter_rois, roi_targets
 from roiseg.data.zoom import Window, zoom_image, zoom_masks, zoom_rois, zoom_window
 from roiseg.errors import InputError
 from roiseg.utils.progress import get_logger
@@ -235,6 +235,10 @@ class CocoPersonImages(Dataset):
     @property
     def num_rois(self) -> int:
         return sum(len(a) for a in self._anns)
+
+    def crowded(self) -> list[bool]:
+        """Per image, in dataset order: two of its persons' boxes overlap (where the non-target class lives)."""
+        return [boxes_overlap(self.rois(i)) for i in range(len(self))]
 
     def roi_counts(self) -> list[int]:
         """Number of ROIs of each image, in dataset order."""

@@ -87,3 +87,13 @@ def jitter_rois(
         if y1 <= y0 or x1 <= x0:
             out[k] = rois[k]
     return out
+
+
+def boxes_overlap(rois: np.ndarray) -> bool:
+    """True when two of the [K, 4] normalised ``x1, y1, x2, y2`` boxes intersect with a positive area."""
+    r = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
+    w = np.minimum(r[:, None, 2], r[None, :, 2]) - np.maximum(r[:, None, 0], r[None, :, 0])
+    h = np.minimum(r[:, None, 3], r[None, :, 3]) - np.maximum(r[:, None, 1], r[None, :, 1])
+    both = (w > 0) & (h > 0)
+    np.fill_diagonal(both, False)
+    return bool(both.any())

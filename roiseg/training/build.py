@@ -52,7 +52,9 @@ def build_loaders(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImage
                   val_set: CocoPersonImages) -> tuple[ShardSampler, DataLoader, DataLoader]:
     """This rank's train sampler (shuffled, padded) and the train and val loaders (val unpadded)."""
     d = cfg.data
-    sampler = ShardSampler(len(train_set), ctx.rank, ctx.world_size, shuffle=True, seed=cfg.train.seed, pad=True)
+    repeats = [d.crowded_repeat if c else 1 for c in train_set.crowded()] if d.crowded_repeat > 1 else []
+    sampler = ShardSampler(len(train_set), ctx.rank, ctx.world_size, shuffle=True, seed=cfg.train.seed, pad=True,
+                           repeats=repeats)
     val_sampler = ShardSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False)
     pin = ctx.device.type == "cuda"
     train_loader = DataLoader(train_set, batch_size=d.batch_size, sampler=sampler, collate_fn=collate_images,

@@ -90,6 +90,9 @@ class DataConfig:
     """Scale augmentation: half the train items are seen through a window zoomed by a factor drawn
     log-uniformly in ``[1 / (1 + zoom), 1 + zoom]`` (``roiseg.data.zoom``; their features are extracted
     each time, not cached); 0 = off."""
+    crowded_repeat: int = 1
+    """Images whose person boxes overlap enter each epoch's draw this many times, the others once; the epoch keeps
+    its length (1 = every image once per epoch)."""
     roi_copies: int = 1
     """ROIs per person in a train item, each with its own jitter draw (1 = one per person)."""
     batch_size: int = _opt(4, "--batch-size", "images per step")
@@ -289,6 +292,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("data.max_val_images", cfg.data.max_val_images >= 0, ">= 0"),
         ("data.jitter", 0.0 <= cfg.data.jitter < 1.0, "in [0, 1)"),
         ("data.zoom", 0.0 <= cfg.data.zoom <= 3.0, "in [0, 3]"),
+        ("data.crowded_repeat", cfg.data.crowded_repeat >= 1, ">= 1"),
         ("data.hflip", 0.0 <= cfg.data.hflip <= 1.0, "in [0, 1]"),
         ("data.roi_copies", cfg.data.roi_copies >= 1, ">= 1"),
         ("data.roi_copies", cfg.data.roi_copies == 1 or not head.has_neighbour_map,

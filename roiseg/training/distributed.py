@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -144,13 +144,19 @@ class ShardSampler(Sampler[int]):
     ``shuffle``: permute with ``torch.Generator().manual_seed(seed + epoch)`` (call :meth:`set_epoch`).
     ``pad``: repeat leading indices so that ``n`` becomes a multiple of ``world_size`` (training);
     without it ranks may get one item fewer (validation, where nothing may be counted twice).
-    Rank ``r`` takes positions ``r, r + world_size, ...`` of the (padded) order.
+    ``repeats`` (with ``shuffle``): item ``i`` enters the pool ``repeats[i]`` times and the epoch is the first
+    ``n`` of the shuffled pool, so an item with 2 is drawn about twice as often as one with 1 at the same epoch
+    length (all 1, or empty: every item once). Rank ``r`` takes positions ``r, r + world_size, ...`` of the
+    (padded) order.
     """
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
-                 pad: bool = True) -> None:
+                 pad: bool = True, repeats: Sequence[int] = ()) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
+        if len(repeats) and (len(repeats) != n or min(repeats) < 1):
+            raise ValueError(f"repeats must hold {n} counts >= 1")
+        self.repeats = [int(r) for r in repeats] if any(r != 1 for r in repeats) else []
         self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
         self.shuffle, self.seed, self.pad = shuffle, int(seed), pad
         self.epoch = 0
@@ -162,7 +168,8 @@ class ShardSampler(Sampler[int]):
         """All ``n`` indices (padded when ``pad``) in this epoch's order, before sharding."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            pool = [i for i, r in enumerate(self.repeats) for _ in range(r)] or list(range(self.n))
+            order = [pool[j] for j in torch.randperm(len(pool), generator=g)[: self.n].tolist()]
         else:
             order = list(range(self.n))
         if self.pad and self.n and self.n % self.world_size:
