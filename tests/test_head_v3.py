@@ -3,7 +3,6 @@ trained YOLOX-nano head passes parity (fused, fp16)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from helpers_graph import YOLOX_TENSOR

@@ -48,7 +48,7 @@ def _run(commands: list[list[str]]) -> dict:
 def test_the_parser_and_help_import_no_torch():
     assert _run([]) == {"codes": [], "tried": [], "loaded": [], "onnx": False}  # importing the CLI
     code = "import sys; from roiseg.cli import build_parser; build_parser(); build_parser('predict')\n" \
-           f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'matplotlib')))"
+           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -83,7 +83,7 @@ def test_pixels_follow_the_labels(generated):
 def test_deterministic_by_seed(tmp_path):
     a = write_synthetic_coco(tmp_path / "a", 3, 1, image_hw=(48, 64), seed=4)
     b = write_synthetic_coco(tmp_path / "b", 3, 1, image_hw=(48, 64), seed=4)
-    c = write_synthetic_coco(tmp_path / "c", 3, 1, image_hw=(48, 64), seed=5)
+    write_synthetic_coco(tmp_path / "c", 3, 1, image_hw=(48, 64), seed=5)
     for split in ("train2017", "val2017"):
         assert json.loads((tmp_path / "a" / "annotations" / f"instances_{split}.json").read_text()) == json.loads(
             (tmp_path / "b" / "annotations" / f"instances_{split}.json").read_text())

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from helpers_train import make_person_data, tiny_overrides
 
-from roiseg.cli import main
 from roiseg.conventions import image_truncation, read_image
 from roiseg.data.dataset import CocoPersonImages, SkippedImage, collate_images
 
