@@ -78,8 +78,8 @@ def zoom_rois(rois: np.ndarray, window: Window, image_hw: tuple[int, int],
     out = clipped.astype(np.float32)
     keep = (visible >= MIN_VISIBLE * np.maximum(area, 1e-12)) & (visible > 0)
     for k in np.flatnonzero(keep):
-        y0, y1, x0, x1 = roi_pixel_box(out[k], out_hw)
-        keep[k] = y1 > y0 and x1 > x0
+        top, bottom, left, right = roi_pixel_box(out[k], out_hw)
+        keep[k] = bottom > top and right > left
     return out, keep
 
 
