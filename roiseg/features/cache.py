@@ -106,7 +106,7 @@ class FeatureCache:
         """
         if images is not None and len(images) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(images)} images")
-        flips = [bool(flipped)] * len(paths) if isinstance(flipped, bool) else [bool(f) for f in flipped]
+        flips = _flags(flipped, len(paths), "flipped")
         if any(fresh) and images is None:
             raise ValueError("fresh views need their preprocessed images")
         if self.root is None:
@@ -114,7 +114,7 @@ class FeatureCache:
             return self.extractor.extract(images if images is not None else self._load_images(paths, flips))
         ext = self.extractor
         outs = [torch.empty((len(paths), *shape), dtype=torch.float32, device=ext.device) for shape in self._shapes]
-        files = [None if new else self.file_for(p, f) for p, f, new in zip(paths, flips, _flags(fresh, len(paths)))]
+        files = [None if new else self.file_for(p, f) for p, f, new in zip(paths, flips, _flags(fresh, len(paths), "fresh"))]
         missing: list[int] = []
         for i, f in enumerate(files):
             arrays = None if f is None else self._read(f)
@@ -177,11 +177,13 @@ class FeatureCache:
         return arrays
 
 
-def _flags(fresh: Sequence[bool], n: int) -> list[bool]:
-    """``fresh`` as one flag per image (empty: none fresh)."""
-    if len(fresh) and len(fresh) != n:
-        raise ValueError(f"{n} paths but {len(fresh)} fresh flags")
-    return [bool(f) for f in fresh] if len(fresh) else [False] * n
+def _flags(value: bool | Sequence[bool], n: int, name: str) -> list[bool]:
+    """One flag for each of ``n`` images from one flag for all or one per image (empty: all False)."""
+    if isinstance(value, bool):
+        return [value] * n
+    if len(value) and len(value) != n:
+        raise ValueError(f"{n} paths but {len(value)} {name} flags")
+    return [bool(f) for f in value] if len(value) else [False] * n
 
 
 def _storable(feats: torch.Tensor, file: Path | str) -> np.ndarray:
