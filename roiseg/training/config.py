@@ -90,9 +90,9 @@ class DataConfig:
     """Scale augmentation: half the train items are seen through a window zoomed by a factor drawn
     log-uniformly in ``[1 / (1 + zoom), 1 + zoom]`` (``roiseg.data.zoom``; their features are extracted
     each time, not cached); 0 = off."""
-    crowded_repeat: int = 1
+    crowded_repeat: int = 3
     """Images whose person boxes overlap enter each epoch's draw this many times, the others once; the epoch keeps
-    its length (1 = every image once per epoch)."""
+    its length (1 = every image once per epoch; 3 measured in docs/heads.md)."""
     roi_copies: int = 1
     """ROIs per person in a train item, each with its own jitter draw (1 = one per person)."""
     batch_size: int = _opt(4, "--batch-size", "images per step")
