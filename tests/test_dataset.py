@@ -220,3 +220,23 @@ def test_crowded_images_are_those_with_overlapping_person_boxes(data):
         expected.append(any(min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
                             for j, a in enumerate(boxes) for b in boxes[j + 1:]))
     assert ds.crowded() == expected and any(expected)
+
+
+def test_train_loader_enters_crowded_images_crowded_repeat_times_into_the_pool(tmp_path):
+    """``data.crowded_repeat`` reaches the train sampler: crowded images N times, the others once; val unrepeated."""
+    from roiseg.training.build import build_loaders
+    from roiseg.training.config import load_config
+    from roiseg.training.distributed import DistContext
+
+    r = write_synthetic_coco(tmp_path, 8, 0, image_hw=(60, 80), seed=5, persons=(1, 3))
+    prepare_coco(r["annotations"]["train2017"], tmp_path / "annotations")
+    ann = tmp_path / "annotations" / "instances_train2017_person_only_no_crowd.json"
+    ds = CocoPersonImages(ann, tmp_path / "images" / "train2017", INPUT_HW)
+    crowded = ds.crowded()
+    assert any(crowded) and not all(crowded)
+    for n in (1, 2, 3):
+        cfg = load_config(None, {"data.crowded_repeat": n, "data.num_workers": 0})
+        sampler, train_loader, val_loader = build_loaders(cfg, DistContext(), ds, ds)
+        pool = sampler.repeats or [1] * len(ds)
+        assert pool == [n if c else 1 for c in crowded]
+        assert train_loader.sampler is sampler and val_loader.sampler.repeats == []
