@@ -184,10 +184,11 @@ def trained(tmp_path_factory, stand_in_full):
     root = tmp_path_factory.mktemp("train_run")
     data = make_person_data(root / "data", n_train=8, n_val=4)
     out = root / "run"
-    # hflip 1.0: every train image mirrored every epoch, so from epoch 2 on every entry (plain val, mirrored
-    # train) is in the cache; with 0 < hflip < 1 a mirrored entry is computed the first time it is drawn.
+    # hflip 1.0: every train image mirrored every epoch, and crowded_repeat 1: every train image drawn every epoch,
+    # so from epoch 2 on every entry (plain val, mirrored train) is in the cache; with 0 < hflip < 1 a mirrored
+    # entry, and with crowded_repeat > 1 an image not drawn yet, is computed the first time it is drawn.
     cfg = load_config(None, tiny_overrides(data, stand_in_full, out, train__epochs=3, features__cache=str(root / "cache"),
-                                           head__variant="detail", data__hflip=1.0))
+                                           head__variant="detail", data__hflip=1.0, data__crowded_repeat=1))
     summary = train(cfg)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"out": out, "summary": summary, "records": records, "extractor": stand_in_full, "data": data}
