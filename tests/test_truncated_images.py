@@ -92,7 +92,8 @@ def test_training_skips_and_counts_cut_images(data_with_a_cut_image, stand_in_fu
 
     root, victim, val_victim = data_with_a_cut_image
     out = tmp_path / "run"
-    items = tiny_overrides(root, stand_in_full, out, train__epochs=2, data__batch_size=2)
+    # crowded_repeat 1: every train image drawn once per epoch, so the cut one is skipped (and counted) in each
+    items = tiny_overrides(root, stand_in_full, out, train__epochs=2, data__batch_size=2, data__crowded_repeat=1)
     code, err = run_train(capsys, items)
     assert code == 0, err[-3000:]
     assert "skipping image id" in err and str(victim) in err and str(val_victim) in err and "truncated JPEG" in err

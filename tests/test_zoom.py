@@ -157,7 +157,8 @@ def test_training_extracts_zoomed_views_and_caches_only_plain_ones(tmp_path, sta
     hit it from the second epoch on, and no zoomed view leaves a cache file."""
     data = make_person_data(tmp_path / "data", n_train=8, n_val=2)
     cfg = load_config(None, tiny_overrides(data, stand_in_full, tmp_path / "run", features__cache=str(tmp_path / "cache"),
-                                           head__variant="detail", data__hflip=0.0, data__zoom=1.0, train__picture=False))
+                                           head__variant="detail", data__hflip=0.0, data__zoom=1.0, train__picture=False,
+                                           data__crowded_repeat=1))  # every train image drawn once per epoch
     train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ds = CocoPersonImages(cfg.data.train_annotations, cfg.data.train_image_dir, (128, 128), zoom=1.0, seed=cfg.train.seed)
