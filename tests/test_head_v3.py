@@ -78,7 +78,7 @@ def test_two_epochs_on_coco_tiny_beat_the_whole_box(yolox_trained_head):
     records = read_metrics(yolox_trained_head.parent / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     last = records[-1]
-    assert last["mean_roi_target_iou"] > last["box_baseline_roi_target_iou"] + 0.015, last  # measured +0.027
+    assert last["mean_roi_target_iou"] > last["box_baseline_roi_target_iou"] + 0.015, last  # measured +0.056 (docs/heads.md "Short runs start from the box")
 
 
 def head_preprocessing(state):
