@@ -222,7 +222,7 @@ def test_crowded_images_are_those_with_overlapping_person_boxes(data):
     assert ds.crowded() == expected and any(expected)
 
 
-def test_train_loader_enters_crowded_images_crowded_repeat_times_into_the_pool(tmp_path):
+def test_train_loader_enters_crowded_images_crowded_repeat_times_into_the_pool(tmp_path, caplog):
     """``data.crowded_repeat`` reaches the train sampler: crowded images N times, the others once; val unrepeated."""
     from roiseg.training.build import build_loaders
     from roiseg.training.config import load_config
@@ -236,7 +236,11 @@ def test_train_loader_enters_crowded_images_crowded_repeat_times_into_the_pool(t
     assert any(crowded) and not all(crowded)
     for n in (1, 2, 3):
         cfg = load_config(None, {"data.crowded_repeat": n, "data.num_workers": 0})
-        sampler, train_loader, val_loader = build_loaders(cfg, DistContext(), ds, ds)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="roiseg"):
+            sampler, train_loader, val_loader = build_loaders(cfg, DistContext(), ds, ds)
         pool = sampler.repeats or [1] * len(ds)
         assert pool == [n if c else 1 for c in crowded]
         assert train_loader.sampler is sampler and val_loader.sampler.repeats == []
+        logged = f"{sum(crowded)} of {len(ds)} images crowded" in caplog.text
+        assert logged == (n > 1), caplog.text

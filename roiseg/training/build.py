@@ -53,6 +53,10 @@ def build_loaders(cfg: TrainConfig, ctx: DistContext, train_set: CocoPersonImage
     """This rank's train sampler (shuffled, padded) and the train and val loaders (val unpadded)."""
     d = cfg.data
     repeats = [d.crowded_repeat if c else 1 for c in train_set.crowded()] if d.crowded_repeat > 1 else []
+    if repeats:
+        LOG.info("train draw: %d of %d images crowded (overlapping person boxes), each entered %d times into the epoch's "
+                 "pool of %d, which keeps %d", sum(r > 1 for r in repeats), len(repeats), d.crowded_repeat, sum(repeats),
+                 len(repeats))
     sampler = ShardSampler(len(train_set), ctx.rank, ctx.world_size, shuffle=True, seed=cfg.train.seed, pad=True,
                            repeats=repeats)
     val_sampler = ShardSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False)
